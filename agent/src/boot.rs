@@ -1,0 +1,278 @@
+//! Bringing up the guest when we are PID 1: mounts, console, hostname, loopback, PATH.
+//!
+//! Every step is best effort: a guest whose /sys refuses to mount is still a guest the
+//! host must be able to talk to and power off, so failures are logged and boot goes on.
+
+use nix::mount::MsFlags;
+use std::collections::HashSet;
+use std::path::Path;
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_HOSTNAME: &str = "microvm";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MsFlags,
+    pub data: &'static str,
+}
+
+const fn m(
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: &'static str,
+) -> MountSpec {
+    MountSpec {
+        source,
+        target,
+        fstype,
+        flags,
+        data,
+    }
+}
+
+const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
+
+/// The filesystems of a minimal guest, in mount order (parents before children).
+pub const MOUNTS: [MountSpec; 8] = [
+    m("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""),
+    m("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
+    m("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, "mode=0755"),
+    m(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        "mode=0620,ptmxmode=0666",
+    ),
+    m("shm", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
+    m("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
+    m("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, "mode=1777"),
+    m("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID_NODEV_NOEXEC, ""),
+];
+
+/// Mount points listed in /proc/self/mountinfo (field 5, octal escapes decoded).
+pub fn parse_mountinfo(text: &str) -> HashSet<String> {
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape_octal)
+        .collect()
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Which of `MOUNTS` still need mounting, given what is mounted.
+pub fn plan_mounts(mounted: &HashSet<String>) -> Vec<&'static MountSpec> {
+    MOUNTS
+        .iter()
+        .filter(|s| !mounted.contains(s.target))
+        .collect()
+}
+
+/// Variables PID 1 must see before it starts anything: a kernel hands init almost none.
+pub fn missing_env(has_path: bool) -> Option<(&'static str, &'static str)> {
+    (!has_path).then_some(("PATH", DEFAULT_PATH))
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootReport {
+    pub mounted: Vec<String>,
+    pub failures: Vec<String>,
+}
+
+/// PID 1's duties. Not called when we are not PID 1.
+pub fn init_pid1(hostname: &str) -> BootReport {
+    let mut report = BootReport::default();
+    if let Some((k, v)) = missing_env(std::env::var_os("PATH").is_some()) {
+        std::env::set_var(k, v);
+    }
+    // /proc first: the plan reads mountinfo from it.
+    let mut mounted = read_mounted();
+    if !mounted.contains("/proc") {
+        match mount_one(&MOUNTS[0]) {
+            Ok(()) => report.mounted.push("/proc".into()),
+            Err(e) => report.failures.push(format!("mount /proc: {e}")),
+        }
+        mounted = read_mounted();
+    }
+    for spec in plan_mounts(&mounted) {
+        match mount_one(spec) {
+            Ok(()) => report.mounted.push(spec.target.to_string()),
+            Err(e) => report.failures.push(format!("mount {}: {e}", spec.target)),
+        }
+    }
+    ensure_console();
+    if let Err(e) = nix::unistd::sethostname(hostname) {
+        report.failures.push(format!("sethostname {hostname}: {e}"));
+    }
+    if let Err(e) = loopback_up() {
+        report.failures.push(format!("bring lo up: {e}"));
+    }
+    // Ctrl-Alt-Del becomes SIGINT to us instead of an instant reboot of the guest.
+    // In a child PID namespace the kernel refuses this (EINVAL): nothing to disable.
+    if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+        if e != nix::errno::Errno::EINVAL {
+            report.failures.push(format!("disable ctrl-alt-del: {e}"));
+        }
+    }
+    for f in &report.failures {
+        tracing::warn!("boot: {f}");
+    }
+    tracing::info!(mounted = ?report.mounted, "boot done");
+    report
+}
+
+/// Not PID 1: adopt orphans of our subtree, like init would.
+pub fn init_subreaper() -> BootReport {
+    let mut report = BootReport::default();
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        report.failures.push(format!("PR_SET_CHILD_SUBREAPER: {e}"));
+        tracing::warn!("cannot become a child subreaper: {e}; orphans will escape");
+    }
+    report
+}
+
+fn read_mounted() -> HashSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| parse_mountinfo(&t))
+        .unwrap_or_default()
+}
+
+fn mount_one(spec: &MountSpec) -> nix::Result<()> {
+    let target = Path::new(spec.target);
+    if !target.exists() {
+        std::fs::create_dir_all(target).map_err(|e| {
+            nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+        })?;
+    }
+    let data = (!spec.data.is_empty()).then_some(spec.data);
+    let r = nix::mount::mount(Some(spec.source), target, Some(spec.fstype), spec.flags, data);
+    match r {
+        // A kernel without devtmpfs still gets a writable /dev.
+        Err(_) if spec.fstype == "devtmpfs" => nix::mount::mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            spec.flags,
+            Some("mode=0755"),
+        ),
+        r => r,
+    }
+}
+
+/// A kernel booted from a rootfs without /dev/console starts init with no stdio at all;
+/// once devtmpfs is up, point 0/1/2 at the console so our logs are seen.
+fn ensure_console() {
+    use std::os::fd::AsRawFd;
+    if nix::fcntl::fcntl(std::io::stderr(), nix::fcntl::FcntlArg::F_GETFD).is_ok() {
+        return;
+    }
+    let Ok(console) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    else {
+        return;
+    };
+    for fd in 0..=2 {
+        // SAFETY: dup2 onto the standard descriptors, which are closed (checked above);
+        // `console` stays open for the duration of the call.
+        unsafe { libc::dup2(console.as_raw_fd(), fd) };
+    }
+}
+
+fn loopback_up() -> std::io::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, a valid ifreq naming "lo",
+    // through a socket we own; the union member used is the flags field.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+23 22 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+24 22 0:5 / /dev rw,nosuid shared:2 - devtmpfs udev rw,size=4000k
+40 22 0:40 / /mnt/with\\040space rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn mountinfo_points_with_escapes() {
+        let m = parse_mountinfo(MOUNTINFO);
+        assert!(m.contains("/"));
+        assert!(m.contains("/proc"));
+        assert!(m.contains("/dev"));
+        assert!(m.contains("/mnt/with space"));
+        assert_eq!(m.len(), 4);
+    }
+
+    #[test]
+    fn plan_skips_what_is_mounted_and_keeps_order() {
+        let m = parse_mountinfo(MOUNTINFO);
+        let plan: Vec<_> = plan_mounts(&m).iter().map(|s| s.target).collect();
+        assert_eq!(
+            plan,
+            ["/sys", "/dev/pts", "/dev/shm", "/run", "/tmp", "/sys/fs/cgroup"]
+        );
+        let all: Vec<_> = plan_mounts(&HashSet::new())
+            .iter()
+            .map(|s| s.target)
+            .collect();
+        assert_eq!(all.len(), 8);
+        // Parents before children.
+        let pos = |t| all.iter().position(|x| *x == t).unwrap();
+        assert!(pos("/dev") < pos("/dev/pts"));
+        assert!(pos("/dev") < pos("/dev/shm"));
+        assert!(pos("/sys") < pos("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn path_is_set_only_when_missing() {
+        assert_eq!(missing_env(false), Some(("PATH", DEFAULT_PATH)));
+        assert_eq!(missing_env(true), None);
+    }
+}

@@ -1,0 +1,80 @@
+//! `microvm-agent [--control vsock:PORT | --control unix:PATH] [--image-config PATH]`
+
+use crate::control::transport::Addr;
+use std::path::PathBuf;
+
+pub const DEFAULT_CONTROL: Addr = Addr::Vsock(9000);
+pub const DEFAULT_IMAGE_CONFIG: &str = "/etc/microvm/image.json";
+
+pub const USAGE: &str = "usage: microvm-agent [--control vsock:PORT | --control unix:PATH] [--image-config PATH]";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Args {
+    pub control: Addr,
+    pub image_config: PathBuf,
+    /// Words we did not understand. The kernel passes unknown command-line words to
+    /// init as arguments, so as PID 1 they are logged and ignored, never fatal.
+    pub ignored: Vec<String>,
+    pub help: bool,
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let mut out = Args {
+        control: DEFAULT_CONTROL,
+        image_config: PathBuf::from(DEFAULT_IMAGE_CONFIG),
+        ignored: Vec::new(),
+        help: false,
+    };
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (a.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--control" => out.control = value("--control")?.parse()?,
+            "--image-config" => out.image_config = PathBuf::from(value("--image-config")?),
+            "-h" | "--help" => out.help = true,
+            _ => out.ignored.push(a),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(a: &[&str]) -> Result<Args, String> {
+        parse(a.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults() {
+        let a = p(&[]).unwrap();
+        assert_eq!(a.control, Addr::Vsock(9000));
+        assert_eq!(a.image_config, PathBuf::from("/etc/microvm/image.json"));
+    }
+
+    #[test]
+    fn flags_both_spellings() {
+        let a = p(&["--control", "unix:/x/c.sock", "--image-config=/i.json"]).unwrap();
+        assert_eq!(a.control, Addr::Unix("/x/c.sock".into()));
+        assert_eq!(a.image_config, PathBuf::from("/i.json"));
+        assert_eq!(p(&["--control=vsock:7"]).unwrap().control, Addr::Vsock(7));
+    }
+
+    #[test]
+    fn errors_and_kernel_leftovers() {
+        assert!(p(&["--control"]).is_err());
+        assert!(p(&["--control", "tcp:1"]).is_err());
+        let a = p(&["splash", "--control", "vsock:1"]).unwrap();
+        assert_eq!(a.ignored, ["splash"]);
+    }
+}

@@ -1,0 +1,30 @@
+//! The agent's own log: to the console (stderr), stamped with the guest's boot clock
+//! like the kernel's, so a reader can line it up with dmesg and measure boot.
+
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
+
+struct BootClock;
+
+impl FormatTime for BootClock {
+    fn format_time(&self, w: &mut Writer<'_>) -> std::fmt::Result {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+            .map(|t| (t.tv_sec(), t.tv_nsec() / 1000))
+            .unwrap_or((0, 0));
+        write!(w, "[{:5}.{:06}]", t.0, t.1)
+    }
+}
+
+pub fn init() {
+    let level = std::env::var("MICROVM_AGENT_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_timer(BootClock)
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(level)
+        .try_init();
+}

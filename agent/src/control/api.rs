@@ -1,0 +1,195 @@
+//! The host's HTTP API: routing, body limits, request parsing, answers.
+
+use super::lifecycle::{Answer, Input, Lifecycle};
+use super::state::Op;
+use crate::config::{self, Hook, RequestError};
+use crate::hooks::HOOK_PATH_PREFIX;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{header, Method, Request, Response, StatusCode};
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body: a maximal payload JSON-escaped six-fold, plus the envelope.
+pub const MAX_BODY: usize = 256 * 1024;
+/// A body that trickles in slower than this is abandoned (408).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub const STATUS_PATH: &str = "/v1/status";
+
+/// What a path names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Status,
+    Hook(Hook),
+    NotFound,
+}
+
+pub fn route(path: &str) -> Route {
+    if path == STATUS_PATH {
+        return Route::Status;
+    }
+    match path.strip_prefix(HOOK_PATH_PREFIX).and_then(Hook::from_name) {
+        Some(h) => Route::Hook(h),
+        None => Route::NotFound,
+    }
+}
+
+fn op_of(hook: Hook) -> Op {
+    match hook {
+        Hook::Ready => Op::Ready,
+        Hook::Validate => Op::Validate,
+        Hook::Run => Op::Run,
+        Hook::Resume => Op::Resume,
+        Hook::Suspend => Op::Suspend,
+        Hook::Terminate => Op::Terminate,
+    }
+}
+
+/// Parse a hook's body into what its operation takes.
+pub fn parse_input(hook: Hook, body: &[u8]) -> Result<Input, RequestError> {
+    Ok(match hook {
+        Hook::Run => Input::Run(Box::new(config::RunRequest::parse(body)?)),
+        Hook::Resume => Input::Resume(Box::new(config::parse_resume(body)?)),
+        _ => {
+            config::parse_empty(body)?;
+            Input::Empty
+        }
+    })
+}
+
+fn request_error(e: RequestError) -> Answer {
+    let (status, code, f) = match e {
+        RequestError::Invalid(f) => (400, "BadRequest", f),
+        RequestError::TooLarge(f) => (413, "PayloadTooLarge", f),
+    };
+    Answer::new(
+        status,
+        json!({"error": code, "message": f.to_string(), "field": f.field}),
+    )
+}
+
+fn respond(answer: Answer, allow: Option<&str>) -> Response<Full<Bytes>> {
+    let mut body = answer.body.to_string().into_bytes();
+    body.push(b'\n');
+    let mut r = Response::builder()
+        .status(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(a) = allow {
+        r = r.header(header::ALLOW, a);
+    }
+    r.body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, Answer> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Answer::error(
+            413,
+            "PayloadTooLarge",
+            format!("request body exceeds {MAX_BODY} bytes"),
+        )),
+        Ok(Err(e)) => Err(Answer::error(400, "BadRequest", format!("reading body: {e}"))),
+        Err(_) => Err(Answer::error(
+            408,
+            "RequestTimeout",
+            format!("body not received within {}s", BODY_READ_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+pub async fn handle(
+    lc: Arc<Lifecycle>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().clone();
+    let answer = match (route(req.uri().path()), method) {
+        (Route::Status, Method::GET) => Answer::new(200, lc.status()),
+        (Route::Status, _) => {
+            return Ok(respond(
+                Answer::error(405, "MethodNotAllowed", "use GET"),
+                Some("GET"),
+            ))
+        }
+        (Route::Hook(hook), Method::POST) => {
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > MAX_BODY as u64) {
+                Answer::error(
+                    413,
+                    "PayloadTooLarge",
+                    format!("request body exceeds {MAX_BODY} bytes"),
+                )
+            } else {
+                match read_body(req.into_body()).await {
+                    Err(a) => a,
+                    Ok(body) => match parse_input(hook, &body) {
+                        Err(e) => request_error(e),
+                        Ok(input) => lc.request(op_of(hook), input).await,
+                    },
+                }
+            }
+        }
+        (Route::Hook(_), _) => {
+            return Ok(respond(
+                Answer::error(405, "MethodNotAllowed", "use POST"),
+                Some("POST"),
+            ))
+        }
+        (Route::NotFound, _) => Answer::error(
+            404,
+            "NotFound",
+            format!(
+                "no such path; use {STATUS_PATH} or {HOOK_PATH_PREFIX}{{ready,validate,run,resume,suspend,terminate}}"
+            ),
+        ),
+    };
+    Ok(respond(answer, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/v1/status"), Route::Status);
+        for h in Hook::ALL {
+            assert_eq!(route(&format!("{HOOK_PATH_PREFIX}{}", h.name())), Route::Hook(h));
+        }
+        for p in [
+            "/",
+            "/v1/status/",
+            "/aws/lambda-microvms/runtime/v1/",
+            "/aws/lambda-microvms/runtime/v1/Run",
+            "/aws/lambda-microvms/runtime/v1/run/",
+            "/aws/lambda-microvms/runtime/v2/run",
+        ] {
+            assert_eq!(route(p), Route::NotFound, "{p}");
+        }
+    }
+
+    #[test]
+    fn bodies_per_hook() {
+        assert!(matches!(parse_input(Hook::Suspend, b""), Ok(Input::Empty)));
+        assert!(matches!(parse_input(Hook::Terminate, b"{}"), Ok(Input::Empty)));
+        assert!(matches!(
+            parse_input(Hook::Suspend, b"{\"now\":true}"),
+            Err(RequestError::Invalid(_))
+        ));
+        assert!(matches!(parse_input(Hook::Resume, b""), Ok(Input::Resume(_))));
+        assert!(matches!(
+            parse_input(Hook::Run, b"{}"),
+            Err(RequestError::Invalid(f)) if f.field == "microvmId"
+        ));
+        let a = request_error(RequestError::TooLarge(config::FieldError::new("runHookPayload", "x")));
+        assert_eq!(a.status, 413);
+        assert_eq!(a.body["field"], "runHookPayload");
+    }
+}

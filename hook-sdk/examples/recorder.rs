@@ -1,0 +1,166 @@
+//! An example application: records every hook call and forwarded signal it receives
+//! as one JSON line in `$RECORDER_LOG`, so tests can compare exactly what arrived.
+//!
+//! Behaviour knobs, for tests (all optional):
+//! - `RECORDER_PORT`: hooks port (default 9000)
+//! - `RECORDER_NOT_READY=N`: `/ready` answers 503 N times, then 200
+//! - `RECORDER_FAIL=hook,...`: those hooks answer 500
+//! - `RECORDER_HANG=hook,...`: those hooks never answer
+//! - `RECORDER_NO_LISTEN=1`: never open the hooks port
+//!
+//! SIGTERM and SIGINT are recorded, then the process exits 0; SIGHUP, SIGUSR1 and
+//! SIGUSR2 are recorded and ignored.
+
+use hook_sdk::{HookResponse, Hooks, RunRequest};
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+struct Recorder {
+    log: Mutex<Option<std::fs::File>>,
+    not_ready_left: AtomicU32,
+    fail: Vec<String>,
+    hang: Vec<String>,
+}
+
+impl Recorder {
+    fn record(&self, event: serde_json::Value) {
+        if let Ok(mut guard) = self.log.lock() {
+            if let Some(f) = guard.as_mut() {
+                // One write per line keeps lines whole when read concurrently.
+                let _ = f.write_all(format!("{event}\n").as_bytes());
+            }
+        }
+    }
+
+    async fn answer(&self, hook: &str) -> HookResponse {
+        self.record(serde_json::json!({"hook": hook}));
+        self.behave(hook).await
+    }
+
+    async fn behave(&self, hook: &str) -> HookResponse {
+        if self.hang.iter().any(|h| h == hook) {
+            std::future::pending::<()>().await;
+        }
+        if self.fail.iter().any(|h| h == hook) {
+            return HookResponse::error(500, format!("{hook} failed on purpose"));
+        }
+        HookResponse::Ok
+    }
+}
+
+impl Hooks for Recorder {
+    async fn ready(&self) -> HookResponse {
+        let left = self.not_ready_left.load(Ordering::SeqCst);
+        if left > 0 {
+            self.not_ready_left.store(left - 1, Ordering::SeqCst);
+            self.record(serde_json::json!({"hook": "ready", "answer": 503}));
+            return HookResponse::NotReady;
+        }
+        self.answer("ready").await
+    }
+    async fn validate(&self) -> HookResponse {
+        self.answer("validate").await
+    }
+    async fn run(&self, req: RunRequest) -> HookResponse {
+        self.record(serde_json::json!({
+            "hook": "run",
+            "microvmId": req.microvm_id,
+            "runHookPayload": req.run_hook_payload,
+        }));
+        self.behave("run").await
+    }
+    async fn resume(&self) -> HookResponse {
+        self.answer("resume").await
+    }
+    async fn suspend(&self) -> HookResponse {
+        self.answer("suspend").await
+    }
+    async fn terminate(&self) -> HookResponse {
+        self.answer("terminate").await
+    }
+}
+
+fn list(var: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let log = std::env::var_os("RECORDER_LOG").and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    let port = std::env::var("RECORDER_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(9000);
+    let rec = std::sync::Arc::new(Recorder {
+        log: Mutex::new(log),
+        not_ready_left: AtomicU32::new(
+            std::env::var("RECORDER_NOT_READY")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0),
+        ),
+        fail: list("RECORDER_FAIL"),
+        hang: list("RECORDER_HANG"),
+    });
+    rec.record(serde_json::json!({"started": std::process::id()}));
+    println!("recorder: started, hooks on port {port}");
+
+    let signals = {
+        let rec = rec.clone();
+        async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let kinds = [
+                ("SIGTERM", SignalKind::terminate(), true),
+                ("SIGINT", SignalKind::interrupt(), true),
+                ("SIGHUP", SignalKind::hangup(), false),
+                ("SIGUSR1", SignalKind::user_defined1(), false),
+                ("SIGUSR2", SignalKind::user_defined2(), false),
+            ];
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            for (name, kind, exits) in kinds {
+                let mut s = signal(kind).expect("install signal handler");
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        let _ = tx.send((name, exits));
+                    }
+                });
+            }
+            while let Some((name, exits)) = rx.recv().await {
+                rec.record(serde_json::json!({"signal": name}));
+                if exits {
+                    println!("recorder: {name}, exiting");
+                    return;
+                }
+            }
+        }
+    };
+
+    if std::env::var_os("RECORDER_NO_LISTEN").is_some() {
+        signals.await;
+        return;
+    }
+    let server = match hook_sdk::Server::bind(port).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("recorder: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = server.serve_with_shutdown(rec, signals).await {
+        eprintln!("recorder: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,425 @@
+//! Implement the *Lambda MicroVMs Application Hook Interface* in a Rust application.
+//!
+//! The guest agent (PID 1) calls your application on its hooks port with
+//! `POST /aws/lambda-microvms/runtime/v1/{ready,validate,run,resume,suspend,terminate}`.
+//! Implement [`Hooks`] (every method defaults to "200 OK") and serve it:
+//!
+//! ```no_run
+//! use hook_sdk::{HookResponse, Hooks, RunRequest};
+//!
+//! struct App;
+//!
+//! impl Hooks for App {
+//!     async fn run(&self, req: RunRequest) -> HookResponse {
+//!         println!("started as {} with {:?}", req.microvm_id, req.run_hook_payload);
+//!         HookResponse::Ok
+//!     }
+//! }
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), hook_sdk::Error> {
+//!     hook_sdk::serve(9000, App).await
+//! }
+//! ```
+//!
+//! To mount the hooks into a server you already run, call [`handle`] from your own
+//! request handler for paths under [`HOOK_PATH_PREFIX`], or use [`HookService`], a
+//! `hyper::service::Service`.
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Bytes};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Every hook path starts with this.
+pub const HOOK_PATH_PREFIX: &str = "/aws/lambda-microvms/runtime/v1/";
+/// The `/run` body is at most a 16,384-byte payload plus its envelope.
+const MAX_BODY: usize = 128 * 1024;
+
+/// The six hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    Ready,
+    Validate,
+    Run,
+    Resume,
+    Suspend,
+    Terminate,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 6] = [
+        Hook::Ready,
+        Hook::Validate,
+        Hook::Run,
+        Hook::Resume,
+        Hook::Suspend,
+        Hook::Terminate,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Ready => "ready",
+            Hook::Validate => "validate",
+            Hook::Run => "run",
+            Hook::Resume => "resume",
+            Hook::Suspend => "suspend",
+            Hook::Terminate => "terminate",
+        }
+    }
+
+    /// The hook a request path names, if any.
+    pub fn from_path(path: &str) -> Option<Hook> {
+        let name = path.strip_prefix(HOOK_PATH_PREFIX)?;
+        Hook::ALL.into_iter().find(|h| h.name() == name)
+    }
+
+    pub fn path(self) -> String {
+        format!("{HOOK_PATH_PREFIX}{}", self.name())
+    }
+}
+
+/// The body of `/run`: who this MicroVM is and what the caller of run-microvm passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRequest {
+    pub microvm_id: String,
+    #[serde(default)]
+    pub run_hook_payload: String,
+}
+
+/// What a hook answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookResponse {
+    /// 200: done.
+    Ok,
+    /// 503 from `ready` or `validate`: not yet; the platform asks again.
+    NotReady,
+    /// Any other status: the hook failed. The platform reports `status` and `message`.
+    Error { status: u16, message: String },
+}
+
+impl HookResponse {
+    pub fn error(status: u16, message: impl Into<String>) -> Self {
+        HookResponse::Error {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            HookResponse::Ok => 200,
+            HookResponse::NotReady => 503,
+            HookResponse::Error { status, .. } => *status,
+        }
+    }
+}
+
+/// One method per hook. Every default answers 200 at once, so implement only the
+/// hooks your image enables.
+pub trait Hooks: Send + Sync + 'static {
+    /// Image build: is the application ready to be snapshotted? `NotReady` until it is.
+    fn ready(&self) -> impl Future<Output = HookResponse> + Send {
+        async { HookResponse::Ok }
+    }
+    /// Image build: a last check after `ready`. `NotReady` until it passes.
+    fn validate(&self) -> impl Future<Output = HookResponse> + Send {
+        async { HookResponse::Ok }
+    }
+    /// A MicroVM starts from the image, with its payload.
+    fn run(&self, request: RunRequest) -> impl Future<Output = HookResponse> + Send {
+        let _ = request;
+        async { HookResponse::Ok }
+    }
+    /// The MicroVM was resumed from suspension: the clock and entropy are fresh.
+    fn resume(&self) -> impl Future<Output = HookResponse> + Send {
+        async { HookResponse::Ok }
+    }
+    /// The MicroVM is about to be suspended: finish or pause work, flush state.
+    fn suspend(&self) -> impl Future<Output = HookResponse> + Send {
+        async { HookResponse::Ok }
+    }
+    /// The MicroVM is about to end; the process is stopped after this answers.
+    fn terminate(&self) -> impl Future<Output = HookResponse> + Send {
+        async { HookResponse::Ok }
+    }
+}
+
+/// Share one implementation between the hooks server and the rest of the application.
+impl<H: Hooks> Hooks for Arc<H> {
+    fn ready(&self) -> impl Future<Output = HookResponse> + Send {
+        (**self).ready()
+    }
+    fn validate(&self) -> impl Future<Output = HookResponse> + Send {
+        (**self).validate()
+    }
+    fn run(&self, request: RunRequest) -> impl Future<Output = HookResponse> + Send {
+        (**self).run(request)
+    }
+    fn resume(&self) -> impl Future<Output = HookResponse> + Send {
+        (**self).resume()
+    }
+    fn suspend(&self) -> impl Future<Output = HookResponse> + Send {
+        (**self).suspend()
+    }
+    fn terminate(&self) -> impl Future<Output = HookResponse> + Send {
+        (**self).terminate()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on 0.0.0.0:{port} for hooks: {source} (is the port in use? it must match hooks.port of the image config)")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("accepting hook connections: {0}")]
+    Accept(std::io::Error),
+}
+
+fn reply(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Answer one hook request: the routing, status codes and bodies of the public
+/// interface. Paths outside the interface get 404, other methods 405, a `/run` body
+/// that is not a run request 400.
+pub async fn handle<H, B>(hooks: &H, req: Request<B>) -> Response<Full<Bytes>>
+where
+    H: Hooks + ?Sized,
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some(hook) = Hook::from_path(req.uri().path()) else {
+        return reply(404, serde_json::json!({"message": "not a hook path"}));
+    };
+    if req.method() != Method::POST {
+        let mut r = reply(405, serde_json::json!({"message": "hooks are POST"}));
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("POST"),
+        );
+        return r;
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return reply(400, serde_json::json!({"message": format!("body: {e}")})),
+    };
+    let response = match hook {
+        Hook::Ready => hooks.ready().await,
+        Hook::Validate => hooks.validate().await,
+        Hook::Run => match serde_json::from_slice::<RunRequest>(&body) {
+            Ok(r) => hooks.run(r).await,
+            Err(e) => {
+                return reply(
+                    400,
+                    serde_json::json!({"message": format!("not a run request: {e}")}),
+                )
+            }
+        },
+        Hook::Resume => hooks.resume().await,
+        Hook::Suspend => hooks.suspend().await,
+        Hook::Terminate => hooks.terminate().await,
+    };
+    match response {
+        HookResponse::Ok => reply(200, serde_json::json!({})),
+        HookResponse::NotReady => reply(503, serde_json::json!({"message": "not ready"})),
+        HookResponse::Error { status, message } => {
+            reply(status, serde_json::json!({"message": message}))
+        }
+    }
+}
+
+/// The hooks as a `hyper::service::Service`, to mount on a connection you accept.
+pub struct HookService<H> {
+    hooks: Arc<H>,
+}
+
+impl<H> Clone for HookService<H> {
+    fn clone(&self) -> Self {
+        HookService {
+            hooks: self.hooks.clone(),
+        }
+    }
+}
+
+impl<H: Hooks> HookService<H> {
+    pub fn new(hooks: Arc<H>) -> Self {
+        HookService { hooks }
+    }
+}
+
+impl<H, B> hyper::service::Service<Request<B>> for HookService<H>
+where
+    H: Hooks,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let hooks = self.hooks.clone();
+        Box::pin(async move { Ok(handle(&*hooks, req).await) })
+    }
+}
+
+/// A hooks listener bound to `0.0.0.0:port`.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+}
+
+impl Server {
+    /// Bind now, so a port clash is reported before the application says it is up.
+    pub async fn bind(port: u16) -> Result<Server, Error> {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .map_err(|source| Error::Bind { port, source })?;
+        Ok(Server { listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until the process ends.
+    pub async fn serve<H: Hooks>(self, hooks: H) -> Result<(), Error> {
+        self.serve_with_shutdown(hooks, std::future::pending()).await
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting and let the hook calls
+    /// already in progress finish and answer.
+    pub async fn serve_with_shutdown<H: Hooks>(
+        self,
+        hooks: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let svc = HookService::new(Arc::new(hooks));
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                r = self.listener.accept() => r.map_err(Error::Accept)?,
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc.clone());
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        graceful.shutdown().await;
+        Ok(())
+    }
+}
+
+/// Bind `0.0.0.0:port` and serve `hooks` until the process ends.
+pub async fn serve<H: Hooks>(port: u16, hooks: H) -> Result<(), Error> {
+    Server::bind(port).await?.serve(hooks).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl Hooks for Recorder {
+        async fn ready(&self) -> HookResponse {
+            HookResponse::NotReady
+        }
+        async fn run(&self, req: RunRequest) -> HookResponse {
+            self.0.lock().unwrap().push(req.run_hook_payload);
+            HookResponse::Ok
+        }
+        async fn suspend(&self) -> HookResponse {
+            HookResponse::error(500, "disk full")
+        }
+    }
+
+    fn req(method: Method, path: &str, body: &str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    }
+
+    async fn status_of(h: &Recorder, m: Method, path: &str, body: &str) -> u16 {
+        handle(h, req(m, path, body)).await.status().as_u16()
+    }
+
+    #[tokio::test]
+    async fn public_paths_and_status_codes() {
+        let h = Recorder(Default::default());
+        let p = |hook: Hook| hook.path();
+        assert_eq!(status_of(&h, Method::POST, &p(Hook::Ready), "").await, 503);
+        assert_eq!(status_of(&h, Method::POST, &p(Hook::Validate), "").await, 200);
+        let run = r#"{"microvmId":"m","runHookPayload":"a\nb"}"#;
+        assert_eq!(status_of(&h, Method::POST, &p(Hook::Run), run).await, 200);
+        assert_eq!(h.0.lock().unwrap().as_slice(), ["a\nb"]);
+        assert_eq!(status_of(&h, Method::POST, &p(Hook::Run), "{}").await, 400);
+        assert_eq!(status_of(&h, Method::POST, &p(Hook::Resume), "").await, 200);
+        assert_eq!(status_of(&h, Method::POST, &p(Hook::Suspend), "").await, 500);
+        assert_eq!(status_of(&h, Method::POST, &p(Hook::Terminate), "").await, 200);
+        assert_eq!(status_of(&h, Method::GET, &p(Hook::Run), "").await, 405);
+        assert_eq!(
+            status_of(&h, Method::POST, "/aws/lambda-microvms/runtime/v1/nap", "").await,
+            404
+        );
+        assert_eq!(status_of(&h, Method::POST, "/", "").await, 404);
+    }
+
+    #[tokio::test]
+    async fn error_message_reaches_the_caller() {
+        let h = Recorder(Default::default());
+        let r = handle(&h, req(Method::POST, &Hook::Suspend.path(), "")).await;
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["message"], "disk full");
+    }
+
+    #[tokio::test]
+    async fn standalone_server_serves_and_shuts_down_gracefully() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let server = Server::bind(0).await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve_with_shutdown(Recorder(Default::default()), async {
+            let _ = stop_rx.await;
+        }));
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"POST /aws/lambda-microvms/runtime/v1/validate HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        stop_tx.send(()).unwrap();
+        task.await.unwrap().unwrap();
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn bind_clash_is_a_clear_error() {
+        let first = Server::bind(0).await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        let err = Server::bind(port).await.err().expect("port is taken");
+        assert!(err.to_string().contains(&format!("0.0.0.0:{port}")), "{err}");
+        assert!(err.to_string().contains("hooks.port"), "{err}");
+    }
+}
