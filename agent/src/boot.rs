@@ -42,7 +42,13 @@ const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
 pub const MOUNTS: [MountSpec; 8] = [
     m("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""),
     m("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
-    m("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, "mode=0755"),
+    m(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        "mode=0755",
+    ),
     m(
         "devpts",
         "/dev/pts",
@@ -53,7 +59,13 @@ pub const MOUNTS: [MountSpec; 8] = [
     m("shm", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
     m("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
     m("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, "mode=1777"),
-    m("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID_NODEV_NOEXEC, ""),
+    m(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        NOSUID_NODEV_NOEXEC,
+        "",
+    ),
 ];
 
 /// Mount points listed in /proc/self/mountinfo (field 5, octal escapes decoded).
@@ -69,7 +81,10 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -161,12 +176,17 @@ fn read_mounted() -> HashSet<String> {
 fn mount_one(spec: &MountSpec) -> nix::Result<()> {
     let target = Path::new(spec.target);
     if !target.exists() {
-        std::fs::create_dir_all(target).map_err(|e| {
-            nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-        })?;
+        std::fs::create_dir_all(target)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
     }
     let data = (!spec.data.is_empty()).then_some(spec.data);
-    let r = nix::mount::mount(Some(spec.source), target, Some(spec.fstype), spec.flags, data);
+    let r = nix::mount::mount(
+        Some(spec.source),
+        target,
+        Some(spec.fstype),
+        spec.flags,
+        data,
+    );
     match r {
         // A kernel without devtmpfs still gets a writable /dev.
         Err(_) if spec.fstype == "devtmpfs" => nix::mount::mount(
@@ -218,11 +238,11 @@ fn loopback_up() -> std::io::Result<()> {
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, a valid ifreq naming "lo",
     // through a socket we own; the union member used is the flags field.
     unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             return Err(std::io::Error::last_os_error());
         }
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
             return Err(std::io::Error::last_os_error());
         }
     }
@@ -256,7 +276,14 @@ mod tests {
         let plan: Vec<_> = plan_mounts(&m).iter().map(|s| s.target).collect();
         assert_eq!(
             plan,
-            ["/sys", "/dev/pts", "/dev/shm", "/run", "/tmp", "/sys/fs/cgroup"]
+            [
+                "/sys",
+                "/dev/pts",
+                "/dev/shm",
+                "/run",
+                "/tmp",
+                "/sys/fs/cgroup"
+            ]
         );
         let all: Vec<_> = plan_mounts(&HashSet::new())
             .iter()

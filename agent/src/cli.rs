@@ -6,7 +6,8 @@ use std::path::PathBuf;
 pub const DEFAULT_CONTROL: Addr = Addr::Vsock(9000);
 pub const DEFAULT_IMAGE_CONFIG: &str = "/etc/microvm/image.json";
 
-pub const USAGE: &str = "usage: microvm-agent [--control vsock:PORT | --control unix:PATH] [--image-config PATH]";
+pub const USAGE: &str =
+    "usage: microvm-agent [--control vsock:PORT | --control unix:PATH] [--image-config PATH]";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Args {

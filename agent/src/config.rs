@@ -46,7 +46,11 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "(body)".to_string() } else { path };
+        let field = if path == "." {
+            "(body)".to_string()
+        } else {
+            path
+        };
         // serde_json appends " at line L column C", which is noise next to a field path.
         let msg = e.inner().to_string();
         let msg = match msg.rfind(" at line ") {
@@ -688,7 +692,10 @@ mod tests {
             .message
             .contains("command"));
         assert_eq!(err_field(r#"{"imageName":"i","command":[]}"#), "command");
-        assert_eq!(err_field(r#"{"imageName":"i","command":[""]}"#), "command[0]");
+        assert_eq!(
+            err_field(r#"{"imageName":"i","command":[""]}"#),
+            "command[0]"
+        );
         assert_eq!(
             err_field(r#"{"imageName":"i","command":["/a","b\u0000"]}"#),
             "command[1]"
@@ -697,7 +704,10 @@ mod tests {
 
     #[test]
     fn image_name_alphabet_and_length() {
-        assert_eq!(err_field(r#"{"imageName":"","command":["/a"]}"#), "imageName");
+        assert_eq!(
+            err_field(r#"{"imageName":"","command":["/a"]}"#),
+            "imageName"
+        );
         assert_eq!(
             err_field(r#"{"imageName":"a b","command":["/a"]}"#),
             "imageName"
@@ -808,7 +818,10 @@ mod tests {
             err_field(&format!(r#"{base}{{"disabled":{{"x":1}}}}}}"#)),
             "logging.disabled.x"
         );
-        assert_eq!(err_field(&format!(r#"{base}{{"syslog":{{}}}}}}"#)), "logging");
+        assert_eq!(
+            err_field(&format!(r#"{base}{{"syslog":{{}}}}}}"#)),
+            "logging"
+        );
         assert_eq!(
             err_field(&format!(
                 r#"{base}{{"cloudWatch":{{"logGroup":"bad group"}}}}}}"#
@@ -816,7 +829,9 @@ mod tests {
             "logging.cloudWatch.logGroup"
         );
         assert_eq!(
-            err_field(&format!(r#"{base}{{"cloudWatch":{{"logStream":"a:b"}}}}}}"#)),
+            err_field(&format!(
+                r#"{base}{{"cloudWatch":{{"logStream":"a:b"}}}}}}"#
+            )),
             "logging.cloudWatch.logStream"
         );
         assert_eq!(
@@ -841,7 +856,10 @@ mod tests {
                 .on_application_exit,
             ExitPolicy::Restart
         );
-        assert_eq!(err_field(&format!(r#"{base}"reboot"}}"#)), "onApplicationExit");
+        assert_eq!(
+            err_field(&format!(r#"{base}"reboot"}}"#)),
+            "onApplicationExit"
+        );
     }
 
     #[test]
@@ -867,7 +885,10 @@ mod tests {
         assert_eq!(err("{}"), "microvmId");
         assert_eq!(err(r#"{"microvmId":""}"#), "microvmId");
         assert_eq!(err(r#"{"microvmId":5}"#), "microvmId");
-        assert_eq!(err(r#"{"microvmId":"m","runHookPayload":1}"#), "runHookPayload");
+        assert_eq!(
+            err(r#"{"microvmId":"m","runHookPayload":1}"#),
+            "runHookPayload"
+        );
         assert_eq!(err(r#"{"microvmId":"m","extra":1}"#), "extra");
         assert_eq!(err(r#"{"microvmId":"m","entropy":"!!"}"#), "entropy");
         assert_eq!(err(r#"{"microvmId":"m","entropy":"AAAA"}"#), "entropy");
@@ -926,7 +947,10 @@ mod tests {
         assert_eq!(parse_resume(b"").unwrap(), Freshness::default());
         assert!(matches!(
             parse_resume(br#"{"clock":{"unixTimeNanos":5}}"#),
-            Ok(Freshness { clock: Some(Clock { unix_time_nanos: 5 }), .. })
+            Ok(Freshness {
+                clock: Some(Clock { unix_time_nanos: 5 }),
+                ..
+            })
         ));
     }
 }

@@ -123,7 +123,10 @@ async fn exchange(
             .map_err(|e| format!("application closed the connection without answering: {e}"))?;
         let status = resp.status().as_u16();
         // Keep the head of the answer; a huge or endless body must not hold us.
-        let text = match Limited::new(resp.into_body(), APP_BODY_KEEP).collect().await {
+        let text = match Limited::new(resp.into_body(), APP_BODY_KEEP)
+            .collect()
+            .await
+        {
             Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
             Err(_) => String::from("(answer body too large or broken; not kept)"),
         };
@@ -153,7 +156,10 @@ mod tests {
             }
         );
         assert_eq!(classify(Hook::Ready, 503, String::new()), Outcome::NotReady);
-        assert_eq!(classify(Hook::Validate, 503, String::new()), Outcome::NotReady);
+        assert_eq!(
+            classify(Hook::Validate, 503, String::new()),
+            Outcome::NotReady
+        );
         // Only image-build hooks may say "not yet".
         assert!(matches!(
             classify(Hook::Run, 503, "busy".into()),
@@ -200,7 +206,14 @@ mod tests {
             .unwrap()
             .port();
         let t0 = Instant::now();
-        let out = call(port, Hook::Run, b"{}".to_vec(), Duration::from_secs(5), || false).await;
+        let out = call(
+            port,
+            Hook::Run,
+            b"{}".to_vec(),
+            Duration::from_secs(5),
+            || false,
+        )
+        .await;
         assert!(matches!(out, Outcome::Unreachable { .. }), "{out:?}");
         assert!(t0.elapsed() < Duration::from_secs(1));
     }

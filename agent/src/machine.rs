@@ -53,11 +53,16 @@ pub struct Steps {
     pub last_clock_unix_nanos: Option<u64>,
     pub entropy_reseeds: u32,
     pub last_entropy_bytes: Option<usize>,
+    pub storage_syncs: u32,
+    pub remounted_read_only: bool,
 }
 
 pub trait Machine: Send + Sync {
     fn set_clock(&self, unix_nanos: u64) -> std::io::Result<()>;
     fn add_entropy(&self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Flush dirty data to disk; with `final_`, also remount the root read-only so
+    /// nothing can dirty it between our answer and the power going off.
+    fn sync_storage(&self, final_: bool) -> std::io::Result<()>;
     fn steps(&self) -> Steps;
 }
 
@@ -107,6 +112,28 @@ impl Machine for Real {
         Ok(())
     }
 
+    fn sync_storage(&self, final_: bool) -> std::io::Result<()> {
+        nix::unistd::sync();
+        // Only a real guest owns its root filesystem; in a test namespace it is the
+        // developer's, and a superblock remount would reach outside the namespace.
+        let remount = final_ && self.role == Role::Guest;
+        if remount {
+            use nix::mount::{mount, MsFlags};
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )?;
+        }
+        self.record(|s| {
+            s.storage_syncs += 1;
+            s.remounted_read_only |= remount;
+        });
+        Ok(())
+    }
+
     fn steps(&self) -> Steps {
         self.steps.lock().map(|s| s.clone()).unwrap_or_default()
     }
@@ -143,10 +170,7 @@ mod sys {
     }
 
     pub fn set_realtime(unix_nanos: u64) -> std::io::Result<()> {
-        let ts = nix::sys::time::TimeSpec::new(
-            (unix_nanos / 1_000_000_000) as libc::time_t,
-            (unix_nanos % 1_000_000_000) as libc::c_long,
-        );
+        let ts = nix::sys::time::TimeSpec::from(std::time::Duration::from_nanos(unix_nanos));
         nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
             .map_err(std::io::Error::from)
     }

@@ -39,7 +39,11 @@ fn main() {
     if !args.ignored.is_empty() {
         tracing::warn!(ignored = ?args.ignored, "ignoring unknown arguments");
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), ?role, "microvm-agent starting");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        ?role,
+        "microvm-agent starting"
+    );
     let boot = if role.is_pid1() {
         boot::init_pid1(boot::DEFAULT_HOSTNAME)
     } else {

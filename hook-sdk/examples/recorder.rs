@@ -7,6 +7,8 @@
 //! - `RECORDER_FAIL=hook,...`: those hooks answer 500
 //! - `RECORDER_HANG=hook,...`: those hooks never answer
 //! - `RECORDER_NO_LISTEN=1`: never open the hooks port
+//! - `RECORDER_CONTROL=path`: read at every hook call; lines `fail HOOK`, `hang HOOK`,
+//!   `delay HOOK MS` change behaviour while the application runs
 //!
 //! SIGTERM and SIGINT are recorded, then the process exits 0; SIGHUP, SIGUSR1 and
 //! SIGUSR2 are recorded and ignored.
@@ -21,6 +23,7 @@ struct Recorder {
     not_ready_left: AtomicU32,
     fail: Vec<String>,
     hang: Vec<String>,
+    control: Option<std::path::PathBuf>,
 }
 
 impl Recorder {
@@ -38,14 +41,47 @@ impl Recorder {
         self.behave(hook).await
     }
 
+    /// Directives (`fail`, `hang`, `delay MS`) that apply to `hook` right now.
+    fn directives(&self, hook: &str) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        out.extend(
+            self.fail
+                .iter()
+                .filter(|h| *h == hook)
+                .map(|_| ("fail".into(), 0)),
+        );
+        out.extend(
+            self.hang
+                .iter()
+                .filter(|h| *h == hook)
+                .map(|_| ("hang".into(), 0)),
+        );
+        let text = self
+            .control
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        for line in text.lines() {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            if w.get(1) == Some(&hook) {
+                let n = w.get(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+                out.push((w[0].to_string(), n));
+            }
+        }
+        out
+    }
+
     async fn behave(&self, hook: &str) -> HookResponse {
-        if self.hang.iter().any(|h| h == hook) {
-            std::future::pending::<()>().await;
+        let mut response = HookResponse::Ok;
+        for (what, n) in self.directives(hook) {
+            match what.as_str() {
+                "hang" => std::future::pending::<()>().await,
+                "delay" => tokio::time::sleep(std::time::Duration::from_millis(n)).await,
+                "fail" => response = HookResponse::error(500, format!("{hook} failed on purpose")),
+                _ => {}
+            }
         }
-        if self.fail.iter().any(|h| h == hook) {
-            return HookResponse::error(500, format!("{hook} failed on purpose"));
-        }
-        HookResponse::Ok
+        response
     }
 }
 
@@ -113,6 +149,7 @@ async fn main() {
         ),
         fail: list("RECORDER_FAIL"),
         hang: list("RECORDER_HANG"),
+        control: std::env::var_os("RECORDER_CONTROL").map(Into::into),
     });
     rec.record(serde_json::json!({"started": std::process::id()}));
     println!("recorder: started, hooks on port {port}");

@@ -266,9 +266,8 @@ where
 {
     type Response = Response<Full<Bytes>>;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, req: Request<B>) -> Self::Future {
         let hooks = self.hooks.clone();
@@ -296,7 +295,8 @@ impl Server {
 
     /// Serve until the process ends.
     pub async fn serve<H: Hooks>(self, hooks: H) -> Result<(), Error> {
-        self.serve_with_shutdown(hooks, std::future::pending()).await
+        self.serve_with_shutdown(hooks, std::future::pending())
+            .await
     }
 
     /// Serve until `shutdown` resolves; then stop accepting and let the hook calls
@@ -368,14 +368,23 @@ mod tests {
         let h = Recorder(Default::default());
         let p = |hook: Hook| hook.path();
         assert_eq!(status_of(&h, Method::POST, &p(Hook::Ready), "").await, 503);
-        assert_eq!(status_of(&h, Method::POST, &p(Hook::Validate), "").await, 200);
+        assert_eq!(
+            status_of(&h, Method::POST, &p(Hook::Validate), "").await,
+            200
+        );
         let run = r#"{"microvmId":"m","runHookPayload":"a\nb"}"#;
         assert_eq!(status_of(&h, Method::POST, &p(Hook::Run), run).await, 200);
         assert_eq!(h.0.lock().unwrap().as_slice(), ["a\nb"]);
         assert_eq!(status_of(&h, Method::POST, &p(Hook::Run), "{}").await, 400);
         assert_eq!(status_of(&h, Method::POST, &p(Hook::Resume), "").await, 200);
-        assert_eq!(status_of(&h, Method::POST, &p(Hook::Suspend), "").await, 500);
-        assert_eq!(status_of(&h, Method::POST, &p(Hook::Terminate), "").await, 200);
+        assert_eq!(
+            status_of(&h, Method::POST, &p(Hook::Suspend), "").await,
+            500
+        );
+        assert_eq!(
+            status_of(&h, Method::POST, &p(Hook::Terminate), "").await,
+            200
+        );
         assert_eq!(status_of(&h, Method::GET, &p(Hook::Run), "").await, 405);
         assert_eq!(
             status_of(&h, Method::POST, "/aws/lambda-microvms/runtime/v1/nap", "").await,
@@ -399,10 +408,14 @@ mod tests {
         let server = Server::bind(0).await.unwrap();
         let port = server.local_addr().unwrap().port();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.serve_with_shutdown(Recorder(Default::default()), async {
-            let _ = stop_rx.await;
-        }));
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let task = tokio::spawn(
+            server.serve_with_shutdown(Recorder(Default::default()), async {
+                let _ = stop_rx.await;
+            }),
+        );
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
         s.write_all(b"POST /aws/lambda-microvms/runtime/v1/validate HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
@@ -411,7 +424,9 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         stop_tx.send(()).unwrap();
         task.await.unwrap().unwrap();
-        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err());
+        assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err());
     }
 
     #[tokio::test]
@@ -419,7 +434,10 @@ mod tests {
         let first = Server::bind(0).await.unwrap();
         let port = first.local_addr().unwrap().port();
         let err = Server::bind(port).await.err().expect("port is taken");
-        assert!(err.to_string().contains(&format!("0.0.0.0:{port}")), "{err}");
+        assert!(
+            err.to_string().contains(&format!("0.0.0.0:{port}")),
+            "{err}"
+        );
         assert!(err.to_string().contains("hooks.port"), "{err}");
     }
 }

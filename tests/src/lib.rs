@@ -1,0 +1,383 @@
+//! Host-side harness that plays the platform.
+//!
+//! [`Guest`] runs the real agent binary as PID 1 of fresh PID, mount, UTS and network
+//! namespaces (`unshare`, as root), with its control channel on a Unix socket, and
+//! talks HTTP/1.1 to it like the host does over vsock. Sockets and files live under
+//! `target/nstest/`, never in /tmp or /run, which the agent mounts fresh.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const HOOK_PREFIX: &str = "/aws/lambda-microvms/runtime/v1/";
+
+/// The workspace's target directory.
+pub fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
+}
+
+pub struct Bins {
+    pub agent: PathBuf,
+    pub recorder: PathBuf,
+}
+
+/// Build the agent and the example application once per test process (debug).
+pub fn bins() -> &'static Bins {
+    static BINS: OnceLock<Bins> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new(cargo)
+            .current_dir(&ws)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "microvm-agent",
+                "-p",
+                "hook-sdk",
+                "--bin",
+                "microvm-agent",
+                "--example",
+                "recorder",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the agent and recorder failed");
+        let d = target_dir().join("debug");
+        Bins {
+            agent: d.join("microvm-agent"),
+            recorder: d.join("examples/recorder"),
+        }
+    })
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skip (return early from) a test that needs root for namespaces, saying why.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::is_root() {
+            eprintln!("SKIPPED: needs root to create PID/mount/UTS/net namespaces with unshare");
+            return;
+        }
+    };
+}
+
+/// A fresh directory for one guest, under target/nstest.
+pub fn scratch(name: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let d = target_dir()
+        .join("nstest")
+        .join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create scratch dir");
+    d
+}
+
+/// An image config running the recorder with `env`, hooks per `hooks` (AWS Hooks object).
+pub fn recorder_config(dir: &Path, hooks: Value, env: &[(&str, &str)]) -> Value {
+    let mut e = serde_json::Map::new();
+    e.insert(
+        "RECORDER_LOG".into(),
+        dir.join("recorder.log").display().to_string().into(),
+    );
+    e.insert(
+        "RECORDER_CONTROL".into(),
+        dir.join("recorder.control").display().to_string().into(),
+    );
+    for (k, v) in env {
+        e.insert(k.to_string(), v.to_string().into());
+    }
+    serde_json::json!({
+        "imageName": "test-image",
+        "command": [bins().recorder.display().to_string()],
+        "env": e,
+        "hooks": hooks,
+    })
+}
+
+/// Every runtime and image-build hook ENABLED, with the given runtime timeout.
+pub fn all_hooks(timeout_s: u64) -> Value {
+    serde_json::json!({
+        "port": 9000,
+        "microvmImageHooks": {"ready": "ENABLED", "readyTimeoutInSeconds": timeout_s,
+                              "validate": "ENABLED", "validateTimeoutInSeconds": timeout_s},
+        "microvmHooks": {"run": "ENABLED", "runTimeoutInSeconds": timeout_s,
+                         "resume": "ENABLED", "resumeTimeoutInSeconds": timeout_s,
+                         "suspend": "ENABLED", "suspendTimeoutInSeconds": timeout_s,
+                         "terminate": "ENABLED", "terminateTimeoutInSeconds": timeout_s}
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Read one HTTP/1.1 response (Content-Length framed, as the agent always answers).
+pub fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let status = line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+            headers.push((k.to_string(), v.trim().to_string()));
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body)?;
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// One request on a fresh connection to a Unix socket.
+pub fn http(sock: &Path, method: &str, path: &str, body: &[u8]) -> std::io::Result<Reply> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    // A server may answer (413) and close before taking the whole body: read the
+    // answer anyway, as curl does.
+    let sent = s.write_all(body);
+    match read_reply(&mut BufReader::new(s)) {
+        Ok(r) => Ok(r),
+        Err(e) => Err(sent.err().unwrap_or(e)),
+    }
+}
+
+/// The agent running as PID 1 in its own namespaces.
+pub struct Guest {
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    child: Child,
+}
+
+impl Guest {
+    /// Boot with `config` (written to image.json) and wait for the control channel.
+    pub fn start(name: &str, config: &Value) -> Guest {
+        let dir = scratch(name);
+        Self::start_in(dir, config)
+    }
+
+    pub fn start_in(dir: PathBuf, config: &Value) -> Guest {
+        let cfg = dir.join("image.json");
+        std::fs::write(&cfg, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let sock = dir.join("control.sock");
+        let console = std::fs::File::create(dir.join("console.log")).unwrap();
+        let child = Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount",
+                "--uts",
+                "--net",
+                "--mount-proc",
+            ])
+            .arg(&bins().agent)
+            .arg("--control")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--image-config")
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .spawn()
+            .expect("spawn unshare");
+        let g = Guest { dir, sock, child };
+        g.wait_ready();
+        g
+    }
+
+    fn wait_ready(&self) {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if let Ok(r) = http(&self.sock, "GET", "/v1/status", b"") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("agent not ready in 20 s; console:\n{}", self.console());
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default()
+    }
+
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        http(&self.sock, method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}; console:\n{}", self.console()))
+    }
+
+    pub fn hook(&self, hook: &str, body: &str) -> Reply {
+        self.request("POST", &format!("{HOOK_PREFIX}{hook}"), body.as_bytes())
+    }
+
+    pub fn status(&self) -> Value {
+        self.request("GET", "/v1/status", b"").json()
+    }
+
+    /// Poll status until `pred` holds, or panic after `timeout`.
+    pub fn wait_status(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let s = self.status();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "status never matched within {timeout:?}; last: {s:#}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Change the recorder's behaviour from now on (`fail suspend`, `hang run`, ...).
+    pub fn app_behaviour(&self, lines: &[&str]) {
+        std::fs::write(self.dir.join("recorder.control"), lines.join("\n")).unwrap();
+    }
+
+    /// Lines the recorder application wrote.
+    pub fn recorded(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("recorder.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Recorded calls of one hook.
+    pub fn calls(&self, hook: &str) -> Vec<Value> {
+        self.recorded()
+            .into_iter()
+            .filter(|v| v["hook"] == hook)
+            .collect()
+    }
+
+    /// Wait until the recorder has opened its hooks port (it logs `started`).
+    pub fn wait_app_started(&self) {
+        let t0 = Instant::now();
+        while !self.recorded().iter().any(|v| v.get("started").is_some()) {
+            assert!(t0.elapsed() < Duration::from_secs(10), "app never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The host PID of the agent (PID 1 inside).
+    pub fn agent_pid(&self) -> i32 {
+        let p = format!("/proc/{0}/task/{0}/children", self.child.id());
+        let t0 = Instant::now();
+        loop {
+            if let Some(pid) = std::fs::read_to_string(&p)
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse().ok()))
+            {
+                return pid;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(5), "no agent process");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Host PIDs of every process in the guest's PID namespace, with their state letter.
+    pub fn processes(&self, agent_pid: i32) -> Vec<(i32, char)> {
+        let ns = std::fs::read_link(format!("/proc/{agent_pid}/ns/pid")).ok();
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if ns.is_none() || std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() != ns {
+                continue;
+            }
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // State follows the ")" that closes the command name.
+            if let Some(state) = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next()) {
+                out.push((pid, state));
+            }
+        }
+        out
+    }
+
+    /// Wait for the namespace's init to be gone; returns how unshare ended.
+    pub fn wait_gone(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "guest still running after {timeout:?}; console:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn unshare_pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        // unshare ignores SIGTERM; --kill-child takes the namespace with it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

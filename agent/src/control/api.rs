@@ -31,7 +31,10 @@ pub fn route(path: &str) -> Route {
     if path == STATUS_PATH {
         return Route::Status;
     }
-    match path.strip_prefix(HOOK_PATH_PREFIX).and_then(Hook::from_name) {
+    match path
+        .strip_prefix(HOOK_PATH_PREFIX)
+        .and_then(Hook::from_name)
+    {
         Some(h) => Route::Hook(h),
         None => Route::NotFound,
     }
@@ -92,7 +95,11 @@ async fn read_body(body: Incoming) -> Result<Bytes, Answer> {
             "PayloadTooLarge",
             format!("request body exceeds {MAX_BODY} bytes"),
         )),
-        Ok(Err(e)) => Err(Answer::error(400, "BadRequest", format!("reading body: {e}"))),
+        Ok(Err(e)) => Err(Answer::error(
+            400,
+            "BadRequest",
+            format!("reading body: {e}"),
+        )),
         Err(_) => Err(Answer::error(
             408,
             "RequestTimeout",
@@ -161,7 +168,10 @@ mod tests {
     fn routes() {
         assert_eq!(route("/v1/status"), Route::Status);
         for h in Hook::ALL {
-            assert_eq!(route(&format!("{HOOK_PATH_PREFIX}{}", h.name())), Route::Hook(h));
+            assert_eq!(
+                route(&format!("{HOOK_PATH_PREFIX}{}", h.name())),
+                Route::Hook(h)
+            );
         }
         for p in [
             "/",
@@ -178,17 +188,26 @@ mod tests {
     #[test]
     fn bodies_per_hook() {
         assert!(matches!(parse_input(Hook::Suspend, b""), Ok(Input::Empty)));
-        assert!(matches!(parse_input(Hook::Terminate, b"{}"), Ok(Input::Empty)));
+        assert!(matches!(
+            parse_input(Hook::Terminate, b"{}"),
+            Ok(Input::Empty)
+        ));
         assert!(matches!(
             parse_input(Hook::Suspend, b"{\"now\":true}"),
             Err(RequestError::Invalid(_))
         ));
-        assert!(matches!(parse_input(Hook::Resume, b""), Ok(Input::Resume(_))));
+        assert!(matches!(
+            parse_input(Hook::Resume, b""),
+            Ok(Input::Resume(_))
+        ));
         assert!(matches!(
             parse_input(Hook::Run, b"{}"),
             Err(RequestError::Invalid(f)) if f.field == "microvmId"
         ));
-        let a = request_error(RequestError::TooLarge(config::FieldError::new("runHookPayload", "x")));
+        let a = request_error(RequestError::TooLarge(config::FieldError::new(
+            "runHookPayload",
+            "x",
+        )));
         assert_eq!(a.status, 413);
         assert_eq!(a.body["field"], "runHookPayload");
     }

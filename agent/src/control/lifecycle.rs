@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, watch};
 
 /// SIGTERM to SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Longest we wait for sync(2) before answering anyway.
+pub const STORAGE_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the agent ended the VM itself (application exit, maximum duration), how long
 /// the host has to read `/v1/status` before power-off; a host `/terminate` cuts it short.
 pub const SELF_TERMINATE_REPORT_WINDOW: Duration = Duration::from_secs(5);
@@ -236,7 +238,7 @@ impl Lifecycle {
             (Op::Ready, _) => self.call_hook(Hook::Ready, b"{}".to_vec()).await,
             (Op::Validate, _) => self.call_hook(Hook::Validate, b"{}".to_vec()).await,
             (Op::Run, Input::Run(run)) => self.run(*run).await,
-            (Op::Suspend, _) => self.call_hook(Hook::Suspend, b"{}".to_vec()).await,
+            (Op::Suspend, _) => self.suspend().await,
             (Op::Resume, Input::Resume(fresh)) => {
                 if let Err(a) = self.refresh(*fresh) {
                     return a;
@@ -294,7 +296,11 @@ impl Lifecycle {
         }
         if let Some(bytes) = &fresh.entropy {
             self.ctx.machine.add_entropy(bytes).map_err(|e| {
-                Answer::error(500, "EntropyFailed", format!("RNDADDENTROPY/RNDRESEEDCRNG: {e}"))
+                Answer::error(
+                    500,
+                    "EntropyFailed",
+                    format!("RNDADDENTROPY/RNDRESEEDCRNG: {e}"),
+                )
             })?;
         }
         if let Some(c) = fresh.credentials {
@@ -317,7 +323,12 @@ impl Lifecycle {
         let t0 = Instant::now();
         let outcome = hooks::call(cfg.hooks.port(), hook, body, timeout, alive).await;
         let took = t0.elapsed();
-        tracing::info!(hook = hook.name(), ?outcome, ms = took.as_millis() as u64, "hook");
+        tracing::info!(
+            hook = hook.name(),
+            ?outcome,
+            ms = took.as_millis() as u64,
+            "hook"
+        );
         self.record(hook, Some(outcome.clone()), Some(took));
         let status = match &outcome {
             Outcome::Ok { .. } => 200,
@@ -351,7 +362,7 @@ impl Lifecycle {
     async fn terminate(self: &Arc<Self>, input: Input) -> Answer {
         let app_running = self.ctx.supervisor.as_ref().is_some_and(|s| s.is_running());
         let mut body = json!({});
-        if app_running && matches!(&self.ctx.config, Ok(_)) {
+        if app_running && self.ctx.config.is_ok() {
             // The app's answer is reported, but it cannot stop the termination.
             let hook = self.call_hook(Hook::Terminate, b"{}".to_vec()).await;
             body["hook"] = hook.body;
@@ -361,8 +372,9 @@ impl Lifecycle {
                 body["applicationExit"] = json!(exit);
             }
         }
-        let sync = tokio::task::spawn_blocking(nix::unistd::sync);
-        let _ = tokio::time::timeout(Duration::from_secs(10), sync).await;
+        if let Err(e) = self.sync_storage(true).await {
+            body["storageError"] = json!(e);
+        }
         let reason = match input {
             Input::SelfTerminate(r) => r,
             _ => "Host.Terminate".to_string(),
@@ -373,6 +385,32 @@ impl Lifecycle {
         };
         body["stateReason"] = json!(reason);
         Answer::new(200, body)
+    }
+
+    /// The app's hook first (it may write state), then make the guest safe to snapshot:
+    /// nothing dirty in the page cache that a restore elsewhere would miss.
+    async fn suspend(&self) -> Answer {
+        let mut answer = self.call_hook(Hook::Suspend, b"{}".to_vec()).await;
+        if answer.status == 200 {
+            if let Err(e) = self.sync_storage(false).await {
+                answer = Answer::error(500, "QuiesceFailed", e);
+            }
+        }
+        answer
+    }
+
+    /// Bounded: a wedged disk must not wedge the lifecycle.
+    async fn sync_storage(&self, final_: bool) -> Result<(), String> {
+        let machine = self.ctx.machine.clone();
+        let job = tokio::task::spawn_blocking(move || machine.sync_storage(final_));
+        match tokio::time::timeout(STORAGE_SYNC_TIMEOUT, job).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("sync/remount: {e}")),
+            Ok(Err(e)) => Err(format!("sync task: {e}")),
+            Err(_) => Err(format!(
+                "sync did not finish within {STORAGE_SYNC_TIMEOUT:?}"
+            )),
+        }
     }
 
     /// The agent ends the VM on its own; the host learns why from status and events.

@@ -56,7 +56,10 @@ pub async fn serve(listener: transport::Listener, lc: Arc<Lifecycle>, shutdown: 
             drop(permit);
         });
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("control connections still open after {DRAIN_TIMEOUT:?}; closing anyway");
     }
 }

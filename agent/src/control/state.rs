@@ -131,7 +131,12 @@ mod tests {
     use super::*;
     use Decision::*;
 
-    const BASES: [Base; 4] = [Base::Pending, Base::Running, Base::Suspended, Base::Terminated];
+    const BASES: [Base; 4] = [
+        Base::Pending,
+        Base::Running,
+        Base::Suspended,
+        Base::Terminated,
+    ];
 
     /// The whole table, written out: every (base, in flight, op) triple.
     fn expected(base: Base, in_flight: Option<Op>, op: Op) -> Decision {
@@ -155,13 +160,14 @@ mod tests {
 
     /// Which operations can actually be in flight from each base.
     fn reachable(base: Base, in_flight: Option<Op>) -> bool {
-        match (base, in_flight) {
-            (_, None) | (_, Some(Op::Terminate)) => true,
-            (Base::Pending, Some(Op::Ready | Op::Validate | Op::Run)) => true,
-            (Base::Running, Some(Op::Suspend)) => true,
-            (Base::Suspended, Some(Op::Resume)) => true,
-            _ => false,
-        }
+        matches!(
+            (base, in_flight),
+            (_, None)
+                | (_, Some(Op::Terminate))
+                | (Base::Pending, Some(Op::Ready | Op::Validate | Op::Run))
+                | (Base::Running, Some(Op::Suspend))
+                | (Base::Suspended, Some(Op::Resume))
+        )
     }
 
     #[test]
@@ -206,7 +212,10 @@ mod tests {
     #[test]
     fn derived_phases() {
         assert_eq!(phase(Base::Running, Some(Op::Suspend)), Phase::Suspending);
-        assert_eq!(phase(Base::Pending, Some(Op::Terminate)), Phase::Terminating);
+        assert_eq!(
+            phase(Base::Pending, Some(Op::Terminate)),
+            Phase::Terminating
+        );
         assert_eq!(phase(Base::Pending, Some(Op::Run)), Phase::Pending);
         assert_eq!(phase(Base::Suspended, Some(Op::Resume)), Phase::Suspended);
         assert_eq!(phase(Base::Terminated, None), Phase::Terminated);

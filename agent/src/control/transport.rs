@@ -74,7 +74,11 @@ impl Listener {
                     if peer_allowed(peer.cid()) {
                         return Ok(Box::pin(s));
                     }
-                    tracing::warn!(cid = peer.cid(), port = peer.port(), "refused control connection from a CID that is not the host");
+                    tracing::warn!(
+                        cid = peer.cid(),
+                        port = peer.port(),
+                        "refused control connection from a CID that is not the host"
+                    );
                     drop(s);
                 }
             }

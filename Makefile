@@ -1,0 +1,41 @@
+# microvm-agent: build, test, bench. `make help` lists the targets.
+SHELL := /bin/bash
+MUSL := x86_64-unknown-linux-musl
+AGENT := target/$(MUSL)/release/microvm-agent
+CARGO ?= cargo
+
+.PHONY: help setup build test lint run bench clean
+
+help:
+	@echo "make setup  - install what the build and tests need (idempotent)"
+	@echo "make build  - static, stripped agent: $(AGENT)"
+	@echo "make run    - boot the agent with the example app, run it with a payload, terminate"
+	@echo "make test   - unit tests and the PID-1 namespace suites"
+	@echo "make lint   - rustfmt and clippy -D warnings"
+	@echo "make bench  - benchmarks, written to target/bench/report.md"
+
+setup:
+	./scripts/setup.sh
+
+build:
+	@rustup target list --installed | grep -qx $(MUSL) || rustup target add $(MUSL)
+	$(CARGO) build --release --target $(MUSL) -p microvm-agent
+	@file $(AGENT) | grep -Eq 'statically linked|static-pie linked' || { echo "$(AGENT) is not static"; exit 1; }
+	@ls -l $(AGENT) | awk '{print "agent: " $$5 " bytes"}'
+
+test:
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+run: build
+	$(CARGO) run -q -p microvm-tests --bin demo -- "$${PAYLOAD:-hello from the host}"
+
+bench: build
+	$(CARGO) build --release -p hook-sdk --example recorder
+	$(CARGO) run --release -q -p microvm-tests --bin bench -- --agent $(AGENT) --app target/release/examples/recorder
+
+clean:
+	$(CARGO) clean

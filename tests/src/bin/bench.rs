@@ -1,0 +1,289 @@
+//! `make bench`: the agent's own costs, each against a baseline from the same run.
+//!
+//! The agent runs as an ordinary process here (not PID 1: no namespaces, so the
+//! application's hooks port is reachable directly for the baseline), with the
+//! release build of the example application as its command.
+
+use microvm_tests::{http, read_reply, HOOK_PREFIX};
+use serde_json::json;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    agent: PathBuf,
+    app: PathBuf,
+    out: PathBuf,
+    boots: usize,
+    calls: usize,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        agent: "target/x86_64-unknown-linux-musl/release/microvm-agent".into(),
+        app: "target/release/examples/recorder".into(),
+        out: "target/bench".into(),
+        boots: 50,
+        calls: 2000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let v = it.next().unwrap_or_else(|| panic!("{a} needs a value"));
+        match a.as_str() {
+            "--agent" => o.agent = v.into(),
+            "--app" => o.app = v.into(),
+            "--out" => o.out = v.into(),
+            "--boots" => o.boots = v.parse().expect("--boots N"),
+            "--calls" => o.calls = v.parse().expect("--calls N"),
+            _ => panic!("unknown flag {a}"),
+        }
+    }
+    o
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Agent {
+    child: Child,
+    sock: PathBuf,
+    port: u16,
+}
+
+impl Agent {
+    fn start(o: &Opts, n: usize) -> (Agent, Duration) {
+        let dir = o.out.join(format!("agent-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let t = 10;
+        let cfg = json!({
+            "imageName": "bench",
+            "command": [std::fs::canonicalize(&o.app).expect("app binary").display().to_string()],
+            "env": {"RECORDER_PORT": port.to_string()},
+            "hooks": {"port": port,
+                "microvmImageHooks": {"ready": "ENABLED", "readyTimeoutInSeconds": t},
+                "microvmHooks": {"run": "ENABLED", "runTimeoutInSeconds": t,
+                    "suspend": "ENABLED", "suspendTimeoutInSeconds": t,
+                    "resume": "ENABLED", "resumeTimeoutInSeconds": t,
+                    "terminate": "ENABLED", "terminateTimeoutInSeconds": t}},
+        });
+        let cfg_path = dir.join("image.json");
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let sock = dir.join("control.sock");
+        let t0 = Instant::now();
+        let child = Command::new(&o.agent)
+            .arg("--control")
+            .arg(format!("unix:{}", sock.display()))
+            .arg("--image-config")
+            .arg(&cfg_path)
+            .env("MICROVM_AGENT_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start agent");
+        loop {
+            if let Ok(r) = http(&sock, "GET", "/v1/status", b"") {
+                if r.status == 200 {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+            assert!(t0.elapsed() < Duration::from_secs(10), "agent never ready");
+        }
+        let ready = t0.elapsed();
+        (Agent { child, sock, port }, ready)
+    }
+
+    fn hook(&self, hook: &str, body: &str) -> (u16, Duration) {
+        let t0 = Instant::now();
+        let r = http(
+            &self.sock,
+            "POST",
+            &format!("{HOOK_PREFIX}{hook}"),
+            body.as_bytes(),
+        )
+        .expect("hook through agent");
+        (r.status, t0.elapsed())
+    }
+
+    /// The baseline: the same hook straight to the application, a fresh TCP connection
+    /// each time, exactly as the agent itself calls it.
+    fn direct(&self, hook: &str, body: &str) -> (u16, Duration) {
+        let t0 = Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect app");
+        let _ = s.set_nodelay(true);
+        let req = format!(
+            "POST {HOOK_PREFIX}{hook} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let r = read_reply(&mut BufReader::new(s)).expect("app answer");
+        (r.status, t0.elapsed())
+    }
+
+    fn rss_kib(&self) -> (u64, u64) {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            s.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    fn wait_app(&self) {
+        let t0 = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "app never listened");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = self.hook("terminate", "");
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Row(String, Vec<Duration>, Option<Vec<Duration>>);
+
+fn main() {
+    let o = opts();
+    std::fs::create_dir_all(&o.out).unwrap();
+    let run = json!({"microvmId": "mvm-bench", "runHookPayload": "x".repeat(1024)}).to_string();
+
+    // 1. Start to control-ready, and /run once per boot (/run happens once per VM).
+    let mut ready = Vec::new();
+    let mut runs = Vec::new();
+    let mut runs_direct = Vec::new();
+    let mut rss = (0, 0);
+    for n in 0..o.boots {
+        let (a, t) = Agent::start(&o, n);
+        ready.push(t);
+        a.wait_app();
+        let (s, d) = a.direct("run", &run);
+        assert_eq!(s, 200);
+        runs_direct.push(d);
+        let (s, d) = a.hook("run", &run);
+        assert_eq!(s, 200, "run through agent");
+        runs.push(d);
+        if n == 0 {
+            rss = a.rss_kib();
+        }
+        a.stop();
+    }
+
+    // 2. Repeated hook calls on one agent: ready (image build), then suspend/resume.
+    let (a, _) = Agent::start(&o, o.boots);
+    a.wait_app();
+    let mut rows = vec![Row("/run (1 per boot)".into(), runs, Some(runs_direct))];
+    let mut through = Vec::new();
+    let mut direct = Vec::new();
+    for _ in 0..o.calls {
+        direct.push(a.direct("ready", "").1);
+        let (s, d) = a.hook("ready", "");
+        assert_eq!(s, 200);
+        through.push(d);
+    }
+    rows.push(Row("/ready".into(), through, Some(direct)));
+    assert_eq!(a.hook("run", &run).0, 200);
+    let (mut sus, mut res, mut sus_d, mut res_d) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..o.calls / 2 {
+        sus_d.push(a.direct("suspend", "").1);
+        let (s, d) = a.hook("suspend", "");
+        assert_eq!(s, 200);
+        sus.push(d);
+        res_d.push(a.direct("resume", "").1);
+        let (s, d) = a.hook("resume", "");
+        assert_eq!(s, 200);
+        res.push(d);
+    }
+    rows.push(Row("/suspend".into(), sus, Some(sus_d)));
+    rows.push(Row("/resume".into(), res, Some(res_d)));
+    let mut status = Vec::new();
+    for _ in 0..o.calls {
+        let t0 = Instant::now();
+        let r = http(&a.sock, "GET", "/v1/status", b"").unwrap();
+        assert_eq!(r.status, 200);
+        status.push(t0.elapsed());
+    }
+    rows.push(Row("GET /v1/status (no app call)".into(), status, None));
+    let rss_after_many = a.rss_kib();
+    a.stop();
+
+    let size = std::fs::metadata(&o.agent).map(|m| m.len()).unwrap_or(0);
+    let mut out = String::new();
+    out.push_str(&format!(
+        "agent binary: {} ({} bytes = {:.2} MiB)\n\n",
+        o.agent.display(),
+        size,
+        size as f64 / 1048576.0
+    ));
+    out.push_str(&format!(
+        "start to control-ready ({} boots): p50 {:.2} ms, p99 {:.2} ms\n",
+        o.boots,
+        ms(pct(&mut ready.clone(), 0.5)),
+        ms(pct(&mut ready, 0.99))
+    ));
+    out.push_str(&format!(
+        "agent RSS after /run: {} KiB (peak {} KiB); after {} more hook calls: {} KiB (peak {} KiB)\n\n",
+        rss.0,
+        rss.1,
+        o.calls * 2,
+        rss_after_many.0,
+        rss_after_many.1
+    ));
+    out.push_str("| request | through agent p50 | p99 | direct to app p50 | p99 | ratio p50 | ratio p99 |\n|---|---|---|---|---|---|---|\n");
+    for Row(name, mut t, d) in rows {
+        let (p50, p99) = (pct(&mut t, 0.5), pct(&mut t, 0.99));
+        match d {
+            Some(mut d) => {
+                let (d50, d99) = (pct(&mut d, 0.5), pct(&mut d, 0.99));
+                out.push_str(&format!(
+                    "| {name} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.2}x | {:.2}x |\n",
+                    ms(p50),
+                    ms(p99),
+                    ms(d50),
+                    ms(d99),
+                    ms(p50) / ms(d50),
+                    ms(p99) / ms(d99)
+                ));
+            }
+            None => out.push_str(&format!(
+                "| {name} | {:.3} ms | {:.3} ms | - | - | - | - |\n",
+                ms(p50),
+                ms(p99)
+            )),
+        }
+    }
+    print!("{out}");
+    std::fs::write(o.out.join("report.md"), &out).unwrap();
+}

@@ -1,0 +1,428 @@
+//! The foundation: the real agent as PID 1 in fresh namespaces, the example
+//! application as the image's command, and a host-side client on the control socket.
+
+use microvm_tests::*;
+use serde_json::{json, Value};
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+fn run_body(payload: &str) -> String {
+    json!({"microvmId": "mvm-0123", "runHookPayload": payload}).to_string()
+}
+
+fn run_only(timeout: u64) -> Value {
+    json!({"microvmHooks": {"run": "ENABLED", "runTimeoutInSeconds": timeout}})
+}
+
+#[test]
+fn run_payload_arrives_byte_exact() {
+    require_root!();
+    let exact: String = "ü\"\n\\x".chars().cycle().take(16_384).collect::<String>();
+    // Trim to exactly 16,384 UTF-8 bytes (ü is two).
+    let mut max = String::new();
+    for c in exact.chars() {
+        if max.len() + c.len_utf8() > 16_384 {
+            break;
+        }
+        max.push(c);
+    }
+    while max.len() < 16_384 {
+        max.push('a');
+    }
+    assert_eq!(max.len(), 16_384);
+    let payloads = [
+        String::new(),
+        "héllo wörld ✓ 日本語 🦀".to_string(),
+        r#"she said "hi" and 'bye' \ / {"json":true}"#.to_string(),
+        "line1\nline2\r\n\ttabbed\n\n".to_string(),
+        "\u{0}\u{1f}control".to_string(),
+        max,
+    ];
+    for payload in payloads {
+        let dir = scratch("payload");
+        let g = Guest::start_in(dir.clone(), &recorder_config(&dir, run_only(5), &[]));
+        let r = g.hook("run", &run_body(&payload));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["state"], "RUNNING");
+        assert_eq!(r.json()["microvmId"], "mvm-0123");
+        let calls = g.calls("run");
+        assert_eq!(calls.len(), 1, "run delivered once");
+        assert_eq!(calls[0]["microvmId"], "mvm-0123");
+        assert_eq!(
+            calls[0]["runHookPayload"].as_str().unwrap().as_bytes(),
+            payload.as_bytes(),
+            "payload of {} bytes",
+            payload.len()
+        );
+    }
+}
+
+#[test]
+fn oversize_payload_is_413_and_the_app_sees_nothing() {
+    require_root!();
+    let dir = scratch("oversize");
+    let g = Guest::start_in(dir.clone(), &recorder_config(&dir, run_only(5), &[]));
+    g.wait_app_started();
+    let r = g.hook("run", &run_body(&"x".repeat(16_385)));
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["field"], "runHookPayload");
+    // A body over the transport limit is refused before it is parsed.
+    let huge = format!(
+        r#"{{"microvmId":"m","runHookPayload":"{}"}}"#,
+        "y".repeat(300_000)
+    );
+    assert_eq!(g.hook("run", &huge).status, 413);
+    assert!(g.calls("run").is_empty());
+    assert_eq!(g.status()["state"], "PENDING");
+    // And the VM can still be run afterwards.
+    assert_eq!(g.hook("run", &run_body("ok")).status, 200);
+}
+
+#[test]
+fn disabled_run_hook_answers_200_without_calling_the_app() {
+    require_root!();
+    let dir = scratch("disabled");
+    let g = Guest::start_in(dir.clone(), &recorder_config(&dir, json!({}), &[]));
+    g.wait_app_started();
+    let r = g.hook("run", &run_body("p"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["result"], "disabled");
+    assert!(g.calls("run").is_empty());
+    assert_eq!(g.status()["hooks"]["run"]["disabled"], true);
+}
+
+#[test]
+fn a_thousand_orphans_leave_no_zombie() {
+    require_root!();
+    let dir = scratch("orphans");
+    let done = dir.join("orphans.done");
+    let script = format!(
+        "i=0; while [ $i -lt 1000 ]; do (sleep 0.2 &); i=$((i+1)); done; echo > {}; exec {}",
+        done.display(),
+        bins().recorder.display()
+    );
+    let mut cfg = recorder_config(&dir, json!({}), &[]);
+    cfg["command"] = json!(["/bin/sh", "-c", script]);
+    let g = Guest::start_in(dir.clone(), &cfg);
+    let agent = g.agent_pid();
+    let t0 = Instant::now();
+    while !done.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "orphan burst never finished"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The last orphans exit 0.2 s after the burst; one second after that, none may linger.
+    std::thread::sleep(Duration::from_millis(1200));
+    let zombies: Vec<_> = g
+        .processes(agent)
+        .into_iter()
+        .filter(|(_, s)| *s == 'Z')
+        .collect();
+    assert!(zombies.is_empty(), "zombies: {zombies:?}");
+    assert_eq!(g.status()["application"]["orphansReaped"], 1000);
+}
+
+#[test]
+fn sigterm_to_the_agent_reaches_the_application() {
+    require_root!();
+    let dir = scratch("sigterm");
+    let mut g = Guest::start_in(dir.clone(), &recorder_config(&dir, json!({}), &[]));
+    g.wait_app_started();
+    let agent = g.agent_pid();
+    // SAFETY: kill has no memory preconditions; the pid is our guest's PID 1.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGTERM) }, 0);
+    let s = g.wait_status(Duration::from_secs(5), |s| {
+        s["application"]["running"] == false
+    });
+    assert!(g.recorded().iter().any(|v| v["signal"] == "SIGTERM"));
+    assert_eq!(s["application"]["lastExit"], json!({"code": 0}));
+    assert_eq!(s["stateReason"], "Application.ExitCode.0");
+    // Default policy: the VM ends with its application.
+    let st = g.wait_gone(Duration::from_secs(20));
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGINT),
+        "power-off through reboot(2)"
+    );
+}
+
+fn exit_reported(name: &str, script: &str, exit: Value, reason: &str) {
+    let dir = scratch(name);
+    let mut cfg = recorder_config(&dir, json!({}), &[]);
+    cfg["command"] = json!(["/bin/sh", "-c", script]);
+    let mut g = Guest::start_in(dir, &cfg);
+    let s = g.wait_status(Duration::from_secs(5), |s| {
+        s["application"]["lastExit"] != Value::Null
+    });
+    assert_eq!(s["application"]["lastExit"], exit);
+    assert_eq!(s["application"]["stateReason"], reason);
+    let s = g.wait_status(Duration::from_secs(10), |s| s["state"] == "TERMINATED");
+    assert_eq!(s["stateReason"], reason);
+    // The host acknowledging with /terminate ends the report window at once.
+    let r = g.hook("terminate", "");
+    assert_eq!(r.status, 200);
+    let t0 = Instant::now();
+    g.wait_gone(Duration::from_secs(5));
+    assert!(t0.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn application_exit_code_is_reported() {
+    require_root!();
+    exit_reported(
+        "exit3",
+        "sleep 0.3; exit 3",
+        json!({"code": 3}),
+        "Application.ExitCode.3",
+    );
+}
+
+#[test]
+fn application_killed_by_a_signal_is_reported() {
+    require_root!();
+    exit_reported(
+        "segv",
+        "sleep 0.3; kill -SEGV $$",
+        json!({"signal": libc::SIGSEGV}),
+        "Application.Signal.SIGSEGV",
+    );
+}
+
+#[test]
+fn malformed_requests_are_refused_precisely() {
+    require_root!();
+    let dir = scratch("malformed");
+    let g = Guest::start_in(dir.clone(), &recorder_config(&dir, run_only(5), &[]));
+    g.wait_app_started();
+
+    let r = g.hook("run", "{\"microvmId\": ");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "BadRequest");
+
+    let r = g.hook("run", r#"{"runHookPayload":"x"}"#);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["field"], "microvmId");
+
+    let r = g.hook("run", r#"{"microvmId":"m","runHookPayload":7}"#);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["field"], "runHookPayload");
+
+    let r = g.request("GET", &format!("{HOOK_PREFIX}run"), b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+
+    let r = g.request("DELETE", "/v1/status", b"");
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET"));
+
+    for path in ["/", "/v1/statuses", &format!("{HOOK_PREFIX}sleep"), "/aws"] {
+        assert_eq!(g.request("POST", path, b"{}").status, 404, "{path}");
+    }
+
+    // Not HTTP at all: the connection is closed, the agent carries on.
+    let mut s = UnixStream::connect(&g.sock).unwrap();
+    s.write_all(b"\x16\x03\x01garbage\r\n\r\n").unwrap();
+    let _ = read_reply(&mut BufReader::new(s));
+
+    assert!(g.calls("run").is_empty());
+    assert_eq!(g.status()["state"], "PENDING");
+}
+
+#[test]
+fn a_client_sending_one_byte_per_second_blocks_nobody() {
+    require_root!();
+    let dir = scratch("slowloris");
+    let g = Guest::start_in(dir.clone(), &recorder_config(&dir, run_only(5), &[]));
+    let sock = g.sock.clone();
+    let slow = std::thread::spawn(move || {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let req = b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut sent = 0;
+        for b in req.iter().take(5) {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            sent += 1;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // While the slow client is mid-request, others are served.
+    for _ in 0..20 {
+        assert_eq!(g.request("GET", "/v1/status", b"").status, 200);
+    }
+    assert_eq!(g.hook("run", &run_body("fast")).status, 200);
+    assert!(
+        !slow.is_finished(),
+        "slow client still dribbling while others were served"
+    );
+    assert_eq!(slow.join().unwrap(), 5);
+}
+
+#[test]
+fn a_hundred_concurrent_runs_exactly_one_wins() {
+    require_root!();
+    let dir = scratch("concurrent");
+    let g = Guest::start_in(dir.clone(), &recorder_config(&dir, run_only(5), &[]));
+    g.wait_app_started();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(100));
+    let handles: Vec<_> = (0..100)
+        .map(|i| {
+            let sock = g.sock.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let body = json!({"microvmId": "m", "runHookPayload": format!("p{i}")});
+                http(
+                    &sock,
+                    "POST",
+                    &format!("{HOOK_PREFIX}run"),
+                    body.to_string().as_bytes(),
+                )
+                .map(|r| (r.status, r.json()))
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().expect("every request answered"))
+        .collect();
+    let ok = results.iter().filter(|(s, _)| *s == 200).count();
+    let conflicts: Vec<_> = results.iter().filter(|(s, _)| *s == 409).collect();
+    assert_eq!(ok, 1);
+    assert_eq!(conflicts.len(), 99);
+    assert!(conflicts
+        .iter()
+        .all(|(_, b)| b["state"] == "PENDING" || b["state"] == "RUNNING"));
+    assert_eq!(g.calls("run").len(), 1);
+    assert_eq!(g.status()["state"], "RUNNING");
+}
+
+#[test]
+fn a_hanging_hook_gives_504_within_its_timeout() {
+    require_root!();
+    let dir = scratch("hang");
+    let g = Guest::start_in(
+        dir.clone(),
+        &recorder_config(&dir, run_only(1), &[("RECORDER_HANG", "run")]),
+    );
+    g.wait_app_started();
+    let t0 = Instant::now();
+    let r = g.hook("run", &run_body("x"));
+    let took = t0.elapsed();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["result"], "timeout");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1500),
+        "took {took:?}"
+    );
+    assert_eq!(g.calls("run").len(), 1);
+    // A failed run leaves the VM where it was.
+    assert_eq!(g.status()["state"], "PENDING");
+    assert_eq!(g.status()["hooks"]["run"]["last"]["result"], "timeout");
+}
+
+#[test]
+fn an_application_not_listening_gives_502() {
+    require_root!();
+    let dir = scratch("nolisten");
+    let g = Guest::start_in(
+        dir.clone(),
+        &recorder_config(&dir, run_only(1), &[("RECORDER_NO_LISTEN", "1")]),
+    );
+    g.wait_app_started();
+    let r = g.hook("run", &run_body("x"));
+    assert_eq!(r.status, 502);
+    let b = r.json();
+    assert_eq!(b["result"], "unreachable");
+    assert!(
+        b["error"].as_str().unwrap().contains("127.0.0.1:9000"),
+        "{b}"
+    );
+    assert_eq!(g.status()["state"], "PENDING");
+}
+
+#[test]
+fn an_application_answering_500_gives_502_with_its_status() {
+    require_root!();
+    let dir = scratch("fail500");
+    let g = Guest::start_in(
+        dir.clone(),
+        &recorder_config(&dir, run_only(2), &[("RECORDER_FAIL", "run")]),
+    );
+    let r = g.hook("run", &run_body("x"));
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["applicationStatus"], 500);
+    assert!(r.json()["applicationBody"]
+        .as_str()
+        .unwrap()
+        .contains("run failed on purpose"));
+}
+
+#[test]
+fn terminate_powers_off_and_leaves_nothing_running() {
+    require_root!();
+    let dir = scratch("terminate");
+    let mut cfg = recorder_config(&dir, all_hooks(2), &[]);
+    // A stray background process in the guest must not survive power-off either.
+    cfg["command"] = json!([
+        "/bin/sh",
+        "-c",
+        format!("(setsid sleep 600 &); exec {}", bins().recorder.display())
+    ]);
+    let mut g = Guest::start_in(dir, &cfg);
+    g.wait_app_started();
+    let agent = g.agent_pid();
+    assert!(g.processes(agent).len() >= 3, "{:?}", g.processes(agent));
+    assert_eq!(g.hook("run", &run_body("x")).status, 200);
+    let r = g.hook("terminate", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["state"], "TERMINATED");
+    assert_eq!(r.json()["stateReason"], "Host.Terminate");
+    assert_eq!(r.json()["applicationExit"], json!({"code": 0}));
+    let st = g.wait_gone(Duration::from_secs(10));
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGINT),
+        "power-off through reboot(2)"
+    );
+    let calls: Vec<_> = g.recorded();
+    let order: Vec<String> = calls
+        .iter()
+        .filter_map(|v| {
+            v.get("hook")
+                .or(v.get("signal"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(order, ["run", "terminate", "SIGTERM"]);
+    assert!(g.processes(agent).is_empty(), "{:?}", g.processes(agent));
+    assert!(!std::path::Path::new(&format!("/proc/{agent}")).exists());
+}
+
+#[test]
+fn an_invalid_image_config_is_reported_not_fatal() {
+    require_root!();
+    let dir = scratch("badconfig");
+    let cfg = json!({"imageName": "i", "command": ["/x"], "hooks": {"port": 70000}});
+    let mut g = Guest::start_in(dir, &cfg);
+    let s = g.status();
+    assert_eq!(s["state"], "PENDING");
+    let err = s["configError"].as_str().unwrap();
+    assert!(
+        err.contains("hooks.port: must be 1-65535, got 70000"),
+        "{err}"
+    );
+    assert!(g.console().contains("hooks.port"), "the console says why");
+    let r = g.hook("run", &run_body("x"));
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["error"], "ImageConfigInvalid");
+    assert_eq!(g.hook("terminate", "").status, 200);
+    g.wait_gone(Duration::from_secs(10));
+}
