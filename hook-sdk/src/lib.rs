@@ -192,6 +192,34 @@ fn reply(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
 /// Answer one hook request: the routing, status codes and bodies of the public
 /// interface. Paths outside the interface get 404, other methods 405, a `/run` body
 /// that is not a run request 400.
+///
+/// Call it from a server you already run for requests under [`HOOK_PATH_PREFIX`]:
+///
+/// ```
+/// use hook_sdk::{handle, HookResponse, Hooks};
+/// use http_body_util::Full;
+/// use hyper::body::Bytes;
+///
+/// struct Warming;
+/// impl Hooks for Warming {
+///     async fn ready(&self) -> HookResponse {
+///         HookResponse::NotReady
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let req = hyper::Request::post("/aws/lambda-microvms/runtime/v1/ready")
+///     .body(Full::new(Bytes::new()))
+///     .unwrap();
+/// assert_eq!(handle(&Warming, req).await.status(), 503);
+///
+/// let req = hyper::Request::post("/aws/lambda-microvms/runtime/v1/run")
+///     .body(Full::new(Bytes::from(r#"{"microvmId":"mvm-1","runHookPayload":"hi"}"#)))
+///     .unwrap();
+/// assert_eq!(handle(&Warming, req).await.status(), 200); // default: OK
+/// # }
+/// ```
 pub async fn handle<H, B>(hooks: &H, req: Request<B>) -> Response<Full<Bytes>>
 where
     H: Hooks + ?Sized,
@@ -276,6 +304,23 @@ where
 }
 
 /// A hooks listener bound to `0.0.0.0:port`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), hook_sdk::Error> {
+/// struct App;
+/// impl hook_sdk::Hooks for App {}
+///
+/// let server = hook_sdk::Server::bind(0).await?; // 0: any free port, for the example
+/// let port = server.local_addr().unwrap().port();
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let task = tokio::spawn(server.serve_with_shutdown(App, async { let _ = stopped.await; }));
+/// assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok());
+/// stop.send(()).unwrap();
+/// task.await.unwrap()?; // returns once in-flight hooks have answered
+/// # Ok(())
+/// # }
+/// ```
 pub struct Server {
     listener: tokio::net::TcpListener,
 }

@@ -26,6 +26,7 @@ pub fn target_dir() -> PathBuf {
 pub struct Bins {
     pub agent: PathBuf,
     pub recorder: PathBuf,
+    pub http_app: PathBuf,
 }
 
 /// Build the agent and the example application once per test process (debug).
@@ -47,6 +48,8 @@ pub fn bins() -> &'static Bins {
                 "microvm-agent",
                 "--example",
                 "recorder",
+                "--example",
+                "http_app",
             ])
             .status()
             .expect("run cargo build");
@@ -55,6 +58,7 @@ pub fn bins() -> &'static Bins {
         Bins {
             agent: d.join("microvm-agent"),
             recorder: d.join("examples/recorder"),
+            http_app: d.join("examples/http_app"),
         }
     })
 }
