@@ -4,11 +4,15 @@ MUSL := x86_64-unknown-linux-musl
 AGENT := target/$(MUSL)/release/microvm-agent
 CARGO ?= cargo
 
-.PHONY: help setup build test lint run bench clean
+IMAGE := build/example
+APP := target/$(MUSL)/release/examples/recorder
+
+.PHONY: help setup build app rootfs test lint run bench clean
 
 help:
 	@echo "make setup  - install what the build and tests need (idempotent)"
 	@echo "make build  - static, stripped agent: $(AGENT)"
+	@echo "make rootfs - bootable example image: $(IMAGE)/rootfs.ext4 and $(IMAGE)/vmlinuz"
 	@echo "make run    - boot the agent with the example app, run it with a payload, terminate"
 	@echo "make test   - unit tests and the PID-1 namespace suites"
 	@echo "make lint   - rustfmt and clippy -D warnings"
@@ -22,6 +26,13 @@ build:
 	$(CARGO) build --release --target $(MUSL) -p microvm-agent
 	@file $(AGENT) | grep -Eq 'statically linked|static-pie linked' || { echo "$(AGENT) is not static"; exit 1; }
 	@ls -l $(AGENT) | awk '{print "agent: " $$5 " bytes"}'
+
+# The example application, static like the agent: the guest has no libc.
+app:
+	$(CARGO) build --release --target $(MUSL) -p hook-sdk --example recorder
+
+rootfs: build app
+	rootfs/build.sh $(AGENT) $(APP) rootfs/example/image.json $(IMAGE)
 
 test:
 	$(CARGO) test --workspace

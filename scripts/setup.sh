@@ -4,6 +4,9 @@ set -euo pipefail
 need_apt=()
 command -v unshare >/dev/null || need_apt+=(util-linux)
 command -v file >/dev/null || need_apt+=(file)
+command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -12,4 +15,11 @@ fi
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+# The vhost-user vsock backend for real guests (pure Rust, pinned), into .tools/.
+root=$(cd "$(dirname "$0")/.." && pwd)
+if ! "$root/.tools/bin/vhost-device-vsock" --version >/dev/null 2>&1; then
+  cargo install --locked --quiet vhost-device-vsock@0.3.0 --root "$root/.tools"
+fi
+# apt-get download (kernel for images) needs fresh package lists.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then apt-get update -qq; fi
 echo "setup: ok"

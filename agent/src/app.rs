@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Notify};
 const BIND_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Run the agent; returns the reason to power off with.
-pub async fn run(args: Args, role: Role, boot: boot::BootReport) -> String {
+pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Option<u32>) -> String {
     let machine: Arc<dyn Machine> = Arc::new(Real::new(role));
     let reaper = Arc::new(Reaper::default());
     tokio::spawn(reaper.clone().run());
@@ -71,6 +71,15 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport) -> String {
     let shutdown = Arc::new(Notify::new());
     let server = tokio::spawn(control::serve(listener, lc.clone(), shutdown.clone()));
     tracing::info!(control = %args.control, "control channel ready");
+    if let Some(port) = announce {
+        let line = serde_json::json!({
+            "event": "ready",
+            "cid": crate::guest::local_cid(),
+            "control": args.control.to_string(),
+        })
+        .to_string();
+        tokio::spawn(crate::guest::announce(port, line));
+    }
 
     // The first power request sets a deadline; a later one may only bring it closer.
     let Some(first) = power_rx.recv().await else {

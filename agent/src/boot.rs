@@ -115,8 +115,9 @@ pub struct BootReport {
     pub failures: Vec<String>,
 }
 
-/// PID 1's duties. Not called when we are not PID 1.
-pub fn init_pid1(hostname: &str) -> BootReport {
+/// PID 1's duties. Not called when we are not PID 1. Runs before logging is set up
+/// (the log level may come from /proc/cmdline): failures are returned, not logged.
+pub fn init_pid1() -> BootReport {
     let mut report = BootReport::default();
     if let Some((k, v)) = missing_env(std::env::var_os("PATH").is_some()) {
         std::env::set_var(k, v);
@@ -137,9 +138,6 @@ pub fn init_pid1(hostname: &str) -> BootReport {
         }
     }
     ensure_console();
-    if let Err(e) = nix::unistd::sethostname(hostname) {
-        report.failures.push(format!("sethostname {hostname}: {e}"));
-    }
     if let Err(e) = loopback_up() {
         report.failures.push(format!("bring lo up: {e}"));
     }
@@ -150,11 +148,22 @@ pub fn init_pid1(hostname: &str) -> BootReport {
             report.failures.push(format!("disable ctrl-alt-del: {e}"));
         }
     }
-    for f in &report.failures {
-        tracing::warn!("boot: {f}");
-    }
-    tracing::info!(mounted = ?report.mounted, "boot done");
     report
+}
+
+pub fn set_hostname(report: &mut BootReport, hostname: &str) {
+    if let Err(e) = nix::unistd::sethostname(hostname) {
+        report.failures.push(format!("sethostname {hostname}: {e}"));
+    }
+}
+
+impl BootReport {
+    pub fn log(&self) {
+        for f in &self.failures {
+            tracing::warn!("boot: {f}");
+        }
+        tracing::info!(mounted = ?self.mounted, "boot done");
+    }
 }
 
 /// Not PID 1: adopt orphans of our subtree, like init would.

@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+/// RunMicrovm's range for `maximumDurationInSeconds` (8 hours).
+pub const MAX_DURATION_SECONDS: u64 = 28_800;
+
 /// Largest `runHookPayload`, in UTF-8 bytes (the platform's documented limit).
 pub const MAX_RUN_HOOK_PAYLOAD: usize = 16_384;
 
@@ -552,8 +555,14 @@ impl RunRequest {
                 .into());
             }
         }
-        if raw.maximum_duration_in_seconds == Some(0) {
-            return Err(FieldError::new("maximumDurationInSeconds", "must be at least 1").into());
+        if let Some(d) = raw.maximum_duration_in_seconds {
+            if !(1..=MAX_DURATION_SECONDS).contains(&d) {
+                return Err(FieldError::new(
+                    "maximumDurationInSeconds",
+                    format!("must be 1-{MAX_DURATION_SECONDS}, got {d}"),
+                )
+                .into());
+            }
         }
         if matches!(&raw.region, Some(r) if r.is_empty()) {
             return Err(FieldError::new("region", "must not be empty").into());
@@ -902,6 +911,10 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"microvmId":"m","maximumDurationInSeconds":0}"#),
+            "maximumDurationInSeconds"
+        );
+        assert_eq!(
+            err(r#"{"microvmId":"m","maximumDurationInSeconds":28801}"#),
             "maximumDurationInSeconds"
         );
         assert_eq!(

@@ -15,9 +15,11 @@ impl FormatTime for BootClock {
     }
 }
 
-pub fn init() {
-    let level = std::env::var("MICROVM_AGENT_LOG")
-        .ok()
+/// `level` (from `microvm.log=`) wins over `MICROVM_AGENT_LOG`; default info.
+pub fn init(level: Option<&str>) {
+    let level = level
+        .map(str::to_string)
+        .or_else(|| std::env::var("MICROVM_AGENT_LOG").ok())
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
     let _ = tracing_subscriber::fmt()

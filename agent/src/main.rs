@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod console;
 mod control;
+mod guest;
 mod hooks;
 mod machine;
 mod supervisor;
@@ -13,14 +14,25 @@ mod supervisor;
 use machine::Role;
 
 fn main() {
-    console::init();
     let role = Role::detect();
+    // Mounts first: the log level and more come from /proc/cmdline in a guest.
+    let mut boot = if role.is_pid1() {
+        boot::init_pid1()
+    } else {
+        boot::init_subreaper()
+    };
+    let cmdline = if role == Role::Guest {
+        guest::read_cmdline()
+    } else {
+        guest::Cmdline::default()
+    };
+    console::init(cmdline.log.as_deref());
     std::panic::set_hook(Box::new(move |info| {
         tracing::error!("agent panicked: {info}");
         eprintln!("microvm-agent panicked: {info}");
         machine::power_off(role, "Agent.Panic");
     }));
-    let args = match cli::parse(std::env::args().skip(1)) {
+    let mut args = match cli::parse(std::env::args().skip(1)) {
         Ok(a) if a.help => {
             println!("{}", cli::USAGE);
             return;
@@ -44,16 +56,32 @@ fn main() {
         ?role,
         "microvm-agent starting"
     );
-    let boot = if role.is_pid1() {
-        boot::init_pid1(boot::DEFAULT_HOSTNAME)
-    } else {
-        boot::init_subreaper()
-    };
+    if role.is_pid1() {
+        let hostname = cmdline
+            .hostname
+            .as_deref()
+            .unwrap_or(boot::DEFAULT_HOSTNAME);
+        boot::set_hostname(&mut boot, hostname);
+    }
+    // Only a real guest loads modules: in a test namespace the kernel is the host's.
+    if role == Role::Guest {
+        boot.failures.extend(guest::load_modules());
+        if let Some(c) = &cmdline.control {
+            match c.parse() {
+                Ok(a) => args.control = a,
+                Err(e) => tracing::error!("microvm.control: {e}; keeping {}", args.control),
+            }
+        }
+        if let Some(p) = &cmdline.image_config {
+            args.image_config = p.into();
+        }
+    }
+    boot.log();
     let reason = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(app::run(args, role, boot)),
+        Ok(rt) => rt.block_on(app::run(args, role, boot, cmdline.announce)),
         Err(e) => format!("Agent.RuntimeFailed: {e}"),
     };
     machine::power_off(role, &reason);

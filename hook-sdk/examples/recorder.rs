@@ -10,6 +10,12 @@
 //! - `RECORDER_CONTROL=path`: read at every hook call; lines `fail HOOK`, `hang HOOK`,
 //!   `delay HOOK MS` change behaviour while the application runs
 //!
+//! - `RECORDER_VSOCK_PROBE=port`: inside a guest, connect to the agent's control port
+//!   from the loopback CID (1), i.e. not from the host, and record whether it answered
+//!
+//! Every record carries `t`, this process's wall clock in Unix milliseconds, and is
+//! also printed to stdout as `recorder: {json}` so a guest's console carries it.
+//!
 //! SIGTERM and SIGINT are recorded, then the process exits 0; SIGHUP, SIGUSR1 and
 //! SIGUSR2 are recorded and ignored.
 
@@ -27,7 +33,13 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn record(&self, event: serde_json::Value) {
+    fn record(&self, mut event: serde_json::Value) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        event["t"] = now.into();
+        println!("recorder: {event}");
         if let Ok(mut guard) = self.log.lock() {
             if let Some(f) = guard.as_mut() {
                 // One write per line keeps lines whole when read concurrently.
@@ -152,6 +164,13 @@ async fn main() {
         control: std::env::var_os("RECORDER_CONTROL").map(Into::into),
     });
     rec.record(serde_json::json!({"started": std::process::id()}));
+    if let Some(port) = std::env::var("RECORDER_VSOCK_PROBE")
+        .ok()
+        .and_then(|p| p.parse().ok())
+    {
+        let rec = rec.clone();
+        tokio::task::spawn_blocking(move || rec.record(vsock_probe(port)));
+    }
     println!("recorder: started, hooks on port {port}");
 
     let signals = {
@@ -200,4 +219,27 @@ async fn main() {
         eprintln!("recorder: {e}");
         std::process::exit(1);
     }
+}
+
+/// Ask the agent's control channel for its status from CID 1 (vsock loopback): a peer
+/// that is not the host. The agent must close such a connection without answering.
+fn vsock_probe(port: u32) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let addr = vsock::VsockAddr::new(vsock::VMADDR_CID_LOCAL, port);
+    let mut s = match vsock::VsockStream::connect(&addr) {
+        Ok(s) => s,
+        Err(e) => {
+            return serde_json::json!({"vsockProbe": {"cid": 1, "connectError": e.to_string()}})
+        }
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut buf = Vec::new();
+    let read = s.read_to_end(&mut buf);
+    serde_json::json!({"vsockProbe": {
+        "cid": 1,
+        "answered": !buf.is_empty(),
+        "bytes": buf.len(),
+        "readError": read.err().map(|e| e.to_string()),
+    }})
 }

@@ -5,6 +5,8 @@
 //! talks HTTP/1.1 to it like the host does over vsock. Sockets and files live under
 //! `target/nstest/`, never in /tmp or /run, which the agent mounts fresh.
 
+pub mod vm;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

@@ -466,6 +466,14 @@ impl Lifecycle {
             "hooks": hooks,
             "machine": self.ctx.machine.steps(),
             "role": self.ctx.role,
+            "guest": (self.ctx.role == Role::Guest).then(|| {
+                let mem = crate::guest::meminfo();
+                json!({
+                    "cid": crate::guest::local_cid(),
+                    "memTotalKiB": mem.map(|m| m.0),
+                    "memAvailableKiB": mem.map(|m| m.1),
+                })
+            }),
             "boot": self.ctx.boot,
             "uptimeMs": self.started.elapsed().as_millis() as u64,
         })

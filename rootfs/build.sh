@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Turn an application plus the agent into a bootable ext4 image, without root
+# privileges or mounts (mkfs.ext4 -d). Outputs in $OUT: rootfs.ext4, vmlinuz.
+#
+#   rootfs/build.sh AGENT APP IMAGE_CONFIG OUT
+#
+# APP is a static binary (copied to /app/) or a directory (copied as /app). The kernel
+# and its modules come from one pinned Debian ABI package, extracted, never installed.
+set -euo pipefail
+agent=$1 app=$2 cfg=$3 out=$4
+KERNEL_PKG=${KERNEL_PKG:-linux-image-6.1.0-56-cloud-amd64}
+SIZE=${SIZE:-64M}
+# virtio-pci and vsock are modules in Debian's cloud kernel; order matters.
+MODULES=(
+  kernel/drivers/virtio/virtio_ring.ko
+  kernel/drivers/virtio/virtio.ko
+  kernel/drivers/virtio/virtio_pci_legacy_dev.ko
+  kernel/drivers/virtio/virtio_pci_modern_dev.ko
+  kernel/drivers/virtio/virtio_pci.ko
+  kernel/net/vmw_vsock/vsock.ko
+  kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko
+  kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko
+  kernel/net/vmw_vsock/vsock_loopback.ko
+)
+
+mkdir -p "$out"
+kdir=$out/kernel/$KERNEL_PKG
+if [ ! -f "$kdir/.extracted" ]; then
+  rm -rf "$kdir" && mkdir -p "$kdir"
+  if ! (cd "$kdir" && apt-get download "$KERNEL_PKG" >/dev/null 2>&1); then
+    # Debian drops an ABI package at its next point release; say so, and use the
+    # current one so the build still works (kernel and modules stay from one package).
+    current=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    echo "rootfs: $KERNEL_PKG is not downloadable; using $current (set KERNEL_PKG to pin it)" >&2
+    (cd "$kdir" && apt-get download "$current" >/dev/null)
+  fi
+  dpkg-deb -x "$kdir"/linux-image-*.deb "$kdir/x"
+  touch "$kdir/.extracted"
+fi
+release=$(ls "$kdir/x/lib/modules")
+stage=$out/rootfs
+rm -rf "$stage"
+mkdir -p "$stage"/{sbin,etc/microvm,dev,proc,sys,tmp,run,app,"lib/modules/$release"}
+install -m 0755 "$agent" "$stage/sbin/init"
+if [ -d "$app" ]; then cp -a "$app/." "$stage/app/"; else install -m 0755 "$app" "$stage/app/"; fi
+install -m 0644 "$cfg" "$stage/etc/microvm/image.json"
+: > "$stage/etc/microvm/modules"
+for m in "${MODULES[@]}"; do
+  src=$kdir/x/lib/modules/$release/$m
+  [ -f "$src" ] || { [ -f "$src.xz" ] && xz -dc "$src.xz" > "${src}"; }
+  mkdir -p "$stage/lib/modules/$release/$(dirname "$m")"
+  cp "$src" "$stage/lib/modules/$release/$m"
+  echo "$m" >> "$stage/etc/microvm/modules"
+done
+rm -f "$out/rootfs.ext4"
+mkfs.ext4 -q -F -O ^has_journal -E root_owner=0:0 -d "$stage" "$out/rootfs.ext4" "$SIZE"
+cp "$kdir/x/boot/vmlinuz-$release" "$out/vmlinuz"
+echo "rootfs: $out/rootfs.ext4 ($(du -k --apparent-size "$out/rootfs.ext4" | cut -f1) KiB, $(du -sk "$stage" | cut -f1) KiB used), kernel $out/vmlinuz ($release)"
