@@ -13,7 +13,7 @@ help:
 	@echo "make setup  - install what the build and tests need (idempotent)"
 	@echo "make build  - static, stripped agent: $(AGENT)"
 	@echo "make rootfs - bootable example image: $(IMAGE)/rootfs.ext4 and $(IMAGE)/vmlinuz"
-	@echo "make run    - boot the agent with the example app, run it with a payload, terminate"
+	@echo "make run    - boot the example image in QEMU, run it with a payload, suspend, resume, terminate"
 	@echo "make test   - unit tests and the PID-1 namespace suites"
 	@echo "make lint   - rustfmt and clippy -D warnings"
 	@echo "make bench  - benchmarks, written to target/bench/report.md"
@@ -41,12 +41,16 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-run: build
-	$(CARGO) run -q -p microvm-tests --bin demo -- "$${PAYLOAD:-hello from the host}"
+# Boot the example image in QEMU and play run-microvm against it.
+run: rootfs
+	$(CARGO) build -q -p microvm-tests --bin microvm-local
+	target/debug/microvm-local run-microvm --image-identifier $(IMAGE) \
+	  --run-hook-payload "$${PAYLOAD:-hello from the host}" \
+	  --then status,suspend,sleep=2,resume,terminate
 
-bench: build
+bench: rootfs
 	$(CARGO) build --release -p hook-sdk --example recorder
-	$(CARGO) run --release -q -p microvm-tests --bin bench -- --agent $(AGENT) --app target/release/examples/recorder
+	$(CARGO) run --release -q -p microvm-tests --bin bench -- --agent $(AGENT) --app target/release/examples/recorder --image $(IMAGE)
 
 clean:
 	$(CARGO) clean

@@ -5,6 +5,7 @@
 //! talks HTTP/1.1 to it like the host does over vsock. Sockets and files live under
 //! `target/nstest/`, never in /tmp or /run, which the agent mounts fresh.
 
+pub mod runcli;
 pub mod vm;
 
 use serde_json::Value;

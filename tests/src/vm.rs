@@ -101,13 +101,29 @@ impl Default for VmOpts {
 
 pub struct Vm {
     pub dir: PathBuf,
-    qemu: Child,
+    /// None until started; Drop kills whatever exists.
+    qemu: Option<Child>,
     backend: Child,
     /// QEMU start to the agent's announcement.
     pub boot_time: Duration,
     /// What the agent announced (JSON).
     pub announced: Value,
     pub started: Instant,
+}
+
+/// Children die with the thread that started them, even if it is SIGKILLed: no
+/// QEMU or backend may outlive its runner.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 fn wait_for(path: &Path, timeout: Duration) -> bool {
@@ -127,7 +143,7 @@ impl Vm {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let vhost = dir.join("vhost.sock");
         let uds = dir.join("vm.vsock");
-        let backend = Command::new(tool("vhost-device-vsock"))
+        let backend = die_with_parent(&mut Command::new(tool("vhost-device-vsock")))
             .arg("--guest-cid")
             .arg(opts.cid.to_string())
             .arg("--socket")
@@ -142,7 +158,7 @@ impl Vm {
         // From here on, Drop cleans up whatever was started.
         let mut vm = Vm {
             dir: dir.to_path_buf(),
-            qemu: Command::new("true").spawn().map_err(|e| e.to_string())?,
+            qemu: None,
             backend,
             boot_time: Duration::ZERO,
             announced: Value::Null,
@@ -162,7 +178,7 @@ impl Vm {
             opts.cmdline
         );
         vm.started = Instant::now();
-        vm.qemu = Command::new(tool("qemu-system-x86_64"))
+        let qemu = die_with_parent(&mut Command::new(tool("qemu-system-x86_64")))
             .args([
                 "-M",
                 "q35,memory-backend=mem",
@@ -206,6 +222,7 @@ impl Vm {
             .stderr(std::fs::File::create(dir.join("qemu.log")).map_err(|e| e.to_string())?)
             .spawn()
             .map_err(|e| format!("start qemu: {e}"))?;
+        vm.qemu = Some(qemu);
         loop {
             match announce.accept() {
                 Ok((mut s, _)) => {
@@ -219,7 +236,7 @@ impl Vm {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(format!("announce listener: {e}")),
             }
-            if let Ok(Some(st)) = vm.qemu.try_wait() {
+            if let Some(Ok(Some(st))) = vm.qemu.as_mut().map(Child::try_wait) {
                 return Err(format!(
                     "qemu exited during boot ({st}); serial:\n{}",
                     vm.serial()
@@ -330,26 +347,23 @@ impl Vm {
     pub fn wait_exit(&mut self, timeout: Duration) -> bool {
         let t0 = Instant::now();
         while t0.elapsed() < timeout {
-            if let Ok(Some(_)) = self.qemu.try_wait() {
-                return true;
+            match self.qemu.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(_))) | None => return true,
+                _ => {}
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         false
     }
-
-    pub fn qemu_pid(&self) -> u32 {
-        self.qemu.id()
-    }
-
-    pub fn backend_pid(&self) -> u32 {
-        self.backend.id()
-    }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        for c in [&mut self.qemu, &mut self.backend] {
+        for c in self
+            .qemu
+            .iter_mut()
+            .chain(std::iter::once(&mut self.backend))
+        {
             let _ = c.kill();
             let _ = c.wait();
         }

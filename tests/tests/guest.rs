@@ -171,3 +171,163 @@ fn a_real_guest_runs_suspends_resumes_and_powers_off() {
         ["validate", "run", "suspend", "resume", "terminate"]
     );
 }
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purpose; /proc/PID/stat says which.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rfind(')').and_then(|i| s[i + 2..].chars().next()) != Some('Z'))
+        .unwrap_or(false)
+}
+
+fn children_named(parent: u32, names: &[&str]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(c, _)| c);
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && comm.is_some_and(|c| names.iter().any(|n| c.starts_with(n))) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_runner_takes_run_microvm_parameters_and_cleans_up() {
+    if image().is_none() {
+        return;
+    }
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/example");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
+        .args(["run-microvm", "--image-identifier"])
+        .arg(&img)
+        .args([
+            "--run-hook-payload",
+            "from the runner",
+            "--idle-policy",
+            "maxIdleDurationSeconds=900,suspendedDurationSeconds=300,autoResumeEnabled=true",
+            "--maximum-duration-in-seconds",
+            "600",
+            "--execution-role-arn",
+            "arn:aws:iam::123456789012:role/demo",
+            "--then",
+            "status,suspend,sleep=1,resume,terminate",
+            "--timeout",
+            "120",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // The run-microvm output, pretty-printed like the CLI, then one line per action.
+    let end = stdout.find("\n}\n").expect("output JSON") + 3;
+    let first: Value = serde_json::from_str(&stdout[..end]).unwrap();
+    assert!(first["microvmId"].as_str().unwrap().starts_with("mvm-"));
+    assert_eq!(first["state"], "RUNNING");
+    assert_eq!(
+        first["executionRoleArn"],
+        "arn:aws:iam::123456789012:role/demo"
+    );
+    assert_eq!(first["idlePolicy"]["maxIdleDurationSeconds"], 900);
+    assert_eq!(first["maximumDurationInSeconds"], 600);
+    let actions: Vec<Value> = stdout[end..]
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let names: Vec<&str> = actions
+        .iter()
+        .filter_map(|v| v["action"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["status", "suspend", "sleep=1", "resume", "terminate"]
+    );
+    assert_eq!(actions[0]["answer"]["microvmId"], first["microvmId"]);
+    assert_eq!(
+        actions[0]["answer"]["run"]["idlePolicy"]["maxIdleDurationSeconds"],
+        900
+    );
+    assert_eq!(actions[1]["status"], 200);
+    assert_eq!(actions[3]["status"], 200);
+    assert_eq!(actions[4]["answer"]["state"], "TERMINATED");
+    // The application's logs were streamed.
+    assert!(
+        stderr.contains("guest| recorder: {\"hook\":\"run\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("from the runner"));
+}
+
+#[test]
+fn the_runner_leaves_no_qemu_or_backend_behind_when_killed() {
+    if image().is_none() {
+        return;
+    }
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/example");
+    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
+            .args(["run-microvm", "--image-identifier"])
+            .arg(&img)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the run-microvm output: the guest is up.
+        let mut first = [0u8; 1];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        let kids = children_named(child.id(), &["qemu-system", "vhost-device"]);
+        assert_eq!(kids.len(), 2, "{name}: {kids:?}");
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let t0 = Instant::now();
+        let st = child.wait().unwrap();
+        if sig == libc::SIGTERM {
+            assert!(st.success(), "SIGTERM ends the run cleanly: {st}");
+        }
+        while kids.iter().any(|p| alive(*p)) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{name}: {kids:?} outlived the runner"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn the_runner_validates_like_the_cli() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
+            .arg("run-microvm")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[
+        "--image-identifier",
+        "x",
+        "--run-hook-payload",
+        &"p".repeat(16_385),
+    ]);
+    assert_eq!(o.status.code(), Some(255));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(
+        "Parameter validation failed:\nInvalid length for parameter runHookPayload, value: 16385, valid max length: 16384"
+    ));
+    let o = run(&["--generate-cli-skeleton"]);
+    assert!(o.status.success());
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.get("runHookPayload").is_some() && v.get("idlePolicy").is_some());
+    let o = run(&["--image-identifier", "/nonexistent"]);
+    assert_eq!(o.status.code(), Some(254));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("make rootfs"));
+}
