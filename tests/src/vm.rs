@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 
 /// The guest port of the agent's control channel.
 pub const CONTROL_PORT: u32 = 9000;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Quiet time around a pause: vhost-device-vsock 0.3.0 can wedge for good when the VM
+/// is stopped while vsock packets are in flight, or a CONNECT arrives while the device
+/// restarts after `cont` (the same family as the boot-time pitfall in vm-testbed.md).
+pub const PAUSE_SETTLE: Duration = Duration::from_millis(300);
+
 /// The host port the agent announces itself on.
 pub const ANNOUNCE_PORT: u32 = 9999;
 
@@ -261,8 +267,10 @@ impl Vm {
     pub fn connect(&self, port: u32) -> std::io::Result<UnixStream> {
         let mut last = None;
         for _ in 0..20 {
+            let started = Instant::now();
             let mut s = UnixStream::connect(self.dir.join("vm.vsock"))?;
-            s.set_read_timeout(Some(Duration::from_secs(120)))?;
+            // A wedged backend never answers CONNECT: fail in seconds, not minutes.
+            s.set_read_timeout(Some(CONNECT_TIMEOUT))?;
             s.write_all(format!("CONNECT {port}\n").as_bytes())?;
             // Byte by byte: whatever follows "OK <n>\n" belongs to the guest's stream.
             let mut line = Vec::new();
@@ -274,7 +282,13 @@ impl Vm {
                 }
             }
             if line.starts_with(b"OK ") {
+                s.set_read_timeout(Some(Duration::from_secs(120)))?;
                 return Ok(s);
+            }
+            if line.is_empty() && started.elapsed() >= CONNECT_TIMEOUT {
+                return Err(std::io::Error::other(format!(
+                    "CONNECT {port}: no answer from the vsock backend within {CONNECT_TIMEOUT:?} (backend wedged?)"
+                )));
             }
             // Closed before OK: the guest side was not ready; retry.
             last = Some(String::from_utf8_lossy(&line).into_owned());
@@ -341,6 +355,19 @@ impl Vm {
             }
         }
         Ok(Value::Null)
+    }
+
+    /// Pause the VM (after the agent answered /suspend), once vsock traffic settled.
+    pub fn pause(&self) -> Result<(), String> {
+        std::thread::sleep(PAUSE_SETTLE);
+        self.qmp("stop").map(|_| ())
+    }
+
+    /// Continue a paused VM; the device restarts before the first CONNECT.
+    pub fn unpause(&self) -> Result<(), String> {
+        self.qmp("cont")?;
+        std::thread::sleep(PAUSE_SETTLE);
+        Ok(())
     }
 
     /// Wait for QEMU to exit (power-off), true if it did within `timeout`.

@@ -129,9 +129,9 @@ fn a_real_guest_runs_suspends_resumes_and_powers_off() {
     // Suspend, pause the VM for 30 s, continue, resume with the host's clock.
     let r = vm.hook("suspend", "").unwrap();
     assert_eq!(r.status, 200);
-    vm.qmp("stop").unwrap();
+    vm.pause().unwrap();
     std::thread::sleep(Duration::from_secs(30));
-    vm.qmp("cont").unwrap();
+    vm.unpause().unwrap();
     let resume = json!({"clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy()});
     let sent_at = now_ms();
     let r = vm.hook("resume", &resume.to_string()).unwrap();

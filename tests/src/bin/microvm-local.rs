@@ -139,12 +139,12 @@ fn act(vm: &Vm, action: &str) -> Result<Value, String> {
         "suspend" => {
             let v = answer(vm.hook("suspend", ""))?;
             if v["status"] == 200 {
-                vm.qmp("stop")?;
+                vm.pause()?;
             }
             Ok(v)
         }
         "resume" => {
-            vm.qmp("cont")?;
+            vm.unpause()?;
             let body = json!({"clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy_b64()});
             answer(vm.hook("resume", &body.to_string()))
         }
@@ -341,7 +341,7 @@ fn report(action: &str, r: Result<Value, String>) {
 /// Terminate cleanly if the guest still runs, then make sure nothing outlives us.
 fn finish(vm: &mut Vm, code: i32) -> i32 {
     if !vm.wait_exit(Duration::from_millis(10)) {
-        let _ = vm.qmp("cont");
+        let _ = vm.unpause();
         if let Ok(r) = vm.hook("terminate", "") {
             report(
                 "terminate",
