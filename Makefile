@@ -35,7 +35,7 @@ rootfs: build app
 	rootfs/build.sh $(AGENT) $(APP) rootfs/example/image.json $(IMAGE)
 
 test:
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -44,6 +44,10 @@ mkdir -p "$stage"/{sbin,etc/microvm,dev,proc,sys,tmp,run,app,"lib/modules/$relea
 install -m 0755 "$agent" "$stage/sbin/init"
 if [ -d "$app" ]; then cp -a "$app/." "$stage/app/"; else install -m 0755 "$app" "$stage/app/"; fi
 install -m 0644 "$cfg" "$stage/etc/microvm/image.json"
+# A bare rootfs has no trust store; HTTPS to CloudWatch needs one.
+if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+  install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$stage/etc/ssl/certs/ca-certificates.crt"
+fi
 : > "$stage/etc/microvm/modules"
 for m in "${MODULES[@]}"; do
   src=$kdir/x/lib/modules/$release/$m

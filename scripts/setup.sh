@@ -7,6 +7,9 @@ command -v file >/dev/null || need_apt+=(file)
 command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
+# ring (TLS for the AWS SDK) compiles C for the musl target.
+command -v x86_64-linux-musl-gcc >/dev/null || need_apt+=(musl-tools)
+python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -19,6 +22,11 @@ rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup ta
 root=$(cd "$(dirname "$0")/.." && pwd)
 if ! "$root/.tools/bin/vhost-device-vsock" --version >/dev/null 2>&1; then
   cargo install --locked --quiet vhost-device-vsock@0.3.0 --root "$root/.tools"
+fi
+# moto: a real CloudWatch Logs wire-protocol server for the log tests, pinned.
+if ! "$root/.venv/bin/moto_server" --help >/dev/null 2>&1; then
+  python3 -m venv "$root/.venv"
+  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
 fi
 # apt-get download (kernel for images) needs fresh package lists.
 if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then apt-get update -qq; fi

@@ -30,6 +30,21 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Optio
         Err(e) => return format!("Agent.ControlBindFailed: {} ({e})", args.control),
     };
 
+    let logs = config.as_ref().ok().map(|cfg| {
+        let logs = crate::logs::Logs::new(cfg.logs.clone());
+        tokio::spawn(logs.clone().run_sender());
+        logs
+    });
+    let pipe = |logs: &Option<Arc<crate::logs::Logs>>| {
+        logs.as_ref().and_then(|l| match l.pipe() {
+            Ok(fd) => Some(Arc::new(fd)),
+            Err(e) => {
+                tracing::error!("cannot create a log pipe ({e}); output goes to the console");
+                None
+            }
+        })
+    };
+    let (stdout, stderr) = (pipe(&logs), pipe(&logs));
     let supervisor = config.as_ref().ok().map(|cfg| {
         let mut env: Vec<(String, String)> = ["PATH", "HOME", "TERM"]
             .iter()
@@ -44,6 +59,8 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Optio
             command: cfg.command.clone(),
             env,
             working_dir: cfg.working_dir.clone(),
+            stdout,
+            stderr,
         };
         Supervisor::new(reaper.clone(), spec, cfg.on_application_exit)
     });
@@ -52,6 +69,7 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Optio
     let lc = lifecycle::Lifecycle::new(lifecycle::Context {
         config,
         supervisor: supervisor.clone(),
+        logs,
         machine: machine.clone(),
         power: power_tx,
         role,

@@ -316,6 +316,49 @@ pub enum ExitPolicy {
     Restart,
 }
 
+/// What a full log buffer does to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum WhenFull {
+    /// The application's write blocks until there is room: nothing is lost.
+    #[default]
+    Block,
+    /// The oldest buffered events make room, counted as dropped.
+    DropOldest,
+}
+
+pub const DEFAULT_LOG_BUFFER: usize = 64 * 1024 * 1024;
+/// The buffer must hold at least one maximal PutLogEvents batch.
+pub const MIN_LOG_BUFFER: usize = 2 * 1024 * 1024;
+pub const MAX_LOG_BUFFER: usize = 1024 * 1024 * 1024;
+
+/// How the agent handles application logs (an addition to the image config).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogsSettings {
+    #[serde(default = "default_log_buffer")]
+    pub buffer_bytes: usize,
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Also print application lines on the console (for local runs).
+    #[serde(default)]
+    pub mirror_to_console: bool,
+}
+
+fn default_log_buffer() -> usize {
+    DEFAULT_LOG_BUFFER
+}
+
+impl Default for LogsSettings {
+    fn default() -> Self {
+        LogsSettings {
+            buffer_bytes: DEFAULT_LOG_BUFFER,
+            when_full: WhenFull::Block,
+            mirror_to_console: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImageConfig {
@@ -329,6 +372,8 @@ pub struct ImageConfig {
     pub logging: Option<Logging>,
     #[serde(default)]
     pub on_application_exit: ExitPolicy,
+    #[serde(default)]
+    pub logs: LogsSettings,
 }
 
 impl ImageConfig {
@@ -394,6 +439,13 @@ impl ImageConfig {
         self.hooks.validate()?;
         if let Some(l) = &self.logging {
             l.validate("logging")?;
+        }
+        let b = self.logs.buffer_bytes;
+        if !(MIN_LOG_BUFFER..=MAX_LOG_BUFFER).contains(&b) {
+            return Err(FieldError::new(
+                "logs.bufferBytes",
+                format!("must be {MIN_LOG_BUFFER}-{MAX_LOG_BUFFER} bytes, got {b}"),
+            ));
         }
         Ok(())
     }
@@ -853,6 +905,28 @@ mod tests {
                 r#"{base}{{"cloudWatch":{{"logGroup":"{long}"}}}}}}"#
             )),
             "logging.cloudWatch.logGroup"
+        );
+    }
+
+    #[test]
+    fn log_settings() {
+        let cfg = img(r#"{"imageName":"i","command":["/a"]}"#).unwrap();
+        assert_eq!(cfg.logs, LogsSettings::default());
+        assert_eq!(cfg.logs.buffer_bytes, 64 * 1024 * 1024);
+        let cfg = img(r#"{"imageName":"i","command":["/a"],"logs":{"bufferBytes":2097152,"whenFull":"dropOldest","mirrorToConsole":true}}"#).unwrap();
+        assert_eq!(cfg.logs.when_full, WhenFull::DropOldest);
+        assert!(cfg.logs.mirror_to_console);
+        for bad in ["1048576", "2000000000"] {
+            assert_eq!(
+                err_field(&format!(
+                    r#"{{"imageName":"i","command":["/a"],"logs":{{"bufferBytes":{bad}}}}}"#
+                )),
+                "logs.bufferBytes"
+            );
+        }
+        assert_eq!(
+            err_field(r#"{"imageName":"i","command":["/a"],"logs":{"whenFull":"drop"}}"#),
+            "logs.whenFull"
         );
     }
 

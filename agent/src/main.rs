@@ -8,6 +8,7 @@ mod console;
 mod control;
 mod guest;
 mod hooks;
+mod logs;
 mod machine;
 mod supervisor;
 

@@ -11,6 +11,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -121,27 +122,40 @@ impl Reaper {
     }
 }
 
-/// What the application is; argv, environment and directory.
+/// What the application is; argv, environment, directory, and where its output goes.
 #[derive(Debug, Clone)]
 pub struct AppSpec {
     pub command: Vec<String>,
     pub env: Vec<(String, String)>,
     pub working_dir: Option<String>,
+    /// Write ends of the log pipes; kept by us so every restart writes to the same
+    /// pipes, and so a flush can tell "drained" from the pipe itself (FIONREAD).
+    pub stdout: Option<Arc<OwnedFd>>,
+    pub stderr: Option<Arc<OwnedFd>>,
+}
+
+fn output(fd: &Option<Arc<OwnedFd>>) -> std::io::Result<Stdio> {
+    Ok(match fd {
+        Some(fd) => Stdio::from(fd.try_clone()?),
+        None => Stdio::inherit(),
+    })
 }
 
 impl AppSpec {
-    fn command(&self) -> Command {
+    fn command(&self) -> std::io::Result<Command> {
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
+            .stdout(output(&self.stdout)?)
+            .stderr(output(&self.stderr)?)
             // Its own process group, so signals reach its whole tree and not us.
             .process_group(0);
         if let Some(dir) = &self.working_dir {
             cmd.current_dir(dir);
         }
-        cmd
+        Ok(cmd)
     }
 }
 
@@ -215,7 +229,11 @@ impl Supervisor {
                 return None;
             }
             let started = Instant::now();
-            let exit = match self.reaper.spawn(&mut self.spec.command()) {
+            let spawned = self
+                .spec
+                .command()
+                .and_then(|mut cmd| self.reaper.spawn(&mut cmd));
+            let exit = match spawned {
                 Ok((pid, rx)) => {
                     tracing::info!(pid, command = ?self.spec.command, "application started");
                     self.status.send_modify(|s| {

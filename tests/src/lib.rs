@@ -5,6 +5,7 @@
 //! talks HTTP/1.1 to it like the host does over vsock. Sockets and files live under
 //! `target/nstest/`, never in /tmp or /run, which the agent mounts fresh.
 
+pub mod cw;
 pub mod runcli;
 pub mod vm;
 
@@ -113,6 +114,7 @@ pub fn recorder_config(dir: &Path, hooks: Value, env: &[(&str, &str)]) -> Value 
         "command": [bins().recorder.display().to_string()],
         "env": e,
         "hooks": hooks,
+        "logs": {"mirrorToConsole": true},
     })
 }
 
@@ -200,6 +202,15 @@ pub fn http(sock: &Path, method: &str, path: &str, body: &[u8]) -> std::io::Resu
     }
 }
 
+/// How to start a guest beyond its image config.
+#[derive(Debug, Clone, Default)]
+pub struct GuestOpts {
+    /// Share the host's network namespace (to reach a server on loopback).
+    pub share_net: bool,
+    /// Environment for the agent (AWS_ENDPOINT_URL_CLOUDWATCH_LOGS, ...).
+    pub env: Vec<(String, String)>,
+}
+
 /// The agent running as PID 1 in its own namespaces.
 pub struct Guest {
     pub dir: PathBuf,
@@ -215,20 +226,22 @@ impl Guest {
     }
 
     pub fn start_in(dir: PathBuf, config: &Value) -> Guest {
+        Self::start_with(dir, config, &GuestOpts::default())
+    }
+
+    pub fn start_with(dir: PathBuf, config: &Value, opts: &GuestOpts) -> Guest {
         let cfg = dir.join("image.json");
         std::fs::write(&cfg, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let sock = dir.join("control.sock");
         let console = std::fs::File::create(dir.join("console.log")).unwrap();
+        let mut ns = vec!["--pid", "--fork", "--kill-child", "--mount", "--uts"];
+        if !opts.share_net {
+            ns.push("--net");
+        }
+        ns.push("--mount-proc");
         let child = Command::new("unshare")
-            .args([
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "--mount",
-                "--uts",
-                "--net",
-                "--mount-proc",
-            ])
+            .args(&ns)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .arg(&bins().agent)
             .arg("--control")
             .arg(format!("unix:{}", sock.display()))

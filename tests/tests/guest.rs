@@ -262,7 +262,7 @@ fn the_runner_takes_run_microvm_parameters_and_cleans_up() {
     assert_eq!(actions[4]["answer"]["state"], "TERMINATED");
     // The application's logs were streamed.
     assert!(
-        stderr.contains("guest| recorder: {\"hook\":\"run\""),
+        stderr.contains("guest| app| recorder: {\"hook\":\"run\""),
         "{stderr}"
     );
     assert!(stderr.contains("from the runner"));

@@ -346,6 +346,7 @@ fn sdk_example_with_mounted_hooks_walks_the_lifecycle() {
         "imageName": "http-app",
         "command": [bins().http_app.display().to_string()],
         "hooks": hooks,
+        "logs": {"mirrorToConsole": true},
     });
     let mut g = Guest::start_in(dir, &cfg);
     // Warm-up: 503 until the app says ready, then 200; validate passes after.

@@ -9,6 +9,7 @@
 use super::state::{self, Base, Decision, Op, Phase};
 use crate::config::{Credentials, Freshness, Hook, ImageConfig, Logging, RunRequest, Toggle};
 use crate::hooks::{self, Outcome};
+use crate::logs::Logs;
 use crate::machine::{Machine, Role};
 use crate::supervisor::{Exit, Supervisor};
 use serde::Serialize;
@@ -20,6 +21,8 @@ use tokio::sync::{mpsc, watch};
 
 /// SIGTERM to SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long /suspend and /terminate wait for captured logs to be sent.
+pub const LOG_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest we wait for sync(2) before answering anyway.
 pub const STORAGE_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the agent ended the VM itself (application exit, maximum duration), how long
@@ -102,6 +105,7 @@ struct Inner {
 pub struct Context {
     pub config: Result<ImageConfig, String>,
     pub supervisor: Option<Arc<Supervisor>>,
+    pub logs: Option<Arc<Logs>>,
     pub machine: Arc<dyn Machine>,
     pub power: mpsc::UnboundedSender<PowerRequest>,
     pub role: Role,
@@ -269,6 +273,9 @@ impl Lifecycle {
         if let Err(a) = self.refresh(run.fresh.clone()) {
             return a;
         }
+        if let Err(a) = self.configure_logs(&run) {
+            return a;
+        }
         let mut answer = self.call_hook(Hook::Run, run.app_body()).await;
         if answer.status == 200 {
             if let Value::Object(m) = &mut answer.body {
@@ -283,6 +290,31 @@ impl Lifecycle {
             }
         }
         answer
+    }
+
+    /// The effective logging union decides where the application's lines go from now on.
+    fn configure_logs(&self, run: &RunRequest) -> Result<(), Answer> {
+        let (Some(logs), Ok(cfg)) = (&self.ctx.logs, &self.ctx.config) else {
+            return Ok(());
+        };
+        let creds = self.lock().credentials.clone();
+        let effective = crate::logs::effective(run.logging.as_ref(), cfg.logging.as_ref());
+        let dest = crate::logs::destination(
+            &effective,
+            &cfg.image_name,
+            &run.microvm_id,
+            run.region.as_deref(),
+            creds.is_some(),
+        )
+        .map_err(|e| Answer::error(400, "BadRequest", format!("logging: {e}")))?;
+        logs.configure(dest, creds.as_ref());
+        Ok(())
+    }
+
+    /// Send what the application wrote so far; reports whether it all left in time.
+    async fn flush_logs(&self) -> Option<bool> {
+        let logs = self.ctx.logs.as_ref()?;
+        Some(logs.flush(LOG_FLUSH_DEADLINE).await)
     }
 
     /// Clock, entropy and credentials from the host, before the application hears of
@@ -304,6 +336,9 @@ impl Lifecycle {
             })?;
         }
         if let Some(c) = fresh.credentials {
+            if let Some(logs) = &self.ctx.logs {
+                logs.update_credentials(&c);
+            }
             self.lock().credentials = Some(c);
         }
         Ok(())
@@ -372,6 +407,9 @@ impl Lifecycle {
                 body["applicationExit"] = json!(exit);
             }
         }
+        if let Some(flushed) = self.flush_logs().await {
+            body["logsFlushed"] = json!(flushed);
+        }
         if let Err(e) = self.sync_storage(true).await {
             body["storageError"] = json!(e);
         }
@@ -392,6 +430,9 @@ impl Lifecycle {
     async fn suspend(&self) -> Answer {
         let mut answer = self.call_hook(Hook::Suspend, b"{}".to_vec()).await;
         if answer.status == 200 {
+            if let Some(flushed) = self.flush_logs().await {
+                answer.body["logsFlushed"] = json!(flushed);
+            }
             if let Err(e) = self.sync_storage(false).await {
                 answer = Answer::error(500, "QuiesceFailed", e);
             }
@@ -464,6 +505,7 @@ impl Lifecycle {
                 "accessKeyId": c.access_key_id, "expiration": c.expiration})),
             "application": application,
             "hooks": hooks,
+            "logs": self.ctx.logs.as_ref().map(|l| l.status()),
             "machine": self.ctx.machine.steps(),
             "role": self.ctx.role,
             "guest": (self.ctx.role == Role::Guest).then(|| {

@@ -1,0 +1,251 @@
+//! PutLogEvents through aws-sdk-cloudwatchlogs, configured by hand (no aws-config):
+//! static credentials from the run, the run's region, the SDK's endpoint variables.
+//!
+//! The SDK's own retries are off: the pipeline retries whole batches itself, so a
+//! throttled batch is never retried on two levels, and it decides when to give up.
+
+use super::lines::Event;
+use crate::config::Credentials;
+use aws_sdk_cloudwatchlogs::config::{
+    retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region,
+};
+use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, SdkError};
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// A failed put. Permanent ones (a batch the service calls invalid) are dropped and
+/// counted; everything else (throttling, 5xx, network, credentials) is retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct PutError {
+    message: String,
+    permanent: bool,
+}
+
+impl PutError {
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+}
+
+/// Events of an accepted batch that the service rejected one by one.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Rejected {
+    pub too_new_from: Option<usize>,
+    pub too_old_to: Option<usize>,
+    pub expired_to: Option<usize>,
+}
+
+impl Rejected {
+    /// Why event `i` of the batch was rejected, if it was.
+    pub fn reason(&self, i: usize) -> Option<&'static str> {
+        if self.expired_to.is_some_and(|e| i <= e) {
+            Some("RejectedExpired")
+        } else if self.too_old_to.is_some_and(|e| i <= e) {
+            Some("RejectedTooOld")
+        } else if self.too_new_from.is_some_and(|s| i >= s) {
+            Some("RejectedTooNew")
+        } else {
+            None
+        }
+    }
+}
+
+/// `AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`, else `AWS_ENDPOINT_URL` (the SDKs' convention).
+pub fn endpoint_from_env(get: impl Fn(&str) -> Option<String>) -> Option<String> {
+    get("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS")
+        .or_else(|| get("AWS_ENDPOINT_URL"))
+        .filter(|s| !s.is_empty())
+}
+
+pub struct CloudWatch {
+    client: aws_sdk_cloudwatchlogs::Client,
+    group: String,
+    stream: String,
+    ready: AtomicBool,
+}
+
+fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
+    format!("{}", DisplayErrorContext(e))
+}
+
+impl CloudWatch {
+    pub fn new(region: &str, c: &Credentials, group: &str, stream: &str) -> Self {
+        let creds = aws_sdk_cloudwatchlogs::config::Credentials::new(
+            &c.access_key_id,
+            &c.secret_access_key,
+            c.session_token.clone(),
+            None,
+            "microvm-run",
+        );
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut conf = aws_sdk_cloudwatchlogs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .credentials_provider(creds)
+            .http_client(http)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(3))
+                    .operation_attempt_timeout(Duration::from_secs(20))
+                    .build(),
+            );
+        if let Some(url) = endpoint_from_env(|k| std::env::var(k).ok()) {
+            conf = conf.endpoint_url(url);
+        }
+        CloudWatch {
+            client: aws_sdk_cloudwatchlogs::Client::from_conf(conf.build()),
+            group: group.to_string(),
+            stream: stream.to_string(),
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Create the group and the stream; "already exists" is success.
+    async fn ensure(&self) -> Result<(), PutError> {
+        let retry = |m: String| PutError {
+            message: m,
+            permanent: false,
+        };
+        if let Err(e) = self
+            .client
+            .create_log_group()
+            .log_group_name(&self.group)
+            .send()
+            .await
+        {
+            if !e
+                .as_service_error()
+                .is_some_and(|s| s.is_resource_already_exists_exception())
+            {
+                return Err(retry(format!(
+                    "CreateLogGroup {}: {}",
+                    self.group,
+                    describe(&e)
+                )));
+            }
+        }
+        if let Err(e) = self
+            .client
+            .create_log_stream()
+            .log_group_name(&self.group)
+            .log_stream_name(&self.stream)
+            .send()
+            .await
+        {
+            if !e
+                .as_service_error()
+                .is_some_and(|s| s.is_resource_already_exists_exception())
+            {
+                return Err(retry(format!(
+                    "CreateLogStream {}: {}",
+                    self.stream,
+                    describe(&e)
+                )));
+            }
+        }
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub async fn put(&self, batch: &[Event]) -> Result<Rejected, PutError> {
+        if !self.ready.load(Ordering::SeqCst) {
+            self.ensure().await?;
+        }
+        let events: Vec<InputLogEvent> = batch
+            .iter()
+            .filter_map(|e| {
+                InputLogEvent::builder()
+                    .timestamp(e.timestamp_ms)
+                    .message(&e.message)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let out = self
+            .client
+            .put_log_events()
+            .log_group_name(&self.group)
+            .log_stream_name(&self.stream)
+            .set_log_events(Some(events))
+            .send()
+            .await;
+        match out {
+            Ok(o) => Ok(o
+                .rejected_log_events_info()
+                .map(|r| Rejected {
+                    too_new_from: r.too_new_log_event_start_index().map(|i| i.max(0) as usize),
+                    too_old_to: r.too_old_log_event_end_index().map(|i| i.max(0) as usize),
+                    expired_to: r.expired_log_event_end_index().map(|i| i.max(0) as usize),
+                })
+                .unwrap_or_default()),
+            Err(e) => {
+                let service = e.as_service_error();
+                if service.is_some_and(|s| s.is_resource_not_found_exception()) {
+                    // Deleted under us, or never created: create again, then retry.
+                    self.ready.store(false, Ordering::SeqCst);
+                }
+                Err(PutError {
+                    message: format!(
+                        "PutLogEvents {}/{}: {}",
+                        self.group,
+                        self.stream,
+                        describe(&e)
+                    ),
+                    permanent: service.is_some_and(|s| s.is_invalid_parameter_exception()),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_precedence_follows_the_sdk_convention() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            endpoint_from_env(env(&[
+                ("AWS_ENDPOINT_URL", "http://general"),
+                ("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", "http://logs")
+            ])),
+            Some("http://logs".into())
+        );
+        assert_eq!(
+            endpoint_from_env(env(&[("AWS_ENDPOINT_URL", "http://general")])),
+            Some("http://general".into())
+        );
+        assert_eq!(endpoint_from_env(env(&[])), None);
+    }
+
+    #[test]
+    fn rejected_indices() {
+        let r = Rejected {
+            too_new_from: Some(8),
+            too_old_to: Some(2),
+            expired_to: Some(0),
+        };
+        let reasons: Vec<_> = (0..10).map(|i| r.reason(i)).collect();
+        assert_eq!(reasons[0], Some("RejectedExpired"));
+        assert_eq!(reasons[1], Some("RejectedTooOld"));
+        assert_eq!(reasons[2], Some("RejectedTooOld"));
+        assert_eq!(reasons[3..8], [None; 5]);
+        assert_eq!(reasons[8], Some("RejectedTooNew"));
+        assert_eq!(Rejected::default().reason(0), None);
+    }
+}
