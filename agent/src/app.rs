@@ -29,6 +29,16 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Optio
         Ok(l) => l,
         Err(e) => return format!("Agent.ControlBindFailed: {} ({e})", args.control),
     };
+    let activity = crate::activity::Activity::new();
+    let events = Arc::new(crate::events::Events::new());
+    // Ingress is not vital: without it the host can still run and terminate the VM.
+    match bind(&args.ingress).await {
+        Ok(l) => {
+            tokio::spawn(crate::ingress::serve(l, activity.clone()));
+        }
+        Err(e) => tracing::error!("ingress on {} unavailable: {e}", args.ingress),
+    }
+    tokio::spawn(crate::ingress::serve_leases(activity.clone()));
 
     let logs = config.as_ref().ok().map(|cfg| {
         let logs = crate::logs::Logs::new(cfg.logs.clone());
@@ -70,6 +80,8 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Optio
         config,
         supervisor: supervisor.clone(),
         logs,
+        activity,
+        events,
         machine: machine.clone(),
         power: power_tx,
         role,

@@ -166,6 +166,26 @@ impl BootReport {
     }
 }
 
+/// A proxied connection costs two descriptors; the kernel's default soft limit of
+/// 1024 would cap ingress near 500 connections. Raise the soft limit to the hard one
+/// (the application inherits it).
+pub fn raise_nofile(report: &mut BootReport) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                report
+                    .failures
+                    .push(format!("raise RLIMIT_NOFILE to {hard}: {e}"));
+            }
+        }
+        Ok(_) => {}
+        Err(e) => report
+            .failures
+            .push(format!("getrlimit(RLIMIT_NOFILE): {e}")),
+    }
+}
+
 /// Not PID 1: adopt orphans of our subtree, like init would.
 pub fn init_subreaper() -> BootReport {
     let mut report = BootReport::default();

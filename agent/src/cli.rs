@@ -4,6 +4,7 @@ use crate::control::transport::Addr;
 use std::path::PathBuf;
 
 pub const DEFAULT_CONTROL: Addr = Addr::Vsock(9000);
+pub const DEFAULT_INGRESS: Addr = Addr::Vsock(crate::ingress::INGRESS_VSOCK_PORT);
 pub const DEFAULT_IMAGE_CONFIG: &str = "/etc/microvm/image.json";
 
 pub const USAGE: &str =
@@ -12,6 +13,7 @@ pub const USAGE: &str =
 #[derive(Debug, Clone, PartialEq)]
 pub struct Args {
     pub control: Addr,
+    pub ingress: Addr,
     pub image_config: PathBuf,
     /// Words we did not understand. The kernel passes unknown command-line words to
     /// init as arguments, so as PID 1 they are logged and ignored, never fatal.
@@ -22,6 +24,7 @@ pub struct Args {
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut out = Args {
         control: DEFAULT_CONTROL,
+        ingress: DEFAULT_INGRESS,
         image_config: PathBuf::from(DEFAULT_IMAGE_CONFIG),
         ignored: Vec::new(),
         help: false,
@@ -40,6 +43,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         };
         match flag.as_str() {
             "--control" => out.control = value("--control")?.parse()?,
+            "--ingress" => out.ingress = value("--ingress")?.parse()?,
             "--image-config" => out.image_config = PathBuf::from(value("--image-config")?),
             "-h" | "--help" => out.help = true,
             _ => out.ignored.push(a),
@@ -60,6 +64,7 @@ mod tests {
     fn defaults() {
         let a = p(&[]).unwrap();
         assert_eq!(a.control, Addr::Vsock(9000));
+        assert_eq!(a.ingress, Addr::Vsock(9080));
         assert_eq!(a.image_config, PathBuf::from("/etc/microvm/image.json"));
     }
 
@@ -69,6 +74,10 @@ mod tests {
         assert_eq!(a.control, Addr::Unix("/x/c.sock".into()));
         assert_eq!(a.image_config, PathBuf::from("/i.json"));
         assert_eq!(p(&["--control=vsock:7"]).unwrap().control, Addr::Vsock(7));
+        assert_eq!(
+            p(&["--ingress", "unix:/i"]).unwrap().ingress,
+            Addr::Unix("/i".into())
+        );
     }
 
     #[test]

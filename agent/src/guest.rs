@@ -15,6 +15,7 @@ pub const MODULE_LIST: &str = "/etc/microvm/modules";
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Cmdline {
     pub control: Option<String>,
+    pub ingress: Option<String>,
     pub image_config: Option<String>,
     pub hostname: Option<String>,
     pub log: Option<String>,
@@ -31,6 +32,7 @@ pub fn parse_cmdline(text: &str) -> Cmdline {
         let v = v.to_string();
         match k {
             "microvm.control" => c.control = Some(v),
+            "microvm.ingress" => c.ingress = Some(v),
             "microvm.image_config" => c.image_config = Some(v),
             "microvm.hostname" => c.hostname = Some(v),
             "microvm.log" => c.log = Some(v),

@@ -1,13 +1,16 @@
 //! microvm-agent: PID 1 of a MicroVM guest. See DESIGN.md and README.md.
 
+mod activity;
 mod app;
 mod boot;
 mod cli;
 mod config;
 mod console;
 mod control;
+mod events;
 mod guest;
 mod hooks;
+mod ingress;
 mod logs;
 mod machine;
 mod supervisor;
@@ -57,6 +60,7 @@ fn main() {
         ?role,
         "microvm-agent starting"
     );
+    boot::raise_nofile(&mut boot);
     if role.is_pid1() {
         let hostname = cmdline
             .hostname
@@ -71,6 +75,12 @@ fn main() {
             match c.parse() {
                 Ok(a) => args.control = a,
                 Err(e) => tracing::error!("microvm.control: {e}; keeping {}", args.control),
+            }
+        }
+        if let Some(c) = &cmdline.ingress {
+            match c.parse() {
+                Ok(a) => args.ingress = a,
+                Err(e) => tracing::error!("microvm.ingress: {e}; keeping {}", args.ingress),
             }
         }
         if let Some(p) = &cmdline.image_config {

@@ -10,6 +10,7 @@
 //! - `RECORDER_CONTROL=path`: read at every hook call; lines `fail HOOK`, `hang HOOK`,
 //!   `delay HOOK MS` change behaviour while the application runs
 //!
+//! - `RECORDER_HTTP_PORTS=8080,...`: also serve the echo ingress target on those ports
 //! - `RECORDER_VSOCK_PROBE=port`: inside a guest, connect to the agent's control port
 //!   from the loopback CID (1), i.e. not from the host, and record whether it answered
 //!
@@ -18,6 +19,9 @@
 //!
 //! SIGTERM and SIGINT are recorded, then the process exits 0; SIGHUP, SIGUSR1 and
 //! SIGUSR2 are recorded and ignored.
+
+#[path = "common/echo.rs"]
+mod echo;
 
 use hook_sdk::{HookResponse, Hooks, RunRequest};
 use std::io::Write;
@@ -204,6 +208,9 @@ async fn main() {
         }
     };
 
+    for port in echo::ports("RECORDER_HTTP_PORTS") {
+        tokio::spawn(echo::serve(port));
+    }
     if std::env::var_os("RECORDER_NO_LISTEN").is_some() {
         signals.await;
         return;

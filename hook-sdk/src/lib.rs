@@ -171,8 +171,36 @@ impl<H: Hooks> Hooks for Arc<H> {
     }
 }
 
+/// Where the agent takes keep-awake leases (loopback in the guest).
+pub const LEASE_PORT: u16 = 9001;
+
+/// While this guard lives, the MicroVM counts as busy and is not reported idle, even
+/// without ingress traffic: for work the application does in the background.
+///
+/// The lease is a TCP connection to the agent on `127.0.0.1:9001`; it ends when the
+/// guard drops or the process dies, so a crashed application never holds the VM
+/// awake. Non-Rust applications hold such a connection open themselves.
+#[derive(Debug)]
+pub struct KeepAwake {
+    _conn: std::net::TcpStream,
+}
+
+/// Take a keep-awake lease. See [`KeepAwake`].
+pub fn keep_awake() -> Result<KeepAwake, Error> {
+    keep_awake_at(LEASE_PORT)
+}
+
+/// [`keep_awake`] against another port (tests, or a non-default agent).
+pub fn keep_awake_at(port: u16) -> Result<KeepAwake, Error> {
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .map(|c| KeepAwake { _conn: c })
+        .map_err(|source| Error::Lease { port, source })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot take a keep-awake lease on 127.0.0.1:{port}: {source} (is this running under microvm-agent?)")]
+    Lease { port: u16, source: std::io::Error },
     #[error("cannot listen on 0.0.0.0:{port} for hooks: {source} (is the port in use? it must match hooks.port of the image config)")]
     Bind { port: u16, source: std::io::Error },
     #[error("accepting hook connections: {0}")]
@@ -472,6 +500,25 @@ mod tests {
         assert!(tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_err());
+    }
+
+    #[test]
+    fn a_lease_is_a_held_connection() {
+        use std::io::Read;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let guard = keep_awake_at(port).unwrap();
+        let (mut held, _) = l.accept().unwrap();
+        drop(guard);
+        let mut b = [0u8; 1];
+        assert_eq!(
+            held.read(&mut b).unwrap(),
+            0,
+            "dropping the guard ends the lease"
+        );
+        drop(l);
+        let e = keep_awake_at(port).unwrap_err();
+        assert!(e.to_string().contains("keep-awake lease"), "{e}");
     }
 
     #[tokio::test]

@@ -31,6 +31,7 @@ pub struct Bins {
     pub agent: PathBuf,
     pub recorder: PathBuf,
     pub http_app: PathBuf,
+    pub echo: PathBuf,
 }
 
 /// Build the agent and the example application once per test process (debug).
@@ -54,6 +55,8 @@ pub fn bins() -> &'static Bins {
                 "recorder",
                 "--example",
                 "http_app",
+                "--example",
+                "echo",
             ])
             .status()
             .expect("run cargo build");
@@ -63,8 +66,24 @@ pub fn bins() -> &'static Bins {
             agent: d.join("microvm-agent"),
             recorder: d.join("examples/recorder"),
             http_app: d.join("examples/http_app"),
+            echo: d.join("examples/echo"),
         }
     })
+}
+
+/// Raise this process's soft descriptor limit to the hard one (tests open many).
+pub fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }
 
 pub fn is_root() -> bool {
@@ -209,6 +228,8 @@ pub struct GuestOpts {
     pub share_net: bool,
     /// Environment for the agent (AWS_ENDPOINT_URL_CLOUDWATCH_LOGS, ...).
     pub env: Vec<(String, String)>,
+    /// Serve ingress on `<dir>/ingress.sock` instead of vsock.
+    pub ingress: bool,
 }
 
 /// The agent running as PID 1 in its own namespaces.
@@ -247,6 +268,14 @@ impl Guest {
             .arg(format!("unix:{}", sock.display()))
             .arg("--image-config")
             .arg(&cfg)
+            .args(if opts.ingress {
+                vec![
+                    "--ingress".to_string(),
+                    format!("unix:{}", dir.join("ingress.sock").display()),
+                ]
+            } else {
+                vec![]
+            })
             .stdin(Stdio::null())
             .stdout(console.try_clone().unwrap())
             .stderr(console)

@@ -18,11 +18,13 @@ pub const MAX_BODY: usize = 256 * 1024;
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const STATUS_PATH: &str = "/v1/status";
+pub const EVENTS_PATH: &str = "/v1/events";
 
 /// What a path names.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Status,
+    Events,
     Hook(Hook),
     NotFound,
 }
@@ -30,6 +32,9 @@ pub enum Route {
 pub fn route(path: &str) -> Route {
     if path == STATUS_PATH {
         return Route::Status;
+    }
+    if path == EVENTS_PATH {
+        return Route::Events;
     }
     match path
         .strip_prefix(HOOK_PATH_PREFIX)
@@ -115,7 +120,11 @@ pub async fn handle(
     let method = req.method().clone();
     let answer = match (route(req.uri().path()), method) {
         (Route::Status, Method::GET) => Answer::new(200, lc.status()),
-        (Route::Status, _) => {
+        (Route::Events, Method::GET) => match crate::events::parse_query(req.uri().query()) {
+            Ok((after, wait)) => Answer::new(200, lc.events(after, wait).await),
+            Err(e) => Answer::error(400, "BadRequest", e),
+        },
+        (Route::Status | Route::Events, _) => {
             return Ok(respond(
                 Answer::error(405, "MethodNotAllowed", "use GET"),
                 Some("GET"),
@@ -167,6 +176,7 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(route("/v1/status"), Route::Status);
+        assert_eq!(route("/v1/events"), Route::Events);
         for h in Hook::ALL {
             assert_eq!(
                 route(&format!("{HOOK_PATH_PREFIX}{}", h.name())),

@@ -106,6 +106,8 @@ pub struct Context {
     pub config: Result<ImageConfig, String>,
     pub supervisor: Option<Arc<Supervisor>>,
     pub logs: Option<Arc<Logs>>,
+    pub activity: Arc<crate::activity::Activity>,
+    pub events: Arc<crate::events::Events>,
     pub machine: Arc<dyn Machine>,
     pub power: mpsc::UnboundedSender<PowerRequest>,
     pub role: Role,
@@ -244,12 +246,16 @@ impl Lifecycle {
             (Op::Run, Input::Run(run)) => self.run(*run).await,
             (Op::Suspend, _) => self.suspend().await,
             (Op::Resume, Input::Resume(fresh)) => {
+                self.ctx.activity.resume();
                 if let Err(a) = self.refresh(*fresh) {
                     return a;
                 }
                 self.call_hook(Hook::Resume, b"{}".to_vec()).await
             }
-            (Op::Resume, _) => self.call_hook(Hook::Resume, b"{}".to_vec()).await,
+            (Op::Resume, _) => {
+                self.ctx.activity.resume();
+                self.call_hook(Hook::Resume, b"{}".to_vec()).await
+            }
             (Op::Terminate, input) => self.terminate(input).await,
             (op, input) => Answer::error(
                 500,
@@ -260,6 +266,20 @@ impl Lifecycle {
     }
 
     async fn run(self: &Arc<Self>, run: RunRequest) -> Answer {
+        if let Some(p) = &run.idle_policy {
+            let min = crate::activity::min_idle();
+            if Duration::from_secs(p.max_idle_duration_seconds) < min {
+                return Answer::error(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "idlePolicy.maxIdleDurationSeconds: must be at least {}, got {}",
+                        min.as_secs(),
+                        p.max_idle_duration_seconds
+                    ),
+                );
+            }
+        }
         {
             let mut g = self.lock();
             g.run = Some(RunInfo {
@@ -280,6 +300,14 @@ impl Lifecycle {
         if answer.status == 200 {
             if let Value::Object(m) = &mut answer.body {
                 m.insert("microvmId".into(), json!(run.microvm_id));
+            }
+            if let Some(policy) = &run.idle_policy {
+                let max_idle = Duration::from_secs(policy.max_idle_duration_seconds);
+                tokio::spawn(crate::activity::report(
+                    self.ctx.activity.clone(),
+                    self.ctx.events.clone(),
+                    max_idle,
+                ));
             }
             if let Some(max) = run.maximum_duration {
                 let this = self.clone();
@@ -365,6 +393,11 @@ impl Lifecycle {
             "hook"
         );
         self.record(hook, Some(outcome.clone()), Some(took));
+        if !matches!(outcome, Outcome::Ok { .. } | Outcome::NotReady) {
+            self.ctx
+                .events
+                .emit("hookFailed", json!({"hook": hook, "outcome": outcome}));
+        }
         let status = match &outcome {
             Outcome::Ok { .. } => 200,
             Outcome::NotReady => 503,
@@ -435,6 +468,9 @@ impl Lifecycle {
             }
             if let Err(e) = self.sync_storage(false).await {
                 answer = Answer::error(500, "QuiesceFailed", e);
+            } else {
+                // From here until /resume, time does not count as idle.
+                self.ctx.activity.suspend();
             }
         }
         answer
@@ -476,7 +512,15 @@ impl Lifecycle {
 
     /// The application exited and the policy says the VM ends with it.
     pub async fn application_exited(self: Arc<Self>, exit: Exit) {
+        self.ctx.events.emit(
+            "applicationExited",
+            json!({"stateReason": exit.state_reason(), "exit": exit}),
+        );
         self.self_terminate(exit.state_reason()).await;
+    }
+
+    pub async fn events(&self, after: u64, wait: Duration) -> Value {
+        self.ctx.events.since(after, wait).await
     }
 
     pub fn status(&self) -> Value {
@@ -506,6 +550,11 @@ impl Lifecycle {
             "application": application,
             "hooks": hooks,
             "logs": self.ctx.logs.as_ref().map(|l| l.status()),
+            "activity": {
+                "ingressBytes": self.ctx.activity.bytes.load(std::sync::atomic::Ordering::Relaxed),
+                "busy": self.ctx.activity.is_busy(),
+                "idleForMs": self.ctx.activity.idle_for().as_millis() as u64,
+            },
             "machine": self.ctx.machine.steps(),
             "role": self.ctx.role,
             "guest": (self.ctx.role == Role::Guest).then(|| {

@@ -1,0 +1,140 @@
+//! A tiny ingress target for the examples and tests: it tells the client what arrived.
+//!
+//! - HTTP/1.1: answers JSON `{port, method, path, headers, bodyLen}`; `GET /lease?ms=N`
+//!   takes a keep-awake lease, answers at once, and holds the lease in the background
+//!   for N ms (background work: no request in flight); a WebSocket upgrade answers
+//!   101 (with the first subprotocol it was offered, and `x-echo-port` /
+//!   `x-echo-subprotocols` telling what it saw), then echoes bytes.
+//! - HTTP/2 prior knowledge: answers `H2C port=<port>\n`, then echoes.
+//! - Anything else: answers `RAW port=<port>\n`, then echoes.
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub async fn serve(port: u16) -> std::io::Result<()> {
+    let l = TcpListener::bind(("0.0.0.0", port)).await?;
+    loop {
+        let (s, _) = l.accept().await?;
+        tokio::spawn(connection(s, port));
+    }
+}
+
+async fn echo_rest(mut s: TcpStream, greeting: String) {
+    if s.write_all(greeting.as_bytes()).await.is_err() {
+        return;
+    }
+    let (mut r, mut w) = s.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+}
+
+async fn connection(s: TcpStream, port: u16) {
+    let _ = s.set_nodelay(true);
+    let mut b = [0u8; 4];
+    let n = match tokio::time::timeout(Duration::from_secs(10), s.peek(&mut b)).await {
+        Ok(Ok(n)) if n > 0 => n,
+        _ => return,
+    };
+    let b = &b[..n];
+    if b.starts_with(b"PRI") {
+        let mut s = s;
+        let mut preface = [0u8; 24];
+        if s.read_exact(&mut preface).await.is_ok() && preface.starts_with(b"PRI * HTTP/2.0") {
+            echo_rest(s, format!("H2C port={port}\n")).await;
+        }
+    } else if b[0].is_ascii_uppercase() {
+        let svc = hyper::service::service_fn(move |req| answer(req, port));
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .with_upgrades()
+            .await;
+    } else {
+        echo_rest(s, format!("RAW port={port}\n")).await;
+    }
+}
+
+async fn answer(
+    mut req: Request<Incoming>,
+    port: u16,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    let websocket = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if websocket {
+        let offered: Vec<String> = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|p| p.trim().to_string()))
+            .collect();
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let mut io = hyper_util::rt::TokioIo::new(up);
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut r = Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("x-echo-port", port.to_string())
+            .header("x-echo-subprotocols", offered.join(", "));
+        if let Some(first) = offered.first().filter(|p| !p.is_empty()) {
+            r = r.header("sec-websocket-protocol", first.as_str());
+        }
+        return Ok(r.body(Full::new(Bytes::new())).unwrap_or_default());
+    }
+    if req.uri().path() == "/lease" {
+        let ms: u64 = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000);
+        let lease = hook_sdk::keep_awake();
+        let held = lease.is_ok();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            drop(lease);
+        });
+        return Ok(Response::new(Full::new(Bytes::from(format!(
+            "{{\"leaseMs\":{ms},\"leased\":{held}}}"
+        )))));
+    }
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let (method, path) = (req.method().to_string(), req.uri().to_string());
+    let body_len = req.into_body().collect().await?.to_bytes().len();
+    let v = serde_json::json!({"port": port, "method": method, "path": path,
+                               "headers": headers, "bodyLen": body_len});
+    Ok(Response::new(Full::new(Bytes::from(v.to_string()))))
+}
+
+/// Ports from a comma-separated list.
+pub fn ports(var: &str) -> Vec<u16> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}

@@ -1,0 +1,395 @@
+//! Ingress through the agent and idle reporting, with the agent as PID 1 in
+//! namespaces and ingress on a Unix socket in place of vsock.
+
+use microvm_tests::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+fn echo_guest(name: &str, idle_env: bool) -> Guest {
+    let dir = scratch(name);
+    let cfg = json!({
+        "imageName": "ingress-test",
+        "command": [bins().echo.display().to_string()],
+        "env": {"ECHO_PORTS": "8080,8081,9090"},
+        "logs": {"mirrorToConsole": true},
+    });
+    let mut env = vec![];
+    if idle_env {
+        // The test-only setting that lowers the 60 s minimum idle duration.
+        env.push((
+            "MICROVM_AGENT_TEST_MIN_IDLE_SECONDS".to_string(),
+            "0".to_string(),
+        ));
+    }
+    let g = Guest::start_with(
+        dir,
+        &cfg,
+        &GuestOpts {
+            ingress: true,
+            env,
+            ..Default::default()
+        },
+    );
+    // The app is up once a request goes through.
+    let t0 = Instant::now();
+    while get(&g, "/", &[]).0 != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "echo app never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    g
+}
+
+fn ingress(g: &Guest) -> UnixStream {
+    let s = UnixStream::connect(g.dir.join("ingress.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+fn request(path: &str, headers: &[(&str, &str)]) -> String {
+    let mut r = format!("GET {path} HTTP/1.1\r\nHost: mvm.example\r\n");
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r
+}
+
+fn get(g: &Guest, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut s = ingress(g);
+    let mut h = headers.to_vec();
+    h.push(("Connection", "close"));
+    s.write_all(request(path, &h).as_bytes()).unwrap();
+    match read_reply(&mut BufReader::new(s)) {
+        Ok(r) => (r.status, r.json()),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+fn header_names(v: &Value) -> Vec<String> {
+    v["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h[0].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn routing_by_header_with_platform_headers_stripped() {
+    require_root!();
+    let g = echo_guest("route", false);
+    let (st, v) = get(&g, "/a?b=c", &[]);
+    assert_eq!((st, v["port"].as_u64()), (200, Some(8080)));
+    assert_eq!(v["path"], "/a?b=c");
+    let (st, v) = get(
+        &g,
+        "/",
+        &[
+            ("X-aws-proxy-port", "8081"),
+            ("X-aws-proxy-auth", "secret-token"),
+            ("x-aws-proxy-anything", "1"),
+            ("X-Custom", "kept"),
+        ],
+    );
+    assert_eq!((st, v["port"].as_u64()), (200, Some(8081)));
+    let names = header_names(&v);
+    assert!(
+        names.iter().all(|n| !n.starts_with("x-aws-proxy-")),
+        "{names:?}"
+    );
+    assert!(names.contains(&"x-custom".to_string()));
+    assert!(!v.to_string().contains("secret-token"));
+}
+
+#[test]
+fn keep_alive_and_pipelined_requests_are_routed_one_by_one() {
+    require_root!();
+    let g = echo_guest("pipeline", false);
+    let mut s = ingress(&g);
+    let batch = [
+        request("/1", &[]),
+        request("/2", &[("X-aws-proxy-port", "8081")]),
+        request("/3", &[("X-aws-proxy-port", "9090")]),
+        request("/4", &[("Connection", "close")]),
+    ]
+    .concat();
+    s.write_all(batch.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let got: Vec<(String, u64)> = (0..4)
+        .map(|_| {
+            let rep = read_reply(&mut r).unwrap();
+            let v = rep.json();
+            (
+                v["path"].as_str().unwrap().to_string(),
+                v["port"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/1".into(), 8080),
+            ("/2".into(), 8081),
+            ("/3".into(), 9090),
+            ("/4".into(), 8080)
+        ]
+    );
+}
+
+#[test]
+fn websocket_routed_by_subprotocol_which_is_stripped() {
+    require_root!();
+    let g = echo_guest("websocket", false);
+    let mut s = ingress(&g);
+    let req = request(
+        "/ws",
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            (
+                "Sec-WebSocket-Protocol",
+                "lambda-microvms, lambda-microvms.authentication.tok123, lambda-microvms.port.9090, chat.v1",
+            ),
+        ],
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let rep = read_reply(&mut r).unwrap();
+    assert_eq!(rep.status, 101);
+    assert_eq!(rep.header("x-echo-port"), Some("9090"));
+    assert_eq!(rep.header("x-echo-subprotocols"), Some("chat.v1"));
+    assert_eq!(rep.header("sec-websocket-protocol"), Some("chat.v1"));
+    // The upgraded stream goes both ways.
+    s.write_all(b"frame bytes").unwrap();
+    let mut buf = [0u8; 11];
+    r.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"frame bytes");
+}
+
+#[test]
+fn a_closed_port_is_502_and_a_closed_stream() {
+    require_root!();
+    let g = echo_guest("closed", false);
+    let mut s = ingress(&g);
+    s.write_all(
+        request(
+            "/",
+            &[("X-aws-proxy-port", "7777"), ("Connection", "close")],
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let rep = read_reply(&mut BufReader::new(s)).unwrap();
+    assert_eq!(rep.status, 502);
+    assert!(String::from_utf8_lossy(&rep.body).contains("port 7777"));
+    let (st, _) = get(&g, "/", &[("X-aws-proxy-port", "notaport")]);
+    assert_eq!(st, 400);
+}
+
+#[test]
+fn h2c_and_raw_tcp_are_forwarded_as_streams() {
+    require_root!();
+    let g = echo_guest("streams", false);
+    let mut s = ingress(&g);
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "H2C port=8080\n");
+    s.write_all(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    let mut frame = [0u8; 9];
+    r.read_exact(&mut frame).unwrap();
+    assert_eq!(frame, *b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+
+    let mut s = ingress(&g);
+    s.write_all(b"hello raw\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut a = String::new();
+    let mut b = String::new();
+    r.read_line(&mut a).unwrap();
+    r.read_line(&mut b).unwrap();
+    assert_eq!((a.as_str(), b.as_str()), ("RAW port=8080\n", "hello raw\n"));
+}
+
+#[test]
+fn a_thousand_concurrent_connections() {
+    require_root!();
+    raise_nofile();
+    let g = echo_guest("thousand", false);
+    let sock = g.dir.join("ingress.sock");
+    // All connected first, then all send: 1,000 open at once through the agent.
+    let conns: Vec<UnixStream> = (0..1000)
+        .map(|_| {
+            let s = UnixStream::connect(&sock).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            s
+        })
+        .collect();
+    let handles: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            std::thread::spawn(move || {
+                let port = [8080, 8081, 9090][i % 3];
+                let p = port.to_string();
+                s.write_all(
+                    request(
+                        &format!("/c{i}"),
+                        &[("X-aws-proxy-port", &p), ("Connection", "close")],
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+                let v = read_reply(&mut BufReader::new(s)).unwrap().json();
+                (v["path"] == format!("/c{i}")) && v["port"] == port
+            })
+        })
+        .collect();
+    let ok = handles
+        .into_iter()
+        .filter_map(|h| h.join().ok())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(ok, 1000);
+}
+
+#[test]
+fn a_client_stalling_mid_request_delays_nobody() {
+    require_root!();
+    let g = echo_guest("stall", false);
+    let mut stalled = ingress(&g);
+    stalled
+        .write_all(b"GET /stalled HTTP/1.1\r\nHost: x\r\nX-Half: ")
+        .unwrap();
+    let t0 = Instant::now();
+    for i in 0..50 {
+        let (st, v) = get(&g, &format!("/other{i}"), &[]);
+        assert_eq!(st, 200);
+        assert_eq!(v["path"], format!("/other{i}"));
+    }
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    // The stalled one still completes when it resumes.
+    stalled
+        .write_all(b"1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let v = read_reply(&mut BufReader::new(stalled)).unwrap().json();
+    assert_eq!(v["path"], "/stalled");
+}
+
+fn run_with_idle(g: &Guest, max_idle: u64) {
+    let body = json!({"microvmId": "mvm-idle",
+                      "idlePolicy": {"maxIdleDurationSeconds": max_idle,
+                                     "suspendedDurationSeconds": 0, "autoResumeEnabled": true}});
+    let r = g.hook("run", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.json());
+}
+
+fn events(g: &Guest, after: u64, wait: u64) -> Value {
+    g.request(
+        "GET",
+        &format!("/v1/events?after={after}&waitSeconds={wait}"),
+        b"",
+    )
+    .json()
+}
+
+fn types(v: &Value) -> Vec<String> {
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn idle_after_quiet_and_active_on_traffic_with_replay() {
+    require_root!();
+    let g = echo_guest("idle", true);
+    run_with_idle(&g, 1);
+    let t0 = Instant::now();
+    let first = events(&g, 0, 10);
+    assert_eq!(types(&first), ["idle"]);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let idle_seq = first["lastSeq"].as_u64().unwrap();
+    // Control-channel traffic is not activity.
+    for _ in 0..5 {
+        g.status();
+    }
+    assert!(types(&events(&g, idle_seq, 1)).is_empty());
+    // Ingress traffic is.
+    assert_eq!(get(&g, "/wake", &[]).0, 200);
+    let next = events(&g, idle_seq, 5);
+    assert_eq!(types(&next), ["active"]);
+    let active_seq = next["lastSeq"].as_u64().unwrap();
+    // And quiet again: idle again.
+    let again = events(&g, active_seq, 5);
+    assert_eq!(types(&again), ["idle"]);
+    // A host that reconnects with the last sequence it saw gets exactly what it missed.
+    let replay = events(&g, idle_seq, 0);
+    assert_eq!(types(&replay), ["active", "idle"]);
+    let seqs: Vec<u64> = replay["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [idle_seq + 1, idle_seq + 2]);
+    assert_eq!(replay["gap"], false);
+    assert!(types(&events(&g, seqs[1], 0)).is_empty(), "nothing twice");
+}
+
+#[test]
+fn a_lease_keeps_it_active() {
+    require_root!();
+    let g = echo_guest("lease", true);
+    run_with_idle(&g, 1);
+    // The app takes a lease, answers at once, and works in the background for 3 s:
+    // no request is in flight, only the lease can keep the VM active.
+    let t0 = Instant::now();
+    let (st, v) = get(&g, "/lease?ms=3000", &[]);
+    assert_eq!((st, &v["leased"]), (200, &json!(true)));
+    assert!(g.status()["activity"]["busy"] == true);
+    let ev = events(&g, 0, 10);
+    assert_eq!(types(&ev), ["idle"]);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(3900),
+        "no idle while the lease was held: {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn an_idle_policy_below_the_minimum_is_refused_without_the_test_setting() {
+    require_root!();
+    let g = echo_guest("idle-min", false);
+    let body = json!({"microvmId": "m", "idlePolicy": {"maxIdleDurationSeconds": 59}});
+    let r = g.hook("run", &body.to_string());
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("at least 60"));
+    run_with_idle(&g, 60);
+    assert!(types(&events(&g, 0, 1)).is_empty(), "no report before 60 s");
+}
+
+#[test]
+fn no_idle_policy_reports_nothing() {
+    require_root!();
+    let g = echo_guest("no-policy", true);
+    assert_eq!(g.hook("run", r#"{"microvmId":"m"}"#).status, 200);
+    assert!(types(&events(&g, 0, 2)).is_empty());
+}
