@@ -36,6 +36,7 @@ fn guest(name: &str, script: &str, endpoint: &str, extra: Value) -> Guest {
     let opts = GuestOpts {
         share_net: true,
         env: vec![("AWS_ENDPOINT_URL_CLOUDWATCH_LOGS".into(), endpoint.into())],
+        ..Default::default()
     };
     Guest::start_with(dir, &cfg, &opts)
 }
