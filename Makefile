@@ -49,7 +49,7 @@ run: rootfs
 	  --then status,suspend,sleep=2,resume,terminate
 
 bench: rootfs
-	$(CARGO) build --release -p hook-sdk --example recorder
+	$(CARGO) build --release -p hook-sdk --example recorder --example echo
 	$(CARGO) run --release -q -p microvm-tests --bin bench -- --agent $(AGENT) --app target/release/examples/recorder --image $(IMAGE)
 
 clean:

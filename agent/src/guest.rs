@@ -21,6 +21,8 @@ pub struct Cmdline {
     pub log: Option<String>,
     /// Host vsock port to announce readiness to.
     pub announce: Option<u32>,
+    /// Test-only: lowers the 60 s minimum idle duration (see activity.rs).
+    pub test_min_idle_seconds: Option<u64>,
 }
 
 pub fn parse_cmdline(text: &str) -> Cmdline {
@@ -37,6 +39,7 @@ pub fn parse_cmdline(text: &str) -> Cmdline {
             "microvm.hostname" => c.hostname = Some(v),
             "microvm.log" => c.log = Some(v),
             "microvm.announce" => c.announce = v.parse().ok(),
+            "microvm.test_min_idle_seconds" => c.test_min_idle_seconds = v.parse().ok(),
             _ => {}
         }
     }

@@ -83,6 +83,10 @@ fn main() {
                 Err(e) => tracing::error!("microvm.ingress: {e}; keeping {}", args.ingress),
             }
         }
+        if let Some(n) = cmdline.test_min_idle_seconds {
+            tracing::warn!("test-only setting: minimum idle duration lowered to {n}s");
+            std::env::set_var(activity::TEST_MIN_IDLE_ENV, n.to_string());
+        }
         if let Some(p) = &cmdline.image_config {
             args.image_config = p.into();
         }

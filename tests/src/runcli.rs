@@ -60,6 +60,10 @@ pub struct RunArgs {
     pub interactive: bool,
     pub timeout_s: u64,
     pub warnings: Vec<String>,
+    /// Host TCP port of the MicroVM's endpoint (0: any free port).
+    pub endpoint_port: u16,
+    /// Test-only: lowers the agent's 60 s minimum idle duration.
+    pub test_min_idle_seconds: Option<u64>,
 }
 
 fn flag_member(flag: &str) -> Option<&'static str> {
@@ -209,6 +213,22 @@ pub fn parse(args: &[String]) -> Result<RunArgs, CliError> {
                     .collect()
             }
             "--interactive" => out.interactive = true,
+            "--endpoint-port" => {
+                let v = value(&mut i, flag)?;
+                out.endpoint_port = v.parse().map_err(|_| {
+                    CliError::Usage(format!(
+                        "argument --endpoint-port: invalid int value: '{v}'"
+                    ))
+                })?;
+            }
+            "--test-min-idle-seconds" => {
+                let v = value(&mut i, flag)?;
+                out.test_min_idle_seconds = Some(v.parse().map_err(|_| {
+                    CliError::Usage(format!(
+                        "argument --test-min-idle-seconds: invalid int value: '{v}'"
+                    ))
+                })?);
+            }
             "--timeout" => {
                 let v = value(&mut i, flag)?;
                 out.timeout_s = v.parse().map_err(|_| {
@@ -237,7 +257,8 @@ pub fn parse(args: &[String]) -> Result<RunArgs, CliError> {
     let mut request = cli_input.unwrap_or_default();
     request.extend(given);
     if out.skeleton.is_none() {
-        out.warnings = validate(&request).map_err(CliError::Validation)?;
+        let min_idle = out.test_min_idle_seconds.unwrap_or(MIN_IDLE);
+        out.warnings = validate_with(&request, min_idle).map_err(CliError::Validation)?;
     }
     out.request = request;
     Ok(out)
@@ -278,6 +299,11 @@ fn string_len(errors: &mut Vec<String>, name: &str, v: &Value, min: usize, max: 
 
 /// Check the request against RunMicrovm's constraints. Ok carries warnings.
 pub fn validate(r: &Map<String, Value>) -> Result<Vec<String>, Vec<String>> {
+    validate_with(r, MIN_IDLE)
+}
+
+/// [`validate`] with another idle minimum (the test-only setting).
+pub fn validate_with(r: &Map<String, Value>, min_idle: u64) -> Result<Vec<String>, Vec<String>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     for k in r.keys() {
@@ -359,7 +385,7 @@ pub fn validate(r: &Map<String, Value>) -> Result<Vec<String>, Vec<String>> {
                         &mut errors,
                         "idlePolicy.maxIdleDurationSeconds",
                         m,
-                        MIN_IDLE as i64,
+                        min_idle as i64,
                         Some(MAX_DURATION as i64),
                     ),
                 }

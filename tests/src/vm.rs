@@ -23,6 +23,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// restarts after `cont` (the same family as the boot-time pitfall in vm-testbed.md).
 pub const PAUSE_SETTLE: Duration = Duration::from_millis(300);
 
+/// The guest port of the agent's ingress.
+pub const INGRESS_PORT: u32 = 9080;
 /// The host port the agent announces itself on.
 pub const ANNOUNCE_PORT: u32 = 9999;
 
@@ -108,7 +110,7 @@ impl Default for VmOpts {
 pub struct Vm {
     pub dir: PathBuf,
     /// None until started; Drop kills whatever exists.
-    qemu: Option<Child>,
+    qemu: std::sync::Mutex<Option<Child>>,
     backend: Child,
     /// QEMU start to the agent's announcement.
     pub boot_time: Duration,
@@ -164,7 +166,7 @@ impl Vm {
         // From here on, Drop cleans up whatever was started.
         let mut vm = Vm {
             dir: dir.to_path_buf(),
-            qemu: None,
+            qemu: std::sync::Mutex::new(None),
             backend,
             boot_time: Duration::ZERO,
             announced: Value::Null,
@@ -228,7 +230,7 @@ impl Vm {
             .stderr(std::fs::File::create(dir.join("qemu.log")).map_err(|e| e.to_string())?)
             .spawn()
             .map_err(|e| format!("start qemu: {e}"))?;
-        vm.qemu = Some(qemu);
+        vm.qemu = std::sync::Mutex::new(Some(qemu));
         loop {
             match announce.accept() {
                 Ok((mut s, _)) => {
@@ -242,7 +244,7 @@ impl Vm {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(format!("announce listener: {e}")),
             }
-            if let Some(Ok(Some(st))) = vm.qemu.as_mut().map(Child::try_wait) {
+            if let Some(st) = vm.exited() {
                 return Err(format!(
                     "qemu exited during boot ({st}); serial:\n{}",
                     vm.serial()
@@ -370,29 +372,37 @@ impl Vm {
         Ok(())
     }
 
+    /// QEMU's exit status, if it has exited.
+    fn exited(&self) -> Option<std::process::ExitStatus> {
+        let mut q = self.qemu.lock().unwrap_or_else(|p| p.into_inner());
+        q.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Wait for QEMU to exit (power-off), true if it did within `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+    pub fn wait_exit(&self, timeout: Duration) -> bool {
         let t0 = Instant::now();
-        while t0.elapsed() < timeout {
-            match self.qemu.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(_))) | None => return true,
-                _ => {}
+        loop {
+            let running = self.qemu.lock().map(|q| q.is_some()).unwrap_or(false);
+            if !running || self.exited().is_some() {
+                return true;
+            }
+            if t0.elapsed() >= timeout {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        false
     }
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        for c in self
-            .qemu
-            .iter_mut()
-            .chain(std::iter::once(&mut self.backend))
-        {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Ok(q) = self.qemu.get_mut() {
+            if let Some(c) = q.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
+        let _ = self.backend.kill();
+        let _ = self.backend.wait();
     }
 }

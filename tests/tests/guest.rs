@@ -85,7 +85,7 @@ fn entropy() -> String {
 
 #[test]
 fn a_real_guest_runs_suspends_resumes_and_powers_off() {
-    let Some(mut vm) = boot("lifecycle") else {
+    let Some(vm) = boot("lifecycle") else {
         return;
     };
     eprintln!("guest announced after {:?}: {}", vm.boot_time, vm.announced);
@@ -330,4 +330,139 @@ fn the_runner_validates_like_the_cli() {
     let o = run(&["--image-identifier", "/nonexistent"]);
     assert_eq!(o.status.code(), Some(254));
     assert!(String::from_utf8_lossy(&o.stderr).contains("make rootfs"));
+}
+
+/// Lines the runner prints, collected as they come.
+fn collect_lines(out: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    pred: impl Fn(&str) -> bool,
+    within: Duration,
+) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Some(l) = seen.iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        let left = within
+            .checked_sub(t0.elapsed())
+            .unwrap_or_else(|| panic!("line never came; so far:\n{}", seen.join("\n")));
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("line never came; so far:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str, headers: &str) -> (u16, Value) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: mvm\r\n{headers}Connection: close\r\n\r\n");
+    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+    let r = read_reply(&mut std::io::BufReader::new(s)).unwrap();
+    (r.status, r.json())
+}
+
+#[test]
+fn ingress_over_vsock_and_an_idle_policy_that_suspends_and_resumes() {
+    if image().is_none() {
+        return;
+    }
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/example");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
+        .args(["run-microvm", "--image-identifier"])
+        .arg(&img)
+        .args([
+            "--idle-policy",
+            "maxIdleDurationSeconds=3,suspendedDurationSeconds=300,autoResumeEnabled=true",
+            // Test-only: the agent's 60 s minimum, lowered through the kernel command line.
+            "--test-min-idle-seconds",
+            "0",
+            "--endpoint-port",
+            &port.to_string(),
+            "--timeout",
+            "240",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = collect_lines(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    wait_line(
+        &rx,
+        &mut seen,
+        |l| l.contains("\"endpoint\""),
+        Duration::from_secs(90),
+    );
+    wait_line(&rx, &mut seen, |l| l == "}", Duration::from_secs(5));
+
+    // Ingress through the endpoint, real vsock, the agent, to the app's port 8080.
+    let (st, v) = http_get(
+        port,
+        "/hello",
+        "X-aws-proxy-port: 8080\r\nX-aws-proxy-auth: tok\r\n",
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["port"], 8080);
+    assert_eq!(v["path"], "/hello");
+    assert!(!v.to_string().contains("x-aws-proxy"), "{v}");
+
+    // Quiet for 3 s: the agent reports idle, the runner suspends the VM.
+    wait_line(
+        &rx,
+        &mut seen,
+        |l| l.contains("\"type\":\"idle\""),
+        Duration::from_secs(30),
+    );
+    let s = wait_line(
+        &rx,
+        &mut seen,
+        |l| l.contains("suspend (idle)"),
+        Duration::from_secs(30),
+    );
+    assert!(s.contains("\"status\":200"), "{s}");
+
+    // The next client connection resumes it, and is answered once /resume answered.
+    let (st, v) = http_get(port, "/after-resume", "");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["path"], "/after-resume");
+    let r = wait_line(
+        &rx,
+        &mut seen,
+        |l| l.contains("resume (ingress)"),
+        Duration::from_secs(5),
+    );
+    assert!(r.contains("\"status\":200"), "{r}");
+    let resumed_at = seen
+        .iter()
+        .position(|l| l.contains("resume (ingress)"))
+        .unwrap();
+    let suspended_at = seen
+        .iter()
+        .position(|l| l.contains("suspend (idle)"))
+        .unwrap();
+    assert!(suspended_at < resumed_at);
+
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }

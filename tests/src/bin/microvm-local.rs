@@ -22,7 +22,7 @@ use microvm_tests::vm::{Image, Vm, VmOpts};
 use serde_json::{json, Value};
 use std::io::{BufRead, Read, Seek, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -129,38 +129,191 @@ fn stream_console(path: std::path::PathBuf, done: Arc<AtomicBool>) -> std::threa
     })
 }
 
-fn act(vm: &Vm, action: &str) -> Result<Value, String> {
-    let answer = |r: std::io::Result<microvm_tests::Reply>| -> Result<Value, String> {
-        let r = r.map_err(|e| format!("agent unreachable: {e}"))?;
-        Ok(json!({"status": r.status, "answer": r.json()}))
-    };
-    match action {
-        "status" => answer(vm.request("GET", "/v1/status", b"")),
-        "suspend" => {
-            let v = answer(vm.hook("suspend", ""))?;
-            if v["status"] == 200 {
-                vm.pause()?;
-            }
-            Ok(v)
-        }
-        "resume" => {
-            vm.unpause()?;
-            let body = json!({"clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy_b64()});
-            answer(vm.hook("resume", &body.to_string()))
-        }
-        "terminate" => answer(vm.hook("terminate", "")),
-        a if a.starts_with("sleep=") => {
-            let s: u64 = a[6..].parse().map_err(|_| format!("bad action {a}"))?;
-            let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(s) && !STOP.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Ok(json!({"slept": s}))
-        }
-        a => Err(format!(
-            "unknown action {a:?}: use suspend, resume, terminate, status, sleep=N"
-        )),
+/// The platform's side of one MicroVM: every pause, resume and termination goes
+/// through here, under one lock, whoever asks (an action, an idle event, a client).
+struct Host {
+    vm: Vm,
+    state: Mutex<HostState>,
+    /// Held while the event poller has a request in flight: the VM is never paused
+    /// under an open vsock request (see vm::PAUSE_SETTLE).
+    poll_gate: Mutex<()>,
+    policy: Option<Value>,
+}
+
+#[derive(Default)]
+struct HostState {
+    suspended: bool,
+    /// Counts suspensions, so a stale suspended-duration timer does nothing.
+    epoch: u64,
+    terminated: bool,
+}
+
+fn answer(r: std::io::Result<microvm_tests::Reply>) -> Result<Value, String> {
+    let r = r.map_err(|e| format!("agent unreachable: {e}"))?;
+    Ok(json!({"status": r.status, "answer": r.json()}))
+}
+
+impl Host {
+    fn lock(&self) -> MutexGuard<'_, HostState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn suspend(self: &Arc<Self>) -> Result<Value, String> {
+        let _gate = self.poll_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
+        if st.suspended || st.terminated {
+            return Ok(json!({"status": 200, "answer": {"state": "SUSPENDED"}}));
+        }
+        let v = answer(self.vm.hook("suspend", ""))?;
+        if v["status"] == 200 {
+            self.vm.pause()?;
+            st.suspended = true;
+            st.epoch += 1;
+            let suspended_for = self
+                .policy
+                .as_ref()
+                .and_then(|p| p["suspendedDurationSeconds"].as_u64());
+            if let Some(secs) = suspended_for {
+                let (host, epoch) = (self.clone(), st.epoch);
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(secs));
+                    let st = host.lock();
+                    if st.suspended && st.epoch == epoch && !st.terminated {
+                        drop(st);
+                        let r = host.terminate();
+                        report("terminate (suspendedDurationSeconds)", r);
+                    }
+                });
+            }
+        }
+        Ok(v)
+    }
+
+    fn resume_locked(&self, st: &mut HostState) -> Result<Value, String> {
+        if !st.suspended {
+            return Ok(json!({"status": 200, "answer": {"state": "RUNNING"}}));
+        }
+        self.vm.unpause()?;
+        st.suspended = false;
+        let body = json!({"clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy_b64()});
+        answer(self.vm.hook("resume", &body.to_string()))
+    }
+
+    fn resume(&self) -> Result<Value, String> {
+        let mut st = self.lock();
+        self.resume_locked(&mut st)
+    }
+
+    fn terminate(&self) -> Result<Value, String> {
+        let mut st = self.lock();
+        if st.terminated {
+            return Ok(json!({"status": 200, "answer": {"state": "TERMINATED"}}));
+        }
+        if st.suspended {
+            self.vm.unpause()?;
+            st.suspended = false;
+        }
+        st.terminated = true;
+        answer(self.vm.hook("terminate", ""))
+    }
+
+    fn act(self: &Arc<Self>, action: &str) -> Result<Value, String> {
+        match action {
+            "status" => answer(self.vm.request("GET", "/v1/status", b"")),
+            "suspend" => self.suspend(),
+            "resume" => self.resume(),
+            "terminate" => self.terminate(),
+            a if a.starts_with("sleep=") => {
+                let s: u64 = a[6..].parse().map_err(|_| format!("bad action {a}"))?;
+                let t0 = Instant::now();
+                while t0.elapsed() < Duration::from_secs(s) && !STOP.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(json!({"slept": s}))
+            }
+            a => Err(format!(
+                "unknown action {a:?}: use suspend, resume, terminate, status, sleep=N"
+            )),
+        }
+    }
+
+    /// Follow the agent's events; with an idle policy, suspend on `idle`.
+    fn poll_events(self: Arc<Self>) {
+        let mut after = 0u64;
+        while !STOP.load(Ordering::SeqCst) {
+            if self.lock().terminated {
+                return;
+            }
+            let got = {
+                let _gate = self.poll_gate.lock().unwrap_or_else(|p| p.into_inner());
+                if self.lock().suspended {
+                    None
+                } else {
+                    let path = format!("/v1/events?after={after}&waitSeconds=2");
+                    self.vm.request("GET", &path, b"").ok().map(|r| r.json())
+                }
+            };
+            let Some(v) = got else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            for e in v["events"].as_array().cloned().unwrap_or_default() {
+                after = after.max(e["seq"].as_u64().unwrap_or(after));
+                println!("{}", json!({"event": e}));
+                if e["type"] == "idle" && self.policy.is_some() {
+                    report("suspend (idle)", self.suspend());
+                }
+            }
+        }
+    }
+
+    /// The MicroVM's endpoint: each client connection goes to the agent's ingress
+    /// over vsock; a suspended VM is resumed first (autoResumeEnabled), and the client
+    /// waits until /resume has answered.
+    fn serve_endpoint(self: Arc<Self>, listener: std::net::TcpListener) {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let host = self.clone();
+            std::thread::spawn(move || {
+                {
+                    let mut st = host.lock();
+                    if st.terminated {
+                        return;
+                    }
+                    if st.suspended {
+                        let auto = host
+                            .policy
+                            .as_ref()
+                            .is_some_and(|p| p["autoResumeEnabled"] == true);
+                        if !auto {
+                            return;
+                        }
+                        report("resume (ingress)", host.resume_locked(&mut st));
+                    }
+                }
+                let Ok(up) = host.vm.connect(microvm_tests::vm::INGRESS_PORT) else {
+                    return;
+                };
+                pipe(client, up);
+            });
+        }
+    }
+}
+
+/// Copy both ways until either side closes.
+fn pipe(client: std::net::TcpStream, up: std::os::unix::net::UnixStream) {
+    let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), up.try_clone()) else {
+        return;
+    };
+    let _ = up.set_read_timeout(None);
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut u2);
+        let _ = u2.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut c, mut u) = (client, up);
+    let _ = std::io::copy(&mut u, &mut c);
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let _ = t.join();
 }
 
 fn run(args: &[String]) -> i32 {
@@ -205,23 +358,42 @@ fn run(args: &[String]) -> i32 {
         eprintln!("microvm-local: --timeout of {}s reached", timeout.as_secs());
         STOP.store(true, Ordering::SeqCst);
     });
-    let mut vm = match Vm::boot(&image, &VmOpts::default(), &dir) {
+    let mut opts = VmOpts::default();
+    if let Some(n) = a.test_min_idle_seconds {
+        opts.cmdline = format!("microvm.test_min_idle_seconds={n}");
+    }
+    let vm = match Vm::boot(&image, &opts, &dir) {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("microvm-local: boot failed: {e}");
             return 255;
         }
     };
+    let host = Arc::new(Host {
+        vm,
+        state: Mutex::new(HostState::default()),
+        poll_gate: Mutex::new(()),
+        policy: req.get("idlePolicy").cloned(),
+    });
     let console_done = Arc::new(AtomicBool::new(false));
     let console = stream_console(dir.join("serial.log"), console_done.clone());
-    let code = drive(&mut vm, &a, &microvm_id, image_path);
+    let code = drive(&host, &a, &microvm_id, image_path);
     console_done.store(true, Ordering::SeqCst);
     let _ = console.join();
     code
 }
 
-fn drive(vm: &mut Vm, a: &runcli::RunArgs, microvm_id: &str, image_path: &str) -> i32 {
+fn drive(host: &Arc<Host>, a: &runcli::RunArgs, microvm_id: &str, image_path: &str) -> i32 {
     let req = &a.request;
+    let vm = &host.vm;
+    let endpoint = match std::net::TcpListener::bind(("127.0.0.1", a.endpoint_port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("microvm-local: endpoint port {}: {e}", a.endpoint_port);
+            return finish(host, 255);
+        }
+    };
+    let endpoint_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
     // The image-build phase a platform runs before snapshotting: ready, then validate.
     for hook in ["ready", "validate"] {
         let t0 = Instant::now();
@@ -231,15 +403,15 @@ fn drive(vm: &mut Vm, a: &runcli::RunArgs, microvm_id: &str, image_path: &str) -
                 Ok(r) if r.status == 503 && t0.elapsed() < Duration::from_secs(60) => {}
                 Ok(r) => {
                     eprintln!("microvm-local: /{hook} answered {}: {}", r.status, r.json());
-                    return finish(vm, 255);
+                    return finish(host, 255);
                 }
                 Err(e) => {
                     eprintln!("microvm-local: /{hook}: {e}");
-                    return finish(vm, 255);
+                    return finish(host, 255);
                 }
             }
             if STOP.load(Ordering::SeqCst) {
-                return finish(vm, 130);
+                return finish(host, 130);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -264,14 +436,14 @@ fn drive(vm: &mut Vm, a: &runcli::RunArgs, microvm_id: &str, image_path: &str) -
         Ok(r) => r,
         Err(e) => {
             eprintln!("microvm-local: /run: {e}");
-            return finish(vm, 255);
+            return finish(host, 255);
         }
     };
     let mut out = json!({
         "microvmId": microvm_id,
         "imageArn": image_path,
         "state": r.json()["state"].clone(),
-        "endpoint": format!("unix:{}", vm.dir.join("vm.vsock").display()),
+        "endpoint": format!("http://127.0.0.1:{endpoint_port}"),
         "startedAt": rfc3339(started),
     });
     for k in [
@@ -288,10 +460,16 @@ fn drive(vm: &mut Vm, a: &runcli::RunArgs, microvm_id: &str, image_path: &str) -
         out["state"] = json!("FAILED");
         out["stateReason"] = json!(format!("Hook.Run.{}", r.status));
         print_json(&out);
-        return finish(vm, 255);
+        return finish(host, 255);
     }
     print_json(&out);
     let _ = std::io::stdout().flush();
+    {
+        let h = host.clone();
+        std::thread::spawn(move || h.serve_endpoint(endpoint));
+        let h = host.clone();
+        std::thread::spawn(move || h.poll_events());
+    }
 
     if a.interactive {
         eprintln!("microvm-local: commands: suspend, resume, terminate, status, sleep=N, quit");
@@ -305,7 +483,7 @@ fn drive(vm: &mut Vm, a: &runcli::RunArgs, microvm_id: &str, image_path: &str) -
             if cmd.is_empty() {
                 continue;
             }
-            report(cmd, act(vm, cmd));
+            report(cmd, host.act(cmd));
             if cmd == "terminate" {
                 break;
             }
@@ -315,7 +493,7 @@ fn drive(vm: &mut Vm, a: &runcli::RunArgs, microvm_id: &str, image_path: &str) -
             if STOP.load(Ordering::SeqCst) {
                 break;
             }
-            report(action, act(vm, action));
+            report(action, host.act(action));
         }
     } else {
         // wait_exit sleeps between polls: this loop is not a spin.
@@ -325,7 +503,7 @@ fn drive(vm: &mut Vm, a: &runcli::RunArgs, microvm_id: &str, image_path: &str) -
             }
         }
     }
-    finish(vm, 0)
+    finish(host, 0)
 }
 
 fn report(action: &str, r: Result<Value, String>) {
@@ -339,16 +517,12 @@ fn report(action: &str, r: Result<Value, String>) {
 }
 
 /// Terminate cleanly if the guest still runs, then make sure nothing outlives us.
-fn finish(vm: &mut Vm, code: i32) -> i32 {
-    if !vm.wait_exit(Duration::from_millis(10)) {
-        let _ = vm.unpause();
-        if let Ok(r) = vm.hook("terminate", "") {
-            report(
-                "terminate",
-                Ok(json!({"status": r.status, "answer": r.json()})),
-            );
+fn finish(host: &Arc<Host>, code: i32) -> i32 {
+    if !host.vm.wait_exit(Duration::from_millis(10)) {
+        if !host.lock().terminated {
+            report("terminate", host.terminate());
         }
-        if !vm.wait_exit(Duration::from_secs(20)) {
+        if !host.vm.wait_exit(Duration::from_secs(20)) {
             eprintln!("microvm-local: guest did not power off; killing QEMU");
         }
     }
