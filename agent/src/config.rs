@@ -72,48 +72,7 @@ pub enum Toggle {
     Disabled,
 }
 
-/// The six hooks of the Application Hook Interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Hook {
-    Ready,
-    Validate,
-    Run,
-    Resume,
-    Suspend,
-    Terminate,
-}
-
-impl Hook {
-    pub const ALL: [Hook; 6] = [
-        Hook::Ready,
-        Hook::Validate,
-        Hook::Run,
-        Hook::Resume,
-        Hook::Suspend,
-        Hook::Terminate,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::Ready => "ready",
-            Hook::Validate => "validate",
-            Hook::Run => "run",
-            Hook::Resume => "resume",
-            Hook::Suspend => "suspend",
-            Hook::Terminate => "terminate",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Hook> {
-        Hook::ALL.into_iter().find(|h| h.name() == name)
-    }
-
-    /// `/ready` and `/validate` belong to the image-build phase, with longer timeouts.
-    pub fn is_image_build(self) -> bool {
-        matches!(self, Hook::Ready | Hook::Validate)
-    }
-}
+pub use hook_sdk::Hook;
 
 /// The AWS `MicrovmImageHooks` object.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

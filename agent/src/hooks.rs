@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-pub const HOOK_PATH_PREFIX: &str = "/aws/lambda-microvms/runtime/v1/";
+pub use hook_sdk::HOOK_PATH_PREFIX;
 /// How much of the application's answer we keep for the host to read.
 const APP_BODY_KEEP: usize = 4096;
 
@@ -111,7 +111,7 @@ async fn exchange(
         .await
         .map_err(|e| format!("HTTP handshake with the application: {e}"))?;
     let conn = tokio::spawn(conn);
-    let req = hyper::Request::post(format!("{HOOK_PATH_PREFIX}{}", hook.name()))
+    let req = hyper::Request::post(hook.path())
         .header(hyper::header::HOST, format!("127.0.0.1:{port}"))
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))

@@ -39,8 +39,9 @@ pub const HOOK_PATH_PREFIX: &str = "/aws/lambda-microvms/runtime/v1/";
 /// The `/run` body is at most a 16,384-byte payload plus its envelope.
 const MAX_BODY: usize = 128 * 1024;
 
-/// The six hooks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The six hooks of the interface (also the agent's own vocabulary for them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Hook {
     Ready,
     Validate,
@@ -71,10 +72,19 @@ impl Hook {
         }
     }
 
+    pub fn from_name(name: &str) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.name() == name)
+    }
+
     /// The hook a request path names, if any.
     pub fn from_path(path: &str) -> Option<Hook> {
-        let name = path.strip_prefix(HOOK_PATH_PREFIX)?;
-        Hook::ALL.into_iter().find(|h| h.name() == name)
+        Hook::from_name(path.strip_prefix(HOOK_PATH_PREFIX)?)
+    }
+
+    /// `ready` and `validate` belong to the image-build phase, with longer timeouts,
+    /// and only they may answer 503 "not yet".
+    pub fn is_image_build(self) -> bool {
+        matches!(self, Hook::Ready | Hook::Validate)
     }
 
     pub fn path(self) -> String {

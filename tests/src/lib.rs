@@ -71,6 +71,28 @@ pub fn bins() -> &'static Bins {
     })
 }
 
+/// The host's wall clock, for `clock.unixTimeNanos`.
+pub fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// 48 bytes of host randomness, base64, for `entropy`.
+pub fn entropy_b64() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 48];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    b.chunks(3)
+        .flat_map(|c| {
+            let n = (c[0] as u32) << 16 | (c[1] as u32) << 8 | c[2] as u32;
+            (0..4).map(move |i| A[(n >> (18 - 6 * i) & 63) as usize] as char)
+        })
+        .collect()
+}
+
 /// Raise this process's soft descriptor limit to the hard one (tests open many).
 pub fn raise_nofile() {
     let mut r = libc::rlimit {

@@ -62,27 +62,6 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-fn entropy() -> String {
-    // 48 bytes of host randomness, base64.
-    let mut b = [0u8; 48];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    b.chunks(3)
-        .flat_map(|c| {
-            let n = (c[0] as u32) << 16 | (c[1] as u32) << 8 | c[2] as u32;
-            (0..4).map(move |i| A[(n >> (18 - 6 * i) & 63) as usize] as char)
-        })
-        .collect()
-}
-
 #[test]
 fn a_real_guest_runs_suspends_resumes_and_powers_off() {
     let Some(vm) = boot("lifecycle") else {
@@ -112,7 +91,7 @@ fn a_real_guest_runs_suspends_resumes_and_powers_off() {
     assert_eq!(vm.hook("validate", "").unwrap().status, 200);
     let payload = "héllo \"guest\"\n\t✓ \\ {\"nested\":[1,2]}\r\n".repeat(100);
     let run = json!({"microvmId": "mvm-e2e-1", "runHookPayload": payload,
-                     "clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy()});
+                     "clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy_b64()});
     let r = vm.hook("run", &run.to_string()).unwrap();
     assert_eq!(r.status, 200, "{}", r.json());
     let got = wait_record(&vm, |v| v["hook"] == "run");
@@ -132,7 +111,7 @@ fn a_real_guest_runs_suspends_resumes_and_powers_off() {
     vm.pause().unwrap();
     std::thread::sleep(Duration::from_secs(30));
     vm.unpause().unwrap();
-    let resume = json!({"clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy()});
+    let resume = json!({"clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy_b64()});
     let sent_at = now_ms();
     let r = vm.hook("resume", &resume.to_string()).unwrap();
     let answered_at = now_ms();

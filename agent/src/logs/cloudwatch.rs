@@ -70,6 +70,27 @@ fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, 
     format!("{}", DisplayErrorContext(e))
 }
 
+/// None when the error says the resource already exists; else its description.
+fn created_already<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+    exists: impl Fn(&E) -> bool,
+) -> Option<String> {
+    match e.as_service_error() {
+        Some(s) if exists(s) => None,
+        _ => Some(describe(e)),
+    }
+}
+
+fn tolerate(op: &str, name: &str, r: Result<(), Option<String>>) -> Result<(), PutError> {
+    match r {
+        Ok(()) | Err(None) => Ok(()),
+        Err(Some(e)) => Err(PutError {
+            message: format!("{op} {name}: {e}"),
+            permanent: false,
+        }),
+    }
+}
+
 impl CloudWatch {
     pub fn new(region: &str, c: &Credentials, group: &str, stream: &str) -> Self {
         let creds = aws_sdk_cloudwatchlogs::config::Credentials::new(
@@ -109,47 +130,25 @@ impl CloudWatch {
 
     /// Create the group and the stream; "already exists" is success.
     async fn ensure(&self) -> Result<(), PutError> {
-        let retry = |m: String| PutError {
-            message: m,
-            permanent: false,
-        };
-        if let Err(e) = self
+        let group = self
             .client
             .create_log_group()
             .log_group_name(&self.group)
             .send()
             .await
-        {
-            if !e
-                .as_service_error()
-                .is_some_and(|s| s.is_resource_already_exists_exception())
-            {
-                return Err(retry(format!(
-                    "CreateLogGroup {}: {}",
-                    self.group,
-                    describe(&e)
-                )));
-            }
-        }
-        if let Err(e) = self
+            .map(|_| ())
+            .map_err(|e| created_already(&e, |s| s.is_resource_already_exists_exception()));
+        tolerate("CreateLogGroup", &self.group, group)?;
+        let stream = self
             .client
             .create_log_stream()
             .log_group_name(&self.group)
             .log_stream_name(&self.stream)
             .send()
             .await
-        {
-            if !e
-                .as_service_error()
-                .is_some_and(|s| s.is_resource_already_exists_exception())
-            {
-                return Err(retry(format!(
-                    "CreateLogStream {}: {}",
-                    self.stream,
-                    describe(&e)
-                )));
-            }
-        }
+            .map(|_| ())
+            .map_err(|e| created_already(&e, |s| s.is_resource_already_exists_exception()));
+        tolerate("CreateLogStream", &self.stream, stream)?;
         self.ready.store(true, Ordering::SeqCst);
         Ok(())
     }

@@ -6,7 +6,7 @@
 
 use microvm_tests::{http, read_reply, HOOK_PREFIX};
 use serde_json::json;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

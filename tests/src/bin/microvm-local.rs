@@ -17,8 +17,8 @@
 //! Without --then or --interactive it runs until the guest powers off, the timeout,
 //! or Ctrl-C (which terminates the MicroVM cleanly).
 
-use microvm_tests::runcli;
 use microvm_tests::vm::{Image, Vm, VmOpts};
+use microvm_tests::{entropy_b64, now_nanos, runcli};
 use serde_json::{json, Value};
 use std::io::{BufRead, Read, Seek, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,25 +56,6 @@ fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn entropy_b64() -> String {
-    let mut b = [0u8; 48];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    b.chunks(3)
-        .flat_map(|c| {
-            let n = (c[0] as u32) << 16 | (c[1] as u32) << 8 | c[2] as u32;
-            (0..4).map(move |i| A[(n >> (18 - 6 * i) & 63) as usize] as char)
-        })
-        .collect()
-}
-
-fn now_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// RFC 3339 UTC, without a date crate (civil-from-days).
