@@ -27,6 +27,18 @@ pub fn target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target")
 }
 
+/// Where namespace tests keep files: never under /tmp or /run, which the agent mounts
+/// fresh inside the namespace (a checkout under /tmp would vanish from its view).
+pub fn outside_tmp() -> PathBuf {
+    let t = target_dir();
+    let t = std::fs::canonicalize(&t).unwrap_or(t);
+    if t.starts_with("/tmp") || t.starts_with("/run") {
+        PathBuf::from("/var/tmp/microvm-tests")
+    } else {
+        t
+    }
+}
+
 pub struct Bins {
     pub agent: PathBuf,
     pub recorder: PathBuf,
@@ -61,7 +73,20 @@ pub fn bins() -> &'static Bins {
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the agent and recorder failed");
-        let d = target_dir().join("debug");
+        let built = target_dir().join("debug");
+        // The app is started after the agent mounted /tmp: keep binaries outside it.
+        let d = outside_tmp().join("debug");
+        if d != built {
+            std::fs::create_dir_all(d.join("examples")).expect("binary dir");
+            for b in [
+                "microvm-agent",
+                "examples/recorder",
+                "examples/http_app",
+                "examples/echo",
+            ] {
+                std::fs::copy(built.join(b), d.join(b)).expect("copy binary out of /tmp");
+            }
+        }
         Bins {
             agent: d.join("microvm-agent"),
             recorder: d.join("examples/recorder"),
@@ -128,7 +153,7 @@ macro_rules! require_root {
 pub fn scratch(name: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let d = target_dir()
+    let d = outside_tmp()
         .join("nstest")
         .join(format!("{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
