@@ -1,5 +1,7 @@
 //! The agent's own log: to the console (stderr), stamped with the guest's boot clock
-//! like the kernel's, so a reader can line it up with dmesg and measure boot.
+//! like the kernel's, so a reader can line it up with dmesg and measure boot; and to
+//! journald as well when its socket exists (an image that runs one). Never into the
+//! application's log stream.
 
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
@@ -22,11 +24,17 @@ pub fn init(level: Option<&str>) {
         .or_else(|| std::env::var("MICROVM_AGENT_LOG").ok())
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .unwrap_or(tracing::Level::INFO);
-    let _ = tracing_subscriber::fmt()
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::prelude::*;
+    let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_timer(BootClock)
         .with_ansi(false)
-        .with_target(false)
-        .with_max_level(level)
+        .with_target(false);
+    // Fails (and is skipped) when /run/systemd/journal/socket does not answer.
+    let journald = tracing_journald::layer().ok();
+    let _ = tracing_subscriber::registry()
+        .with(console.with_filter(LevelFilter::from_level(level)))
+        .with(journald.with_filter(LevelFilter::from_level(level)))
         .try_init();
 }

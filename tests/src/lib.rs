@@ -31,8 +31,8 @@ pub fn target_dir() -> PathBuf {
 /// fresh inside the namespace (a checkout under /tmp would vanish from its view).
 pub fn outside_tmp() -> PathBuf {
     let t = target_dir();
-    let t = std::fs::canonicalize(&t).unwrap_or(t);
-    if t.starts_with("/tmp") || t.starts_with("/run") {
+    let canonical = std::fs::canonicalize(&t).unwrap_or_else(|_| t.clone());
+    if canonical.starts_with("/tmp") || canonical.starts_with("/run") {
         PathBuf::from("/var/tmp/microvm-tests")
     } else {
         t
@@ -76,7 +76,9 @@ pub fn bins() -> &'static Bins {
         let built = target_dir().join("debug");
         // The app is started after the agent mounted /tmp: keep binaries outside it.
         let d = outside_tmp().join("debug");
-        if d != built {
+        // Never copy a file onto itself: fs::copy would truncate it.
+        let same = std::fs::canonicalize(&d).ok() == std::fs::canonicalize(&built).ok();
+        if !same {
             std::fs::create_dir_all(d.join("examples")).expect("binary dir");
             for b in [
                 "microvm-agent",

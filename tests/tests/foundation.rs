@@ -426,3 +426,108 @@ fn an_invalid_image_config_is_reported_not_fatal() {
     assert_eq!(g.hook("terminate", "").status, 200);
     g.wait_gone(Duration::from_secs(10));
 }
+
+#[test]
+fn agent_logs_reach_journald_when_its_socket_exists() {
+    require_root!();
+    let dir = scratch("journald");
+    std::fs::write(
+        dir.join("image.json"),
+        json!({"imageName": "j", "command": ["/bin/sleep", "30"]}).to_string(),
+    )
+    .unwrap();
+    // A private /run with a datagram socket where journald's would be; the agent runs
+    // as an ordinary process there (it mounts nothing when it is not PID 1).
+    let recv = dir.join("journal.txt");
+    let py = format!(
+        "import socket,os\nos.makedirs('/run/systemd/journal', exist_ok=True)\n\
+         s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.bind('/run/systemd/journal/socket')\n\
+         open('{ready}','w').close()\nf=open('{out}','ab')\n\
+         while True:\n    d=s.recv(65536)\n    f.write(len(d).to_bytes(4,'little')+d); f.flush()\n",
+        ready = dir.join("ready").display(),
+        out = recv.display()
+    );
+    std::fs::write(dir.join("recv.py"), py).unwrap();
+    let script = format!(
+        "mount -t tmpfs none /run && (python3 {py} &) && while [ ! -e {ready} ]; do sleep 0.02; done && \
+         exec {agent} --control unix:{sock} --image-config {cfg}",
+        py = dir.join("recv.py").display(),
+        ready = dir.join("ready").display(),
+        agent = bins().agent.display(),
+        sock = dir.join("control.sock").display(),
+        cfg = dir.join("image.json").display(),
+    );
+    let mut child = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--kill-child",
+            "--fork",
+            "--pid",
+            "--mount-proc",
+        ])
+        .args(["/bin/sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let entries = loop {
+        let e = journal_entries(&std::fs::read(&recv).unwrap_or_default());
+        let ready = e.iter().any(|m| {
+            m.get("MESSAGE")
+                .is_some_and(|v| v == "control channel ready")
+        });
+        if ready || t0.elapsed() > Duration::from_secs(10) {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let first = entries
+        .iter()
+        .find(|m| m.get("MESSAGE").map(String::as_str) == Some("microvm-agent starting"))
+        .unwrap_or_else(|| panic!("no start entry in {entries:?}"));
+    assert_eq!(first["SYSLOG_IDENTIFIER"], "microvm-agent");
+    assert_eq!(
+        first["PRIORITY"], "5",
+        "info is notice-level in tracing-journald"
+    );
+    assert!(entries
+        .iter()
+        .any(|m| m.get("MESSAGE").map(String::as_str) == Some("control channel ready")));
+}
+
+/// Datagrams (each prefixed with its u32 length by the receiver) in journald's native
+/// protocol: `KEY=VALUE\n`, or `KEY\n` + u64 little-endian length + bytes + `\n`.
+fn journal_entries(mut b: &[u8]) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let Some(mut d) = b.get(4..4 + n) else { break };
+        b = &b[4 + n..];
+        let mut m = std::collections::BTreeMap::new();
+        while let Some(nl) = d.iter().position(|c| *c == b'\n') {
+            let line = &d[..nl];
+            if let Some(eq) = line.iter().position(|c| *c == b'=') {
+                m.insert(
+                    String::from_utf8_lossy(&line[..eq]).into_owned(),
+                    String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+                );
+                d = &d[nl + 1..];
+            } else {
+                let key = String::from_utf8_lossy(line).into_owned();
+                let rest = &d[nl + 1..];
+                let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+                m.insert(key, String::from_utf8_lossy(&rest[8..8 + len]).into_owned());
+                d = &rest[8 + len + 1..];
+            }
+        }
+        if !m.is_empty() {
+            out.push(m);
+        }
+    }
+    out
+}

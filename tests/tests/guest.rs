@@ -445,3 +445,55 @@ fn ingress_over_vsock_and_an_idle_policy_that_suspends_and_resumes() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn zero_suspended_duration_terminates_the_vm_at_once() {
+    if image().is_none() {
+        return;
+    }
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/example");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
+        .args(["run-microvm", "--image-identifier"])
+        .arg(&img)
+        .args([
+            "--idle-policy",
+            "maxIdleDurationSeconds=2,suspendedDurationSeconds=0,autoResumeEnabled=true",
+            "--test-min-idle-seconds",
+            "0",
+            "--timeout",
+            "120",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = collect_lines(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let s = wait_line(
+        &rx,
+        &mut seen,
+        |l| l.contains("suspend (idle)"),
+        Duration::from_secs(90),
+    );
+    assert!(s.contains("\"status\":200"), "{s}");
+    let t = wait_line(
+        &rx,
+        &mut seen,
+        |l| l.contains("terminate (suspendedDurationSeconds)"),
+        Duration::from_secs(10),
+    );
+    assert!(t.contains("\"TERMINATED\""), "{t}");
+    // Nobody asked it to stop: the runner ends because the VM powered off.
+    let t0 = Instant::now();
+    let st = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "runner still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(st.success());
+}
