@@ -346,6 +346,26 @@ fn wait_line(
     }
 }
 
+/// The runner with an idle policy and the test-only lowered idle minimum (passed to
+/// the agent on the kernel command line); its stdout as a stream of lines.
+fn idle_runner(
+    img: &Path,
+    policy: &str,
+    extra: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
+        .args(["run-microvm", "--image-identifier"])
+        .arg(img)
+        .args(["--idle-policy", policy, "--test-min-idle-seconds", "0"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = collect_lines(child.stdout.take().unwrap());
+    (child, rx)
+}
+
 fn http_get(port: u16, path: &str, headers: &str) -> (u16, Value) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
@@ -366,25 +386,11 @@ fn ingress_over_vsock_and_an_idle_policy_that_suspends_and_resumes() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
-        .args(["run-microvm", "--image-identifier"])
-        .arg(&img)
-        .args([
-            "--idle-policy",
-            "maxIdleDurationSeconds=3,suspendedDurationSeconds=300,autoResumeEnabled=true",
-            // Test-only: the agent's 60 s minimum, lowered through the kernel command line.
-            "--test-min-idle-seconds",
-            "0",
-            "--endpoint-port",
-            &port.to_string(),
-            "--timeout",
-            "240",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = collect_lines(child.stdout.take().unwrap());
+    let (mut child, rx) = idle_runner(
+        &img,
+        "maxIdleDurationSeconds=3,suspendedDurationSeconds=300,autoResumeEnabled=true",
+        &["--endpoint-port", &port.to_string(), "--timeout", "240"],
+    );
     let mut seen = Vec::new();
     wait_line(
         &rx,
@@ -452,22 +458,11 @@ fn zero_suspended_duration_terminates_the_vm_at_once() {
         return;
     }
     let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/example");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
-        .args(["run-microvm", "--image-identifier"])
-        .arg(&img)
-        .args([
-            "--idle-policy",
-            "maxIdleDurationSeconds=2,suspendedDurationSeconds=0,autoResumeEnabled=true",
-            "--test-min-idle-seconds",
-            "0",
-            "--timeout",
-            "120",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let rx = collect_lines(child.stdout.take().unwrap());
+    let (mut child, rx) = idle_runner(
+        &img,
+        "maxIdleDurationSeconds=2,suspendedDurationSeconds=0,autoResumeEnabled=true",
+        &["--timeout", "120"],
+    );
     let mut seen = Vec::new();
     let s = wait_line(
         &rx,
