@@ -1,7 +1,6 @@
 //! The host's HTTP API: routing, body limits, request parsing, answers.
 
 use super::lifecycle::{Answer, Input, Lifecycle};
-use super::state::Op;
 use crate::config::{self, Hook, RequestError};
 use crate::hooks::HOOK_PATH_PREFIX;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -42,17 +41,6 @@ pub fn route(path: &str) -> Route {
     {
         Some(h) => Route::Hook(h),
         None => Route::NotFound,
-    }
-}
-
-fn op_of(hook: Hook) -> Op {
-    match hook {
-        Hook::Ready => Op::Ready,
-        Hook::Validate => Op::Validate,
-        Hook::Run => Op::Run,
-        Hook::Resume => Op::Resume,
-        Hook::Suspend => Op::Suspend,
-        Hook::Terminate => Op::Terminate,
     }
 }
 
@@ -147,7 +135,7 @@ pub async fn handle(
                     Err(a) => a,
                     Ok(body) => match parse_input(hook, &body) {
                         Err(e) => request_error(e),
-                        Ok(input) => lc.request(op_of(hook), input).await,
+                        Ok(input) => lc.request(hook, input).await,
                     },
                 }
             }

@@ -539,7 +539,7 @@ impl Lifecycle {
             g.hooks.iter().map(|(h, r)| (h.name(), r)).collect();
         json!({
             "state": state::phase(g.base, in_flight),
-            "inFlight": in_flight.map(|o| format!("{o:?}").to_lowercase()),
+            "inFlight": in_flight.map(Op::name),
             "stateReason": g.state_reason,
             "imageName": image_name,
             "configError": config_error,

@@ -15,28 +15,8 @@ pub enum Base {
     Terminated,
 }
 
-/// A request that moves (or probes) the lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Op {
-    Ready,
-    Validate,
-    Run,
-    Suspend,
-    Resume,
-    Terminate,
-}
-
-#[cfg(test)]
-impl Op {
-    pub const ALL: [Op; 6] = [
-        Op::Ready,
-        Op::Validate,
-        Op::Run,
-        Op::Suspend,
-        Op::Resume,
-        Op::Terminate,
-    ];
-}
+/// A request that moves (or probes) the lifecycle: one per hook of the interface.
+pub use crate::config::Hook as Op;
 
 /// What the host sees in `state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
