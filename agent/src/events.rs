@@ -17,9 +17,16 @@ pub const RETAINED: usize = 4096;
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 pub struct Events {
-    ring: Mutex<VecDeque<Value>>,
-    next_seq: Mutex<u64>,
+    /// The retained events and the next sequence number, under one lock: numbering
+    /// and appending are one step, so the ring is always in sequence order (a host
+    /// reading `lastSeq` from its end can never skip an event).
+    ring: Mutex<Ring>,
     added: Notify,
+}
+
+struct Ring {
+    events: VecDeque<Value>,
+    next_seq: u64,
 }
 
 /// Events after `after` from a ring whose oldest entry has `oldest_seq`.
@@ -37,33 +44,32 @@ pub fn select(ring: &VecDeque<Value>, after: u64) -> (Vec<Value>, bool) {
 impl Events {
     pub fn new() -> Self {
         Events {
-            ring: Mutex::new(VecDeque::new()),
-            next_seq: Mutex::new(1),
+            ring: Mutex::new(Ring {
+                events: VecDeque::new(),
+                next_seq: 1,
+            }),
             added: Notify::new(),
         }
     }
 
     /// Record an event of `kind` with `fields`; returns its sequence number.
     pub fn emit(&self, kind: &str, fields: Value) -> u64 {
-        let seq = {
-            let mut n = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
-            let s = *n;
-            *n += 1;
-            s
-        };
-        let mut e = json!({"seq": seq, "type": kind, "uptimeMs": uptime_ms(),
-                           "unixTimeMs": unix_ms()});
+        let mut e = json!({"type": kind, "uptimeMs": uptime_ms(), "unixTimeMs": unix_ms()});
         if let (Value::Object(m), Value::Object(f)) = (&mut e, fields) {
             m.extend(f);
         }
-        tracing::info!(event = %e, "event");
-        {
+        let seq = {
             let mut r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-            r.push_back(e);
-            while r.len() > RETAINED {
-                r.pop_front();
+            let seq = r.next_seq;
+            r.next_seq += 1;
+            e["seq"] = json!(seq);
+            r.events.push_back(e.clone());
+            while r.events.len() > RETAINED {
+                r.events.pop_front();
             }
-        }
+            seq
+        };
+        tracing::info!(event = %e, "event");
         self.added.notify_waiters();
         seq
     }
@@ -75,7 +81,7 @@ impl Events {
             let added = self.added.notified();
             let (events, gap) = {
                 let r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-                select(&r, after)
+                select(&r.events, after)
             };
             if !events.is_empty() || tokio::time::Instant::now() >= deadline {
                 let last = events
