@@ -245,15 +245,15 @@ impl Lifecycle {
             (Op::Validate, _) => self.call_hook(Hook::Validate, b"{}".to_vec()).await,
             (Op::Run, Input::Run(run)) => self.run(*run).await,
             (Op::Suspend, _) => self.suspend().await,
-            (Op::Resume, Input::Resume(fresh)) => {
+            (Op::Resume, input) => {
                 self.ctx.activity.resume();
-                if let Err(a) = self.refresh(*fresh) {
+                let fresh = match input {
+                    Input::Resume(f) => *f,
+                    _ => Freshness::default(),
+                };
+                if let Err(a) = self.refresh(fresh) {
                     return a;
                 }
-                self.call_hook(Hook::Resume, b"{}".to_vec()).await
-            }
-            (Op::Resume, _) => {
-                self.ctx.activity.resume();
                 self.call_hook(Hook::Resume, b"{}".to_vec()).await
             }
             (Op::Terminate, input) => self.terminate(input).await,
