@@ -25,14 +25,14 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Optio
         e.to_string()
     });
 
-    let listener = match bind(&args.control).await {
+    let listener = match bind(&args.control, "control").await {
         Ok(l) => l,
         Err(e) => return format!("Agent.ControlBindFailed: {} ({e})", args.control),
     };
     let activity = crate::activity::Activity::new();
     let events = Arc::new(crate::events::Events::new());
     // Ingress is not vital: without it the host can still run and terminate the VM.
-    match bind(&args.ingress).await {
+    match bind(&args.ingress, "ingress").await {
         Ok(l) => {
             tokio::spawn(crate::ingress::serve(l, activity.clone()));
         }
@@ -135,10 +135,10 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Optio
     reason
 }
 
-async fn bind(addr: &transport::Addr) -> std::io::Result<transport::Listener> {
+async fn bind(addr: &transport::Addr, role: &'static str) -> std::io::Result<transport::Listener> {
     let start = tokio::time::Instant::now();
     loop {
-        match transport::Listener::bind(addr) {
+        match transport::Listener::bind(addr, role) {
             Ok(l) => return Ok(l),
             Err(e) if start.elapsed() < BIND_PATIENCE => {
                 tracing::warn!("bind {addr}: {e}; retrying");

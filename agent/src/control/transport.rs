@@ -43,33 +43,40 @@ pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub type Stream = Pin<Box<dyn Io>>;
 
-pub enum Listener {
+enum Inner {
     Vsock(tokio_vsock::VsockListener),
     Unix(tokio::net::UnixListener),
 }
 
+pub struct Listener {
+    inner: Inner,
+    /// What listens here ("control", "ingress"), for the refusal log line.
+    role: &'static str,
+}
+
 impl Listener {
-    pub fn bind(addr: &Addr) -> std::io::Result<Listener> {
-        match addr {
+    pub fn bind(addr: &Addr, role: &'static str) -> std::io::Result<Listener> {
+        let inner = match addr {
             Addr::Vsock(port) => {
                 let a = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port);
-                Ok(Listener::Vsock(tokio_vsock::VsockListener::bind(a)?))
+                Inner::Vsock(tokio_vsock::VsockListener::bind(a)?)
             }
             Addr::Unix(path) => {
                 // A socket file left by an earlier run would make bind fail.
                 let _ = std::fs::remove_file(path);
-                Ok(Listener::Unix(tokio::net::UnixListener::bind(path)?))
+                Inner::Unix(tokio::net::UnixListener::bind(path)?)
             }
-        }
+        };
+        Ok(Listener { inner, role })
     }
 
     /// The next connection from an allowed peer. Peers that are not the host are
     /// refused here, logged, and never reach the HTTP layer.
     pub async fn accept(&self) -> std::io::Result<Stream> {
         loop {
-            match self {
-                Listener::Unix(l) => return Ok(Box::pin(l.accept().await?.0)),
-                Listener::Vsock(l) => {
+            match &self.inner {
+                Inner::Unix(l) => return Ok(Box::pin(l.accept().await?.0)),
+                Inner::Vsock(l) => {
                     let (s, peer) = l.accept().await?;
                     if peer_allowed(peer.cid()) {
                         return Ok(Box::pin(s));
@@ -77,7 +84,8 @@ impl Listener {
                     tracing::warn!(
                         cid = peer.cid(),
                         port = peer.port(),
-                        "refused control connection from a CID that is not the host"
+                        "refused {} connection from a CID that is not the host",
+                        self.role
                     );
                     drop(s);
                 }
