@@ -5,13 +5,14 @@
 //! activity. A suspended period is not idle time. The arithmetic is a pure struct
 //! driven by an injected `now`, so tests need no clock.
 
+use crate::events::EventType;
 use serde::Serialize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// The platform's lower bound for `maxIdleDurationSeconds`.
-pub const MIN_IDLE: Duration = Duration::from_secs(60);
+pub const MIN_IDLE: Duration = Duration::from_secs(microvm_protocol::limits::MIN_IDLE_SECONDS);
 /// Test-only: lowers [`MIN_IDLE`] (seconds) so suites can use short idle policies.
 pub const TEST_MIN_IDLE_ENV: &str = "MICROVM_AGENT_TEST_MIN_IDLE_SECONDS";
 
@@ -112,7 +113,7 @@ pub fn transition(last: Reported, idle_for: Duration, max_idle: Duration) -> Opt
 pub struct Activity {
     clock: Mutex<IdleClock>,
     pub changed: Notify,
-    pub bytes: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Activity {
@@ -155,6 +156,11 @@ impl Activity {
         self.lock().idle_for(Instant::now())
     }
 
+    /// Ingress bytes either way since boot.
+    pub fn ingress_bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn is_busy(&self) -> bool {
         self.lock().busy()
     }
@@ -176,10 +182,9 @@ pub async fn report(
                                                      "maxIdleMs": max_idle.as_millis() as u64}),
                 Reported::Active => serde_json::json!({}),
             };
-            let kind = if now == Reported::Idle {
-                "idle"
-            } else {
-                "active"
+            let kind = match now {
+                Reported::Idle => EventType::Idle,
+                Reported::Active => EventType::Active,
             };
             events.emit(kind, fields);
             last = now;

@@ -1,10 +1,11 @@
 //! `microvm-agent [--control vsock:PORT | --control unix:PATH] [--image-config PATH]`
 
-use crate::control::transport::Addr;
+use crate::transport::Addr;
+use microvm_protocol::ports;
 use std::path::PathBuf;
 
-pub const DEFAULT_CONTROL: Addr = Addr::Vsock(9000);
-pub const DEFAULT_INGRESS: Addr = Addr::Vsock(crate::ingress::INGRESS_VSOCK_PORT);
+pub const DEFAULT_CONTROL: Addr = Addr::Vsock(ports::CONTROL);
+pub const DEFAULT_INGRESS: Addr = Addr::Vsock(ports::INGRESS);
 pub const DEFAULT_IMAGE_CONFIG: &str = "/etc/microvm/image.json";
 
 pub const USAGE: &str =
@@ -21,14 +22,20 @@ pub struct Args {
     pub help: bool,
 }
 
+impl Default for Args {
+    fn default() -> Self {
+        Args {
+            control: DEFAULT_CONTROL,
+            ingress: DEFAULT_INGRESS,
+            image_config: PathBuf::from(DEFAULT_IMAGE_CONFIG),
+            ignored: Vec::new(),
+            help: false,
+        }
+    }
+}
+
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
-    let mut out = Args {
-        control: DEFAULT_CONTROL,
-        ingress: DEFAULT_INGRESS,
-        image_config: PathBuf::from(DEFAULT_IMAGE_CONFIG),
-        ignored: Vec::new(),
-        help: false,
-    };
+    let mut out = Args::default();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {

@@ -1,20 +1,23 @@
 //! Events for the host, numbered so that none is lost across a host reconnect.
 //!
-//! Wire form: the host asks `GET /v1/events?after=N&waitSeconds=W` on the control
-//! channel and gets every event with `seq > N`, waiting up to W seconds (at most 60)
-//! for one to exist. It remembers the highest `seq` it has seen and asks with it
-//! again: a reconnect replays what it missed and nothing it already had. The agent
-//! keeps the last [`RETAINED`] events; an `after` older than that answers with
-//! `"gap": true` and the oldest events still kept.
+//! Wire form (`microvm_protocol::events`): the host asks
+//! `GET /v1/events?after=N&waitSeconds=W` on the control channel and gets every event
+//! with `seq > N`, waiting up to W seconds for one to exist. It remembers the highest
+//! `seq` it has seen and asks with it again: a reconnect replays what it missed and
+//! nothing it already had. The agent keeps the last
+//! [`EVENTS_RETAINED`](microvm_protocol::limits::EVENTS_RETAINED) events; an `after`
+//! older than that answers with `"gap": true` and the oldest events still kept.
 
-use serde_json::{json, Value};
+pub use microvm_protocol::events::EventType;
+use microvm_protocol::events::{Event, EventsPage};
+use microvm_protocol::limits::{EVENTS_MAX_WAIT_SECONDS, EVENTS_RETAINED};
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-pub const RETAINED: usize = 4096;
-pub const MAX_WAIT: Duration = Duration::from_secs(60);
+pub const MAX_WAIT: Duration = Duration::from_secs(EVENTS_MAX_WAIT_SECONDS);
 
 pub struct Events {
     /// The retained events and the next sequence number, under one lock: numbering
@@ -25,20 +28,23 @@ pub struct Events {
 }
 
 struct Ring {
-    events: VecDeque<Value>,
+    events: VecDeque<Event>,
     next_seq: u64,
 }
 
-/// Events after `after` from a ring whose oldest entry has `oldest_seq`.
-pub fn select(ring: &VecDeque<Value>, after: u64) -> (Vec<Value>, bool) {
-    let oldest = ring.front().and_then(|e| e["seq"].as_u64());
-    let gap = oldest.is_some_and(|o| after + 1 < o);
-    let events = ring
-        .iter()
-        .filter(|e| e["seq"].as_u64().is_some_and(|s| s > after))
-        .cloned()
-        .collect();
+/// Events after `after` from a ring in sequence order, and whether some were lost.
+pub fn select(ring: &VecDeque<Event>, after: u64) -> (Vec<Event>, bool) {
+    let gap = ring
+        .front()
+        .is_some_and(|o| after.saturating_add(1) < o.seq);
+    let events = ring.iter().filter(|e| e.seq > after).cloned().collect();
     (events, gap)
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Events {
@@ -52,30 +58,35 @@ impl Events {
         }
     }
 
-    /// Record an event of `kind` with `fields`; returns its sequence number.
-    pub fn emit(&self, kind: &str, fields: Value) -> u64 {
-        let mut e = json!({"type": kind, "uptimeMs": uptime_ms(), "unixTimeMs": unix_ms()});
-        if let (Value::Object(m), Value::Object(f)) = (&mut e, fields) {
-            m.extend(f);
-        }
-        let seq = {
+    /// Record an event of `kind` with `fields` (a JSON object); returns its number.
+    pub fn emit(&self, kind: EventType, fields: Value) -> u64 {
+        let fields = match fields {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        let mut e = Event {
+            seq: 0,
+            kind,
+            uptime_ms: uptime_ms(),
+            unix_time_ms: unix_ms(),
+            fields,
+        };
+        {
             let mut r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-            let seq = r.next_seq;
+            e.seq = r.next_seq;
             r.next_seq += 1;
-            e["seq"] = json!(seq);
             r.events.push_back(e.clone());
-            while r.events.len() > RETAINED {
+            while r.events.len() > EVENTS_RETAINED {
                 r.events.pop_front();
             }
-            seq
-        };
-        tracing::info!(event = %e, "event");
+        }
+        tracing::info!(event = %serde_json::to_string(&e).unwrap_or_default(), "event");
         self.added.notify_waiters();
-        seq
+        e.seq
     }
 
     /// Events after `after`, waiting up to `wait` for at least one.
-    pub async fn since(&self, after: u64, wait: Duration) -> Value {
+    pub async fn since(&self, after: u64, wait: Duration) -> EventsPage {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         loop {
             let added = self.added.notified();
@@ -84,11 +95,12 @@ impl Events {
                 select(&r.events, after)
             };
             if !events.is_empty() || tokio::time::Instant::now() >= deadline {
-                let last = events
-                    .last()
-                    .and_then(|e| e["seq"].as_u64())
-                    .unwrap_or(after);
-                return json!({"events": events, "lastSeq": last, "gap": gap});
+                let last_seq = events.last().map(|e| e.seq).unwrap_or(after);
+                return EventsPage {
+                    events,
+                    last_seq,
+                    gap,
+                };
             }
             let _ = tokio::time::timeout_at(deadline, added).await;
         }
@@ -134,29 +146,29 @@ pub fn parse_query(q: Option<&str>) -> Result<(u64, Duration), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn seqs(p: &EventsPage) -> Vec<u64> {
+        p.events.iter().map(|e| e.seq).collect()
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn replay_after_a_reconnect_loses_nothing_and_repeats_nothing() {
         let ev = Events::new();
         for i in 0..5 {
-            ev.emit("idle", json!({"i": i}));
+            ev.emit(EventType::Idle, json!({"i": i}));
         }
         let first = ev.since(0, Duration::ZERO).await;
-        assert_eq!(first["events"].as_array().unwrap().len(), 5);
-        assert_eq!(first["lastSeq"], 5);
+        assert_eq!(seqs(&first), [1, 2, 3, 4, 5]);
+        assert_eq!(first.last_seq, 5);
+        assert_eq!(first.events[2].fields["i"], 2);
         // The host saw up to 3, then lost its connection.
         let again = ev.since(3, Duration::ZERO).await;
-        let seqs: Vec<u64> = again["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["seq"].as_u64().unwrap())
-            .collect();
-        assert_eq!(seqs, [4, 5]);
-        assert_eq!(again["gap"], false);
+        assert_eq!(seqs(&again), [4, 5]);
+        assert!(!again.gap);
         let none = ev.since(5, Duration::ZERO).await;
-        assert!(none["events"].as_array().unwrap().is_empty());
-        assert_eq!(none["lastSeq"], 5);
+        assert!(none.events.is_empty());
+        assert_eq!(none.last_seq, 5);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -165,23 +177,30 @@ mod tests {
         let e2 = ev.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            e2.emit("active", json!({}));
+            e2.emit(EventType::Active, json!({}));
         });
         let t0 = std::time::Instant::now();
         let got = ev.since(0, Duration::from_secs(5)).await;
         assert!(t0.elapsed() < Duration::from_secs(2));
-        assert_eq!(got["events"][0]["type"], "active");
+        assert_eq!(got.events[0].kind, EventType::Active);
+        let wire = serde_json::to_value(&got).unwrap();
+        assert_eq!(wire["events"][0]["type"], "active");
+        assert_eq!(wire["lastSeq"], 1);
     }
 
     #[test]
     fn a_gap_is_reported_when_history_was_dropped() {
-        let mut r = VecDeque::new();
-        for s in 10..=12u64 {
-            r.push_back(json!({"seq": s}));
+        let ev = Events::new();
+        for _ in 0..EVENTS_RETAINED + 3 {
+            ev.emit(EventType::Active, json!({}));
         }
-        assert!(!select(&r, 9).1);
-        assert!(select(&r, 5).1);
-        assert_eq!(select(&r, 5).0.len(), 3);
+        let r = ev.ring.lock().unwrap();
+        assert_eq!(r.events.front().map(|e| e.seq), Some(4));
+        assert!(!select(&r.events, 3).1);
+        assert!(select(&r.events, 2).1);
+        assert_eq!(select(&r.events, 2).0.len(), EVENTS_RETAINED);
+        // The largest `after` a host can send neither overflows nor finds anything.
+        assert_eq!(select(&r.events, u64::MAX), (Vec::new(), false));
     }
 
     #[test]
@@ -192,6 +211,10 @@ mod tests {
             Ok((7, Duration::from_secs(5)))
         );
         assert_eq!(parse_query(Some("waitSeconds=999")).unwrap().1, MAX_WAIT);
+        assert_eq!(
+            parse_query(Some("after=18446744073709551615")).unwrap().0,
+            u64::MAX
+        );
         assert!(parse_query(Some("after=x")).is_err());
         assert!(parse_query(Some("since=1")).is_err());
     }

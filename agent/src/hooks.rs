@@ -1,39 +1,17 @@
 //! Delivery of lifecycle hooks to the application (DESIGN.md contract 3): an HTTP/1.1
 //! `POST /aws/lambda-microvms/runtime/v1/<hook>` to the hooks port on loopback.
 
-use crate::config::Hook;
+use crate::backoff::Backoff;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use serde::Serialize;
+use microvm_protocol::status::HookOutcome as Outcome;
+use microvm_protocol::Hook;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
-pub use hook_sdk::HOOK_PATH_PREFIX;
 /// How much of the application's answer we keep for the host to read.
 const APP_BODY_KEEP: usize = 4096;
-
-/// What the application did with a hook call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "result", rename_all = "camelCase")]
-pub enum Outcome {
-    /// 2xx.
-    #[serde(rename_all = "camelCase")]
-    Ok { application_status: u16 },
-    /// 503 from `/ready` or `/validate`: not yet, the host polls again.
-    NotReady,
-    /// Any other status.
-    #[serde(rename_all = "camelCase")]
-    Failed {
-        application_status: u16,
-        application_body: String,
-    },
-    /// Could not connect, or the connection broke before an answer.
-    Unreachable { error: String },
-    /// No answer within the hook's timeout.
-    #[serde(rename_all = "camelCase")]
-    Timeout { timeout_ms: u64 },
-}
 
 /// Decide what a status code means for `hook`.
 pub fn classify(hook: Hook, status: u16, body: String) -> Outcome {
@@ -49,9 +27,9 @@ pub fn classify(hook: Hook, status: u16, body: String) -> Outcome {
     }
 }
 
-/// Retry pause after "connection refused": the app may still be binding its port.
-fn refused_pause(attempt: u32) -> Duration {
-    Duration::from_millis((10u64 << attempt.min(4)).min(100))
+/// Retry pauses after "connection refused": the app may still be binding its port.
+fn refused_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(10), Duration::from_millis(100))
 }
 
 /// POST `body` to the application's `hook` on `127.0.0.1:port` within `timeout`.
@@ -65,14 +43,14 @@ pub async fn call(
     app_alive: impl Fn() -> bool,
 ) -> Outcome {
     let deadline = Instant::now() + timeout;
-    let mut attempt = 0;
+    let mut backoff = refused_backoff();
     let stream = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, TcpStream::connect(("127.0.0.1", port))).await {
             Ok(Ok(s)) => break s,
             Ok(Err(e)) => {
                 let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
-                let pause = refused_pause(attempt);
+                let pause = backoff.next_delay();
                 if !refused || !app_alive() || Instant::now() + pause >= deadline {
                     return Outcome::Unreachable {
                         error: format!(
@@ -80,7 +58,6 @@ pub async fn call(
                         ),
                     };
                 }
-                attempt += 1;
                 tokio::time::sleep(pause).await;
             }
             Err(_) => return timed_out(timeout),
@@ -176,25 +153,11 @@ mod tests {
 
     #[test]
     fn refused_pauses_are_short_and_bounded() {
-        let p: Vec<_> = (0..8).map(refused_pause).collect();
+        let mut b = refused_backoff();
+        let p: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
         assert_eq!(p[0], Duration::from_millis(10));
         assert!(p.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(*p.last().unwrap(), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn outcome_json_shape() {
-        let v = serde_json::to_value(Outcome::Failed {
-            application_status: 500,
-            application_body: "x".into(),
-        })
-        .unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"result":"failed","applicationStatus":500,"applicationBody":"x"})
-        );
-        let v = serde_json::to_value(Outcome::Timeout { timeout_ms: 1000 }).unwrap();
-        assert_eq!(v, serde_json::json!({"result":"timeout","timeoutMs":1000}));
     }
 
     #[tokio::test(flavor = "current_thread")]

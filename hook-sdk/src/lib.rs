@@ -29,77 +29,15 @@
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Bytes};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// Every hook path starts with this.
-pub const HOOK_PATH_PREFIX: &str = "/aws/lambda-microvms/runtime/v1/";
+/// The body of `/run`: who this MicroVM is and what the caller of run-microvm passed.
+pub use microvm_protocol::RunHookBody as RunRequest;
+pub use microvm_protocol::{Hook, HOOK_PATH_PREFIX};
 /// The `/run` body is at most a 16,384-byte payload plus its envelope.
 const MAX_BODY: usize = 128 * 1024;
-
-/// The six hooks of the interface (also the agent's own vocabulary for them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Hook {
-    Ready,
-    Validate,
-    Run,
-    Resume,
-    Suspend,
-    Terminate,
-}
-
-impl Hook {
-    pub const ALL: [Hook; 6] = [
-        Hook::Ready,
-        Hook::Validate,
-        Hook::Run,
-        Hook::Resume,
-        Hook::Suspend,
-        Hook::Terminate,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::Ready => "ready",
-            Hook::Validate => "validate",
-            Hook::Run => "run",
-            Hook::Resume => "resume",
-            Hook::Suspend => "suspend",
-            Hook::Terminate => "terminate",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Hook> {
-        Hook::ALL.into_iter().find(|h| h.name() == name)
-    }
-
-    /// The hook a request path names, if any.
-    pub fn from_path(path: &str) -> Option<Hook> {
-        Hook::from_name(path.strip_prefix(HOOK_PATH_PREFIX)?)
-    }
-
-    /// `ready` and `validate` belong to the image-build phase, with longer timeouts,
-    /// and only they may answer 503 "not yet".
-    pub fn is_image_build(self) -> bool {
-        matches!(self, Hook::Ready | Hook::Validate)
-    }
-
-    pub fn path(self) -> String {
-        format!("{HOOK_PATH_PREFIX}{}", self.name())
-    }
-}
-
-/// The body of `/run`: who this MicroVM is and what the caller of run-microvm passed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunRequest {
-    pub microvm_id: String,
-    #[serde(default)]
-    pub run_hook_payload: String,
-}
 
 /// What a hook answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +120,7 @@ impl<H: Hooks> Hooks for Arc<H> {
 }
 
 /// Where the agent takes keep-awake leases (loopback in the guest).
-pub const LEASE_PORT: u16 = 9001;
+pub const LEASE_PORT: u16 = microvm_protocol::ports::LEASE;
 
 /// While this guard lives, the MicroVM counts as busy and is not reported idle, even
 /// without ingress traffic: for work the application does in the background.

@@ -1,9 +1,10 @@
 //! The host link: transport, HTTP server, lifecycle state machine.
 
-pub mod api;
+pub mod announce;
+pub mod answer;
 pub mod lifecycle;
+pub mod routes;
 pub mod state;
-pub mod transport;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use lifecycle::Lifecycle;
@@ -20,7 +21,11 @@ pub const MAX_CONNECTIONS: usize = 1024;
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serve the control channel until `shutdown` is notified, then drain.
-pub async fn serve(listener: transport::Listener, lc: Arc<Lifecycle>, shutdown: Arc<Notify>) {
+pub async fn serve(
+    listener: crate::transport::Listener,
+    lc: Arc<Lifecycle>,
+    shutdown: Arc<Notify>,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -47,7 +52,7 @@ pub async fn serve(listener: transport::Listener, lc: Arc<Lifecycle>, shutdown: 
             }
         };
         let lc = lc.clone();
-        let svc = hyper::service::service_fn(move |req| api::handle(lc.clone(), req));
+        let svc = hyper::service::service_fn(move |req| routes::handle(lc.clone(), req));
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
             if let Err(e) = conn.await {

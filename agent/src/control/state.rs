@@ -4,8 +4,6 @@
 //! states the host sees (`SUSPENDING`, `TERMINATING`) are derived from the operation in
 //! flight rather than stored, so they can never disagree with it.
 
-use serde::Serialize;
-
 /// A settled state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Base {
@@ -15,42 +13,20 @@ pub enum Base {
     Terminated,
 }
 
-/// A request that moves (or probes) the lifecycle: one per hook of the interface.
-pub use crate::config::Hook as Op;
+pub use microvm_protocol::status::State;
+/// The lifecycle operations are the hooks of the interface, one per transition.
+use microvm_protocol::Hook;
 
-/// What the host sees in `state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Phase {
-    Pending,
-    Running,
-    Suspending,
-    Suspended,
-    Terminating,
-    Terminated,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Pending => "PENDING",
-            Phase::Running => "RUNNING",
-            Phase::Suspending => "SUSPENDING",
-            Phase::Suspended => "SUSPENDED",
-            Phase::Terminating => "TERMINATING",
-            Phase::Terminated => "TERMINATED",
-        }
-    }
-}
-
-pub fn phase(base: Base, in_flight: Option<Op>) -> Phase {
+/// The state the host sees: the settled one, or the operation in flight if it has a
+/// name of its own.
+pub fn phase(base: Base, in_flight: Option<Hook>) -> State {
     match (in_flight, base) {
-        (Some(Op::Terminate), _) => Phase::Terminating,
-        (Some(Op::Suspend), _) => Phase::Suspending,
-        (_, Base::Pending) => Phase::Pending,
-        (_, Base::Running) => Phase::Running,
-        (_, Base::Suspended) => Phase::Suspended,
-        (_, Base::Terminated) => Phase::Terminated,
+        (Some(Hook::Terminate), _) => State::Terminating,
+        (Some(Hook::Suspend), _) => State::Suspending,
+        (_, Base::Pending) => State::Pending,
+        (_, Base::Running) => State::Running,
+        (_, Base::Suspended) => State::Suspended,
+        (_, Base::Terminated) => State::Terminated,
     }
 }
 
@@ -67,13 +43,13 @@ pub enum Decision {
     Reject,
 }
 
-pub fn decide(base: Base, in_flight: Option<Op>, op: Op) -> Decision {
+pub fn decide(base: Base, in_flight: Option<Hook>, op: Hook) -> Decision {
     use Decision::*;
     // Terminate is allowed from anywhere and preempts whatever is in flight.
-    if op == Op::Terminate {
+    if op == Hook::Terminate {
         return match (base, in_flight) {
             (Base::Terminated, _) => Replay,
-            (_, Some(Op::Terminate)) => Join,
+            (_, Some(Hook::Terminate)) => Join,
             _ => Start,
         };
     }
@@ -82,14 +58,14 @@ pub fn decide(base: Base, in_flight: Option<Op>, op: Op) -> Decision {
     }
     match in_flight {
         // Only one /run may ever win; a second one is a host bug, not a retry.
-        Some(Op::Run) if op == Op::Run => Reject,
+        Some(Hook::Run) if op == Hook::Run => Reject,
         Some(f) if f == op => Join,
         Some(_) => Reject,
         None => match (op, base) {
-            (Op::Ready | Op::Validate | Op::Run, Base::Pending) => Start,
-            (Op::Suspend, Base::Running) => Start,
-            (Op::Suspend, Base::Suspended) => Replay,
-            (Op::Resume, Base::Suspended) => Start,
+            (Hook::Ready | Hook::Validate | Hook::Run, Base::Pending) => Start,
+            (Hook::Suspend, Base::Running) => Start,
+            (Hook::Suspend, Base::Suspended) => Replay,
+            (Hook::Resume, Base::Suspended) => Start,
             _ => Reject,
         },
     }
@@ -97,11 +73,11 @@ pub fn decide(base: Base, in_flight: Option<Op>, op: Op) -> Decision {
 
 /// The settled state after `op` completed. A failed transition returns to where it
 /// started, so the host can retry it or terminate.
-pub fn complete(base: Base, op: Op, success: bool) -> Base {
+pub fn complete(base: Base, op: Hook, success: bool) -> Base {
     match (op, success) {
-        (Op::Terminate, _) => Base::Terminated,
-        (Op::Run, true) | (Op::Resume, true) => Base::Running,
-        (Op::Suspend, true) => Base::Suspended,
+        (Hook::Terminate, _) => Base::Terminated,
+        (Hook::Run, true) | (Hook::Resume, true) => Base::Running,
+        (Hook::Suspend, true) => Base::Suspended,
         _ => base,
     }
 }
@@ -119,34 +95,37 @@ mod tests {
     ];
 
     /// The whole table, written out: every (base, in flight, op) triple.
-    fn expected(base: Base, in_flight: Option<Op>, op: Op) -> Decision {
+    fn expected(base: Base, in_flight: Option<Hook>, op: Hook) -> Decision {
         match (base, in_flight, op) {
-            (Base::Terminated, _, Op::Terminate) => Replay,
-            (_, Some(Op::Terminate), Op::Terminate) => Join,
-            (_, _, Op::Terminate) => Start,
+            (Base::Terminated, _, Hook::Terminate) => Replay,
+            (_, Some(Hook::Terminate), Hook::Terminate) => Join,
+            (_, _, Hook::Terminate) => Start,
             (Base::Terminated, _, _) => Reject,
-            (_, Some(Op::Terminate), _) => Reject,
-            (Base::Pending, None, Op::Ready | Op::Validate | Op::Run) => Start,
-            (Base::Pending, Some(Op::Ready), Op::Ready) => Join,
-            (Base::Pending, Some(Op::Validate), Op::Validate) => Join,
-            (Base::Running, None, Op::Suspend) => Start,
-            (Base::Running, Some(Op::Suspend), Op::Suspend) => Join,
-            (Base::Suspended, None, Op::Suspend) => Replay,
-            (Base::Suspended, None, Op::Resume) => Start,
-            (Base::Suspended, Some(Op::Resume), Op::Resume) => Join,
+            (_, Some(Hook::Terminate), _) => Reject,
+            (Base::Pending, None, Hook::Ready | Hook::Validate | Hook::Run) => Start,
+            (Base::Pending, Some(Hook::Ready), Hook::Ready) => Join,
+            (Base::Pending, Some(Hook::Validate), Hook::Validate) => Join,
+            (Base::Running, None, Hook::Suspend) => Start,
+            (Base::Running, Some(Hook::Suspend), Hook::Suspend) => Join,
+            (Base::Suspended, None, Hook::Suspend) => Replay,
+            (Base::Suspended, None, Hook::Resume) => Start,
+            (Base::Suspended, Some(Hook::Resume), Hook::Resume) => Join,
             _ => Reject,
         }
     }
 
     /// Which operations can actually be in flight from each base.
-    fn reachable(base: Base, in_flight: Option<Op>) -> bool {
+    fn reachable(base: Base, in_flight: Option<Hook>) -> bool {
         matches!(
             (base, in_flight),
             (_, None)
-                | (_, Some(Op::Terminate))
-                | (Base::Pending, Some(Op::Ready | Op::Validate | Op::Run))
-                | (Base::Running, Some(Op::Suspend))
-                | (Base::Suspended, Some(Op::Resume))
+                | (_, Some(Hook::Terminate))
+                | (
+                    Base::Pending,
+                    Some(Hook::Ready | Hook::Validate | Hook::Run)
+                )
+                | (Base::Running, Some(Hook::Suspend))
+                | (Base::Suspended, Some(Hook::Resume))
         )
     }
 
@@ -154,11 +133,11 @@ mod tests {
     fn every_state_and_request_pair() {
         let mut checked = 0;
         for base in BASES {
-            for in_flight in std::iter::once(None).chain(Op::ALL.map(Some)) {
+            for in_flight in std::iter::once(None).chain(Hook::ALL.map(Some)) {
                 if !reachable(base, in_flight) {
                     continue;
                 }
-                for op in Op::ALL {
+                for op in Hook::ALL {
                     assert_eq!(
                         decide(base, in_flight, op),
                         expected(base, in_flight, op),
@@ -174,47 +153,50 @@ mod tests {
 
     #[test]
     fn a_second_run_is_rejected_not_joined() {
-        assert_eq!(decide(Base::Pending, Some(Op::Run), Op::Run), Reject);
-        assert_eq!(decide(Base::Running, None, Op::Run), Reject);
+        assert_eq!(decide(Base::Pending, Some(Hook::Run), Hook::Run), Reject);
+        assert_eq!(decide(Base::Running, None, Hook::Run), Reject);
     }
 
     #[test]
     fn suspend_and_terminate_are_idempotent() {
-        assert_eq!(decide(Base::Running, Some(Op::Suspend), Op::Suspend), Join);
-        assert_eq!(decide(Base::Suspended, None, Op::Suspend), Replay);
         assert_eq!(
-            decide(Base::Running, Some(Op::Terminate), Op::Terminate),
+            decide(Base::Running, Some(Hook::Suspend), Hook::Suspend),
             Join
         );
-        assert_eq!(decide(Base::Terminated, None, Op::Terminate), Replay);
+        assert_eq!(decide(Base::Suspended, None, Hook::Suspend), Replay);
+        assert_eq!(
+            decide(Base::Running, Some(Hook::Terminate), Hook::Terminate),
+            Join
+        );
+        assert_eq!(decide(Base::Terminated, None, Hook::Terminate), Replay);
     }
 
     #[test]
     fn derived_phases() {
-        assert_eq!(phase(Base::Running, Some(Op::Suspend)), Phase::Suspending);
+        assert_eq!(phase(Base::Running, Some(Hook::Suspend)), State::Suspending);
         assert_eq!(
-            phase(Base::Pending, Some(Op::Terminate)),
-            Phase::Terminating
+            phase(Base::Pending, Some(Hook::Terminate)),
+            State::Terminating
         );
-        assert_eq!(phase(Base::Pending, Some(Op::Run)), Phase::Pending);
-        assert_eq!(phase(Base::Suspended, Some(Op::Resume)), Phase::Suspended);
-        assert_eq!(phase(Base::Terminated, None), Phase::Terminated);
-        assert_eq!(Phase::Suspending.as_str(), "SUSPENDING");
+        assert_eq!(phase(Base::Pending, Some(Hook::Run)), State::Pending);
+        assert_eq!(phase(Base::Suspended, Some(Hook::Resume)), State::Suspended);
+        assert_eq!(phase(Base::Terminated, None), State::Terminated);
+        assert_eq!(State::Suspending.as_str(), "SUSPENDING");
     }
 
     #[test]
     fn completion_moves_or_returns() {
         let table = [
-            (Base::Pending, Op::Run, true, Base::Running),
-            (Base::Pending, Op::Run, false, Base::Pending),
-            (Base::Pending, Op::Ready, true, Base::Pending),
-            (Base::Pending, Op::Validate, false, Base::Pending),
-            (Base::Running, Op::Suspend, true, Base::Suspended),
-            (Base::Running, Op::Suspend, false, Base::Running),
-            (Base::Suspended, Op::Resume, true, Base::Running),
-            (Base::Suspended, Op::Resume, false, Base::Suspended),
-            (Base::Running, Op::Terminate, false, Base::Terminated),
-            (Base::Suspended, Op::Terminate, true, Base::Terminated),
+            (Base::Pending, Hook::Run, true, Base::Running),
+            (Base::Pending, Hook::Run, false, Base::Pending),
+            (Base::Pending, Hook::Ready, true, Base::Pending),
+            (Base::Pending, Hook::Validate, false, Base::Pending),
+            (Base::Running, Hook::Suspend, true, Base::Suspended),
+            (Base::Running, Hook::Suspend, false, Base::Running),
+            (Base::Suspended, Hook::Resume, true, Base::Running),
+            (Base::Suspended, Hook::Resume, false, Base::Suspended),
+            (Base::Running, Hook::Terminate, false, Base::Terminated),
+            (Base::Suspended, Hook::Terminate, true, Base::Terminated),
         ];
         for (base, op, ok, want) in table {
             assert_eq!(complete(base, op, ok), want, "{base:?} {op:?} {ok}");

@@ -6,56 +6,29 @@
 //! guest) gets the real clock and entropy; everywhere else the steps are recorded and
 //! reported in `/v1/status`, so tests can still prove they happened and when.
 
-use serde::Serialize;
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// The inode of the initial PID namespace (PROC_PID_INIT_INO in the kernel).
 const INIT_PID_NS_INODE: u64 = 0xEFFF_FFFC;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Role {
-    /// PID 1 of a real guest: the machine is ours.
-    Guest,
-    /// PID 1 of a child PID namespace: power-off is real (the kernel kills the
-    /// namespace), the clock and entropy pool belong to someone else.
-    Namespace,
-    /// Not PID 1 at all: a subreaper under another init.
-    Process,
-}
+pub use microvm_protocol::status::Role;
 
-impl Role {
-    pub fn detect() -> Role {
-        if std::process::id() != 1 {
-            return Role::Process;
-        }
-        use std::os::unix::fs::MetadataExt;
-        match std::fs::metadata("/proc/self/ns/pid") {
-            Ok(m) if m.ino() == INIT_PID_NS_INODE => Role::Guest,
-            Ok(_) => Role::Namespace,
-            // Without /proc we cannot be in a test namespace (the harness mounts it).
-            Err(_) => Role::Guest,
-        }
+/// What the agent is to this machine.
+pub fn detect_role() -> Role {
+    if std::process::id() != 1 {
+        return Role::Process;
     }
-
-    pub fn is_pid1(self) -> bool {
-        self != Role::Process
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(m) if m.ino() == INIT_PID_NS_INODE => Role::Guest,
+        Ok(_) => Role::Namespace,
+        // Without /proc we cannot be in a test namespace (the harness mounts it).
+        Err(_) => Role::Guest,
     }
 }
 
-/// A clock or entropy step, as applied or recorded.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Steps {
-    pub applied: bool,
-    pub clock_steps: u32,
-    pub last_clock_unix_nanos: Option<u64>,
-    pub entropy_reseeds: u32,
-    pub last_entropy_bytes: Option<usize>,
-    pub storage_syncs: u32,
-    pub remounted_read_only: bool,
-}
+/// Clock, entropy and storage steps, as applied or recorded.
+pub use microvm_protocol::status::MachineSteps as Steps;
 
 pub trait Machine: Send + Sync {
     fn set_clock(&self, unix_nanos: u64) -> std::io::Result<()>;
@@ -139,35 +112,8 @@ impl Machine for Real {
     }
 }
 
-/// The one way out: sync and power off, never returning. Also called from the panic
-/// hook, so it takes no locks.
-pub fn power_off(role: Role, reason: &str) -> ! {
-    tracing::warn!(reason, "powering off");
-    if !role.is_pid1() {
-        // Under another init: "power off" is leaving; the subreaper's children were
-        // stopped by the terminate path already.
-        std::process::exit(0);
-    }
-    // Anything still alive gets a moment to exit cleanly before the power goes.
-    sys::kill_all(nix::sys::signal::Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(100));
-    sys::kill_all(nix::sys::signal::Signal::SIGKILL);
-    nix::unistd::sync();
-    let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
-    // PID 1 must never exit (that is a kernel panic): if power-off failed, halt here.
-    tracing::error!(?err, "power-off failed; halting in place");
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
-}
-
 mod sys {
     use std::os::fd::AsRawFd;
-
-    pub fn kill_all(sig: nix::sys::signal::Signal) {
-        // pid -1 from PID 1: every process but ourselves (kill(2)).
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig);
-    }
 
     pub fn set_realtime(unix_nanos: u64) -> std::io::Result<()> {
         let ts = nix::sys::time::TimeSpec::from(std::time::Duration::from_nanos(unix_nanos));
@@ -199,6 +145,85 @@ mod sys {
     }
 }
 
+/// A machine that records every step in order, and fails or stalls on demand: the
+/// lifecycle's tests drive it through the same trait as the real one.
+#[cfg(test)]
+pub mod fake {
+    use super::{Machine, Steps};
+    use std::sync::{Condvar, Mutex};
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Call {
+        Clock(u64),
+        Entropy(usize),
+        Sync { final_: bool },
+    }
+
+    #[derive(Default)]
+    pub struct FakeMachine {
+        pub calls: Mutex<Vec<Call>>,
+        pub fail_clock: Mutex<bool>,
+        pub fail_sync: Mutex<bool>,
+        /// While true, sync_storage blocks (a wedged disk) until released.
+        stall_sync: Mutex<bool>,
+        released: Condvar,
+    }
+
+    impl FakeMachine {
+        pub fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        pub fn stall_sync(&self, stall: bool) {
+            *self.stall_sync.lock().unwrap() = stall;
+            self.released.notify_all();
+        }
+
+        fn fail(flag: &Mutex<bool>, what: &str) -> std::io::Result<()> {
+            if *flag.lock().unwrap() {
+                return Err(std::io::Error::other(format!("{what} failed on purpose")));
+            }
+            Ok(())
+        }
+    }
+
+    impl Machine for FakeMachine {
+        fn set_clock(&self, unix_nanos: u64) -> std::io::Result<()> {
+            Self::fail(&self.fail_clock, "clock")?;
+            self.calls.lock().unwrap().push(Call::Clock(unix_nanos));
+            Ok(())
+        }
+
+        fn add_entropy(&self, bytes: &[u8]) -> std::io::Result<()> {
+            self.calls.lock().unwrap().push(Call::Entropy(bytes.len()));
+            Ok(())
+        }
+
+        fn sync_storage(&self, final_: bool) -> std::io::Result<()> {
+            self.calls.lock().unwrap().push(Call::Sync { final_ });
+            let mut stalled = self.stall_sync.lock().unwrap();
+            while *stalled {
+                stalled = self.released.wait(stalled).unwrap();
+            }
+            drop(stalled);
+            Self::fail(&self.fail_sync, "sync")
+        }
+
+        fn steps(&self) -> Steps {
+            let calls = self.calls();
+            Steps {
+                applied: false,
+                clock_steps: calls.iter().filter(|c| matches!(c, Call::Clock(_))).count() as u32,
+                storage_syncs: calls
+                    .iter()
+                    .filter(|c| matches!(c, Call::Sync { .. }))
+                    .count() as u32,
+                ..Steps::default()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,7 +232,7 @@ mod tests {
     fn role_of_a_test_process_is_process() {
         // cargo test is never PID 1; this guards the one thing that must not go wrong:
         // a developer's machine is never treated as our guest.
-        assert_eq!(Role::detect(), Role::Process);
+        assert_eq!(detect_role(), Role::Process);
     }
 
     #[test]

@@ -1,23 +1,20 @@
 //! The host's HTTP API: routing, body limits, request parsing, answers.
 
-use super::lifecycle::{Answer, Input, Lifecycle};
-use crate::config::{self, Hook, RequestError};
-use crate::hooks::HOOK_PATH_PREFIX;
+use super::answer::Answer;
+use super::lifecycle::{Input, Lifecycle};
+use crate::config::{self, RequestError};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{header, Method, Request, Response, StatusCode};
-use serde_json::json;
+use microvm_protocol::limits::MAX_CONTROL_BODY as MAX_BODY;
+use microvm_protocol::paths::{EVENTS as EVENTS_PATH, STATUS as STATUS_PATH};
+use microvm_protocol::{ApiError, ErrorCode, Hook, HOOK_PATH_PREFIX};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Largest request body: a maximal payload JSON-escaped six-fold, plus the envelope.
-pub const MAX_BODY: usize = 256 * 1024;
 /// A body that trickles in slower than this is abandoned (408).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub const STATUS_PATH: &str = "/v1/status";
-pub const EVENTS_PATH: &str = "/v1/events";
 
 /// What a path names.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,10 +32,7 @@ pub fn route(path: &str) -> Route {
     if path == EVENTS_PATH {
         return Route::Events;
     }
-    match path
-        .strip_prefix(HOOK_PATH_PREFIX)
-        .and_then(Hook::from_name)
-    {
+    match Hook::from_path(path) {
         Some(h) => Route::Hook(h),
         None => Route::NotFound,
     }
@@ -48,23 +42,30 @@ pub fn route(path: &str) -> Route {
 pub fn parse_input(hook: Hook, body: &[u8]) -> Result<Input, RequestError> {
     Ok(match hook {
         Hook::Run => Input::Run(Box::new(config::RunRequest::parse(body)?)),
-        Hook::Resume => Input::Resume(Box::new(config::parse_resume(body)?)),
+        Hook::Resume => Input::Resume(Box::new(config::run::parse_resume(body)?)),
         _ => {
-            config::parse_empty(body)?;
+            config::run::parse_empty(body)?;
             Input::Empty
         }
     })
 }
 
 fn request_error(e: RequestError) -> Answer {
-    let (status, code, f) = match e {
-        RequestError::Invalid(f) => (400, "BadRequest", f),
-        RequestError::TooLarge(f) => (413, "PayloadTooLarge", f),
+    let (code, f) = match e {
+        RequestError::Invalid(f) => (ErrorCode::BadRequest, f),
+        RequestError::TooLarge(f) => (ErrorCode::PayloadTooLarge, f),
     };
-    Answer::new(
-        status,
-        json!({"error": code, "message": f.to_string(), "field": f.field}),
+    ApiError::new(code, f.to_string())
+        .with_field(f.field)
+        .into()
+}
+
+fn too_large() -> Answer {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body exceeds {MAX_BODY} bytes"),
     )
+    .into()
 }
 
 fn respond(answer: Answer, allow: Option<&str>) -> Response<Full<Bytes>> {
@@ -83,21 +84,15 @@ fn respond(answer: Answer, allow: Option<&str>) -> Response<Full<Bytes>> {
 async fn read_body(body: Incoming) -> Result<Bytes, Answer> {
     match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
-        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(Answer::error(
-            413,
-            "PayloadTooLarge",
-            format!("request body exceeds {MAX_BODY} bytes"),
-        )),
-        Ok(Err(e)) => Err(Answer::error(
-            400,
-            "BadRequest",
-            format!("reading body: {e}"),
-        )),
-        Err(_) => Err(Answer::error(
-            408,
-            "RequestTimeout",
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => {
+            Err(ApiError::new(ErrorCode::BadRequest, format!("reading body: {e}")).into())
+        }
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
             format!("body not received within {}s", BODY_READ_TIMEOUT.as_secs()),
-        )),
+        )
+        .into()),
     }
 }
 
@@ -107,14 +102,14 @@ pub async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
     let answer = match (route(req.uri().path()), method) {
-        (Route::Status, Method::GET) => Answer::new(200, lc.status()),
+        (Route::Status, Method::GET) => Answer::ok(&lc.status()),
         (Route::Events, Method::GET) => match crate::events::parse_query(req.uri().query()) {
-            Ok((after, wait)) => Answer::new(200, lc.events(after, wait).await),
-            Err(e) => Answer::error(400, "BadRequest", e),
+            Ok((after, wait)) => Answer::ok(&lc.events(after, wait).await),
+            Err(e) => ApiError::new(ErrorCode::BadRequest, e).into(),
         },
         (Route::Status | Route::Events, _) => {
             return Ok(respond(
-                Answer::error(405, "MethodNotAllowed", "use GET"),
+                ApiError::new(ErrorCode::MethodNotAllowed, "use GET").into(),
                 Some("GET"),
             ))
         }
@@ -125,11 +120,7 @@ pub async fn handle(
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > MAX_BODY as u64) {
-                Answer::error(
-                    413,
-                    "PayloadTooLarge",
-                    format!("request body exceeds {MAX_BODY} bytes"),
-                )
+                too_large()
             } else {
                 match read_body(req.into_body()).await {
                     Err(a) => a,
@@ -142,17 +133,17 @@ pub async fn handle(
         }
         (Route::Hook(_), _) => {
             return Ok(respond(
-                Answer::error(405, "MethodNotAllowed", "use POST"),
+                ApiError::new(ErrorCode::MethodNotAllowed, "use POST").into(),
                 Some("POST"),
             ))
         }
-        (Route::NotFound, _) => Answer::error(
-            404,
-            "NotFound",
+        (Route::NotFound, _) => ApiError::new(
+            ErrorCode::NotFound,
             format!(
-                "no such path; use {STATUS_PATH} or {HOOK_PATH_PREFIX}{{ready,validate,run,resume,suspend,terminate}}"
+                "no such path; use {STATUS_PATH}, {EVENTS_PATH} or {HOOK_PATH_PREFIX}{{ready,validate,run,resume,suspend,terminate}}"
             ),
-        ),
+        )
+        .into(),
     };
     Ok(respond(answer, None))
 }

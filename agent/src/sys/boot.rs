@@ -108,12 +108,7 @@ pub fn missing_env(has_path: bool) -> Option<(&'static str, &'static str)> {
     (!has_path).then_some(("PATH", DEFAULT_PATH))
 }
 
-#[derive(Debug, Default, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BootReport {
-    pub mounted: Vec<String>,
-    pub failures: Vec<String>,
-}
+pub use microvm_protocol::status::BootReport;
 
 /// PID 1's duties. Not called when we are not PID 1. Runs before logging is set up
 /// (the log level may come from /proc/cmdline): failures are returned, not logged.
@@ -157,13 +152,12 @@ pub fn set_hostname(report: &mut BootReport, hostname: &str) {
     }
 }
 
-impl BootReport {
-    pub fn log(&self) {
-        for f in &self.failures {
-            tracing::warn!("boot: {f}");
-        }
-        tracing::info!(mounted = ?self.mounted, "boot done");
+/// What boot did, in the agent's log.
+pub fn log(report: &BootReport) {
+    for f in &report.failures {
+        tracing::warn!("boot: {f}");
     }
+    tracing::info!(mounted = ?report.mounted, "boot done");
 }
 
 /// A proxied connection costs two descriptors; the kernel's default soft limit of

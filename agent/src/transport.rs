@@ -1,12 +1,12 @@
-//! Where the control channel listens: vsock in a guest, a Unix socket in tests.
-//! Everything above [`Listener::accept`] is the same code for both.
+//! Where the host's links listen (the control channel and ingress): vsock in a guest,
+//! a Unix socket in tests. Everything above [`Listener::accept`] is the same code for
+//! both.
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// The host's CID: the only peer allowed on the control channel.
-pub const HOST_CID: u32 = 2;
+pub use microvm_protocol::ports::HOST_CID;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Addr {

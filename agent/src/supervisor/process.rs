@@ -1,39 +1,26 @@
-//! The application's process: spawn, reap, exit policy, signal forwarding, stop.
-//!
-//! One reaper owns waitpid(2): it runs on SIGCHLD and reaps every child, orphans
-//! re-parented to us included. Nothing else in the agent may wait for a child
-//! (tokio::process would race it), so spawns go through the reaper, which holds its
-//! table lock across fork so a fast-exiting child cannot be reaped before it is known.
+//! The application's process: spawn through the reaper, exit policy with restart
+//! backoff, signal forwarding to its process group, and a bounded stop.
 
+use super::reaper::Reaper;
+use crate::backoff::Backoff;
 use crate::config::ExitPolicy;
+use microvm_protocol::status::{AppStatus, Exit};
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use serde::Serialize;
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{watch, Notify};
 
-/// How a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-}
-
-impl Exit {
-    /// An EC2-style StateReason code: no whitespace, dotted, stable.
-    pub fn state_reason(self) -> String {
-        match self {
-            Exit::Code(c) => format!("Application.ExitCode.{c}"),
-            Exit::Signal(s) => format!("Application.Signal.{}", signal_name(s)),
-        }
+/// An EC2-style StateReason code for how the application ended: no whitespace,
+/// dotted, stable.
+pub fn state_reason(exit: Exit) -> String {
+    match exit {
+        Exit::Code(c) => format!("Application.ExitCode.{c}"),
+        Exit::Signal(s) => format!("Application.Signal.{}", signal_name(s)),
     }
 }
 
@@ -41,85 +28,6 @@ pub fn signal_name(sig: i32) -> String {
     Signal::try_from(sig)
         .map(|s| s.as_str().to_string())
         .unwrap_or_else(|_| sig.to_string())
-}
-
-/// Owner of waitpid(2).
-#[derive(Default)]
-pub struct Reaper {
-    watched: Mutex<HashMap<i32, oneshot::Sender<Exit>>>,
-    orphans_reaped: AtomicU64,
-}
-
-impl Reaper {
-    /// Fork and exec `cmd`, registered for its exit before anyone can reap it.
-    pub fn spawn(&self, cmd: &mut Command) -> std::io::Result<(i32, oneshot::Receiver<Exit>)> {
-        let mut watched = self
-            .watched
-            .lock()
-            .map_err(|_| std::io::Error::other("reaper table poisoned"))?;
-        let child = cmd.spawn()?;
-        let pid = child.id() as i32;
-        // Dropping `child` neither waits nor kills; the reaper collects the status.
-        drop(child);
-        let (tx, rx) = oneshot::channel();
-        watched.insert(pid, tx);
-        Ok((pid, rx))
-    }
-
-    /// Reap every child that has exited; deliver the statuses of the watched ones.
-    pub fn reap_all(&self) {
-        let Ok(mut watched) = self.watched.lock() else {
-            return;
-        };
-        loop {
-            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, Exit::Signal(sig as i32)),
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
-                Ok(_) => continue,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    tracing::error!("waitpid: {e}");
-                    return;
-                }
-            };
-            match watched.remove(&pid.as_raw()) {
-                Some(tx) => {
-                    let _ = tx.send(exit);
-                }
-                None => {
-                    self.orphans_reaped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-
-    pub fn orphans_reaped(&self) -> u64 {
-        self.orphans_reaped.load(Ordering::Relaxed)
-    }
-
-    /// Reap on SIGCHLD for as long as the agent lives.
-    pub async fn run(self: Arc<Self>) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut sigchld = match signal(SignalKind::child()) {
-            Ok(s) => s,
-            Err(e) => {
-                // Without SIGCHLD delivery fall back to polling: zombies must not pile up.
-                tracing::error!("cannot watch SIGCHLD ({e}); reaping every 100 ms instead");
-                loop {
-                    self.reap_all();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        };
-        loop {
-            // A child may have exited before the handler was installed.
-            self.reap_all();
-            if sigchld.recv().await.is_none() {
-                return;
-            }
-        }
-    }
 }
 
 /// What the application is; argv, environment, directory, and where its output goes.
@@ -159,32 +67,22 @@ impl AppSpec {
     }
 }
 
-/// The application as the host sees it in `/v1/status`.
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AppStatus {
-    pub pid: Option<i32>,
-    pub running: bool,
-    pub starts: u32,
-    pub restarts: u32,
-    pub last_exit: Option<Exit>,
-    pub state_reason: Option<String>,
-    pub spawn_error: Option<String>,
-    /// When restarting, how long the current backoff is.
-    pub restart_backoff_ms: Option<u64>,
-}
-
 pub const RESTART_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
 pub const RESTART_BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// A run this long counts as healthy and resets the backoff.
 pub const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(10);
 
-/// The delay before the next start, given the previous delay and how long it ran.
-pub fn next_backoff(previous: Option<Duration>, ran_for: Duration) -> Duration {
-    match previous {
-        Some(p) if ran_for < RESTART_BACKOFF_RESET => (p * 2).min(RESTART_BACKOFF_CAP),
-        _ => RESTART_BACKOFF_INITIAL,
+pub fn restart_backoff() -> Backoff {
+    Backoff::new(RESTART_BACKOFF_INITIAL, RESTART_BACKOFF_CAP)
+}
+
+/// The delay before the next start, given how long the last run lasted: a healthy
+/// run starts the doubling over.
+pub fn restart_delay(backoff: &mut Backoff, ran_for: Duration) -> Duration {
+    if ran_for >= RESTART_BACKOFF_RESET {
+        backoff.reset();
     }
+    backoff.next_delay()
 }
 
 pub struct Supervisor {
@@ -208,22 +106,21 @@ impl Supervisor {
         })
     }
 
+    /// The application as `/v1/status` shows it, orphans reaped included.
     pub fn status(&self) -> AppStatus {
-        self.status.borrow().clone()
+        let mut s = self.status.borrow().clone();
+        s.orphans_reaped = self.reaper.orphans_reaped();
+        s
     }
 
     pub fn is_running(&self) -> bool {
         self.status.borrow().running
     }
 
-    pub fn orphans_reaped(&self) -> u64 {
-        self.reaper.orphans_reaped()
-    }
-
     /// Start the application and keep it per the exit policy. Resolves with the exit
     /// that ends supervision under the `terminate` policy (or None when stopped).
     pub async fn run(self: Arc<Self>) -> Option<Exit> {
-        let mut backoff: Option<Duration> = None;
+        let mut backoff = restart_backoff();
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return None;
@@ -254,7 +151,7 @@ impl Supervisor {
                     Exit::Code(127)
                 }
             };
-            let reason = exit.state_reason();
+            let reason = state_reason(exit);
             tracing::warn!(?exit, reason, "application exited");
             self.status.send_modify(|s| {
                 s.running = false;
@@ -267,8 +164,7 @@ impl Supervisor {
             match self.policy {
                 ExitPolicy::Terminate => return Some(exit),
                 ExitPolicy::Restart => {
-                    let delay = next_backoff(backoff, started.elapsed());
-                    backoff = Some(delay);
+                    let delay = restart_delay(&mut backoff, started.elapsed());
                     self.status.send_modify(|s| {
                         s.restarts += 1;
                         s.restart_backoff_ms = Some(delay.as_millis() as u64);
@@ -315,47 +211,19 @@ impl Supervisor {
     }
 }
 
-/// Forward the signals an init passes on, for as long as the agent lives.
-pub async fn forward_signals(sup: Arc<Supervisor>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let kinds = [
-        (SignalKind::terminate(), Signal::SIGTERM),
-        (SignalKind::interrupt(), Signal::SIGINT),
-        (SignalKind::hangup(), Signal::SIGHUP),
-        (SignalKind::user_defined1(), Signal::SIGUSR1),
-        (SignalKind::user_defined2(), Signal::SIGUSR2),
-    ];
-    let mut tasks = tokio::task::JoinSet::new();
-    for (kind, sig) in kinds {
-        let sup = sup.clone();
-        match signal(kind) {
-            Ok(mut stream) => {
-                tasks.spawn(async move {
-                    while stream.recv().await.is_some() {
-                        tracing::info!("forwarding {sig} to the application");
-                        sup.forward(sig);
-                    }
-                });
-            }
-            Err(e) => tracing::error!("cannot handle {sig}: {e}"),
-        }
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn state_reasons_have_no_whitespace() {
-        assert_eq!(Exit::Code(3).state_reason(), "Application.ExitCode.3");
+        assert_eq!(state_reason(Exit::Code(3)), "Application.ExitCode.3");
         assert_eq!(
-            Exit::Signal(libc::SIGSEGV).state_reason(),
+            state_reason(Exit::Signal(libc::SIGSEGV)),
             "Application.Signal.SIGSEGV"
         );
-        assert_eq!(Exit::Signal(99).state_reason(), "Application.Signal.99");
-        for r in [Exit::Code(-1), Exit::Signal(9)].map(Exit::state_reason) {
+        assert_eq!(state_reason(Exit::Signal(99)), "Application.Signal.99");
+        for r in [Exit::Code(-1), Exit::Signal(9)].map(state_reason) {
             assert!(!r.chars().any(char::is_whitespace), "{r}");
         }
     }
@@ -363,19 +231,19 @@ mod tests {
     #[test]
     fn backoff_doubles_to_a_cap_and_resets_after_a_healthy_run() {
         let quick = Duration::from_millis(5);
-        let mut d = next_backoff(None, quick);
+        let mut b = restart_backoff();
+        let d = restart_delay(&mut b, quick);
         assert_eq!(d, RESTART_BACKOFF_INITIAL);
         let mut seen = vec![d];
         for _ in 0..12 {
-            d = next_backoff(Some(d), quick);
-            seen.push(d);
+            seen.push(restart_delay(&mut b, quick));
         }
         assert_eq!(seen[1], Duration::from_millis(200));
         assert_eq!(seen[4], Duration::from_millis(1600));
         assert_eq!(*seen.last().unwrap(), RESTART_BACKOFF_CAP);
         assert!(seen.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(
-            next_backoff(Some(RESTART_BACKOFF_CAP), RESTART_BACKOFF_RESET),
+            restart_delay(&mut b, RESTART_BACKOFF_RESET),
             RESTART_BACKOFF_INITIAL
         );
     }

@@ -1,56 +1,19 @@
-//! PutLogEvents through aws-sdk-cloudwatchlogs, configured by hand (no aws-config):
+//! The CloudWatch Logs sink: PutLogEvents through aws-sdk-cloudwatchlogs, configured by hand (no aws-config):
 //! static credentials from the run, the run's region, the SDK's endpoint variables.
 //!
 //! The SDK's own retries are off: the pipeline retries whole batches itself, so a
 //! throttled batch is never retried on two levels, and it decides when to give up.
 
-use super::lines::Event;
-use crate::config::Credentials;
+use super::{Delivery, PutError, Rejected, Sink, SinkFuture};
+use crate::logs::lines::Event;
 use aws_sdk_cloudwatchlogs::config::{
     retry::RetryConfig, timeout::TimeoutConfig, BehaviorVersion, Region,
 };
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, SdkError};
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use microvm_protocol::run::Credentials;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-/// A failed put. Permanent ones (a batch the service calls invalid) are dropped and
-/// counted; everything else (throttling, 5xx, network, credentials) is retried.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct PutError {
-    message: String,
-    permanent: bool,
-}
-
-impl PutError {
-    pub fn is_permanent(&self) -> bool {
-        self.permanent
-    }
-}
-
-/// Events of an accepted batch that the service rejected one by one.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Rejected {
-    pub too_new_from: Option<usize>,
-    pub too_old_to: Option<usize>,
-    pub expired_to: Option<usize>,
-}
-
-impl Rejected {
-    /// Why event `i` of the batch was rejected, if it was.
-    pub fn reason(&self, i: usize) -> Option<&'static str> {
-        if self.expired_to.is_some_and(|e| i <= e) {
-            Some("RejectedExpired")
-        } else if self.too_old_to.is_some_and(|e| i <= e) {
-            Some("RejectedTooOld")
-        } else if self.too_new_from.is_some_and(|s| i >= s) {
-            Some("RejectedTooNew")
-        } else {
-            None
-        }
-    }
-}
 
 /// `AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`, else `AWS_ENDPOINT_URL` (the SDKs' convention).
 pub fn endpoint_from_env(get: impl Fn(&str) -> Option<String>) -> Option<String> {
@@ -84,10 +47,7 @@ fn created_already<E: std::error::Error + 'static, R: std::fmt::Debug>(
 fn tolerate(op: &str, name: &str, r: Result<(), Option<String>>) -> Result<(), PutError> {
     match r {
         Ok(()) | Err(None) => Ok(()),
-        Err(Some(e)) => Err(PutError {
-            message: format!("{op} {name}: {e}"),
-            permanent: false,
-        }),
+        Err(Some(e)) => Err(PutError::transient(format!("{op} {name}: {e}"))),
     }
 }
 
@@ -153,7 +113,7 @@ impl CloudWatch {
         Ok(())
     }
 
-    pub async fn put(&self, batch: &[Event]) -> Result<Rejected, PutError> {
+    async fn put_batch(&self, batch: &[Event]) -> Result<Delivery, PutError> {
         if !self.ready.load(Ordering::SeqCst) {
             self.ensure().await?;
         }
@@ -176,31 +136,42 @@ impl CloudWatch {
             .send()
             .await;
         match out {
-            Ok(o) => Ok(o
-                .rejected_log_events_info()
-                .map(|r| Rejected {
-                    too_new_from: r.too_new_log_event_start_index().map(|i| i.max(0) as usize),
-                    too_old_to: r.too_old_log_event_end_index().map(|i| i.max(0) as usize),
-                    expired_to: r.expired_log_event_end_index().map(|i| i.max(0) as usize),
-                })
-                .unwrap_or_default()),
+            Ok(o) => Ok(Delivery::Sent(
+                o.rejected_log_events_info()
+                    .map(|r| Rejected {
+                        too_new_from: r.too_new_log_event_start_index().map(|i| i.max(0) as usize),
+                        too_old_to: r.too_old_log_event_end_index().map(|i| i.max(0) as usize),
+                        expired_to: r.expired_log_event_end_index().map(|i| i.max(0) as usize),
+                    })
+                    .unwrap_or_default(),
+            )),
             Err(e) => {
                 let service = e.as_service_error();
                 if service.is_some_and(|s| s.is_resource_not_found_exception()) {
                     // Deleted under us, or never created: create again, then retry.
                     self.ready.store(false, Ordering::SeqCst);
                 }
-                Err(PutError {
-                    message: format!(
-                        "PutLogEvents {}/{}: {}",
-                        self.group,
-                        self.stream,
-                        describe(&e)
-                    ),
-                    permanent: service.is_some_and(|s| s.is_invalid_parameter_exception()),
-                })
+                let message = format!(
+                    "PutLogEvents {}/{}: {}",
+                    self.group,
+                    self.stream,
+                    describe(&e)
+                );
+                Err(
+                    if service.is_some_and(|s| s.is_invalid_parameter_exception()) {
+                        PutError::permanent(message)
+                    } else {
+                        PutError::transient(message)
+                    },
+                )
             }
         }
+    }
+}
+
+impl Sink for CloudWatch {
+    fn put<'a>(&'a self, batch: &'a [Event]) -> SinkFuture<'a> {
+        Box::pin(self.put_batch(batch))
     }
 }
 
@@ -230,21 +201,5 @@ mod tests {
             Some("http://general".into())
         );
         assert_eq!(endpoint_from_env(env(&[])), None);
-    }
-
-    #[test]
-    fn rejected_indices() {
-        let r = Rejected {
-            too_new_from: Some(8),
-            too_old_to: Some(2),
-            expired_to: Some(0),
-        };
-        let reasons: Vec<_> = (0..10).map(|i| r.reason(i)).collect();
-        assert_eq!(reasons[0], Some("RejectedExpired"));
-        assert_eq!(reasons[1], Some("RejectedTooOld"));
-        assert_eq!(reasons[2], Some("RejectedTooOld"));
-        assert_eq!(reasons[3..8], [None; 5]);
-        assert_eq!(reasons[8], Some("RejectedTooNew"));
-        assert_eq!(Rejected::default().reason(0), None);
     }
 }

@@ -1,11 +1,18 @@
-//! Wiring: boot, config, reaper, application, control channel, power-off.
+//! Wiring: boot, config, reaper, application, control channel, power-off. The binary
+//! calls [`Startup::begin`], parses its arguments, and hands them to [`Startup::run`].
 
-use crate::boot;
 use crate::cli::Args;
 use crate::config::ImageConfig;
-use crate::control::{self, lifecycle, transport};
-use crate::machine::{Machine, Real, Role};
+use crate::control::{self, announce, lifecycle};
+use crate::logs::Logs;
 use crate::supervisor::{self, AppSpec, Reaper, Supervisor};
+use crate::sys::boot::{self, BootReport};
+use crate::sys::cmdline::{self, Cmdline};
+use crate::sys::machine::{detect_role, Machine, Real, Role};
+use crate::sys::{guest, modules, power};
+use crate::transport;
+use microvm_protocol::events::Announce;
+use microvm_protocol::PROTOCOL_VERSION;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -14,8 +21,106 @@ use tokio::sync::{mpsc, Notify};
 /// still be probing) before giving up and powering off with the reason.
 const BIND_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Run the agent; returns the reason to power off with.
-pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Option<u32>) -> String {
+/// What happened before the arguments were parsed: PID 1's boot duties and the
+/// agent's own log, which must come first (the log level may be on /proc/cmdline).
+pub struct Startup {
+    pub role: Role,
+    boot: BootReport,
+    cmdline: Cmdline,
+}
+
+impl Startup {
+    pub fn begin() -> Startup {
+        let role = detect_role();
+        let boot = if role.is_pid1() {
+            boot::init_pid1()
+        } else {
+            boot::init_subreaper()
+        };
+        let cmdline = if role == Role::Guest {
+            cmdline::read_cmdline()
+        } else {
+            Cmdline::default()
+        };
+        crate::log::init(cmdline.log.as_deref());
+        std::panic::set_hook(Box::new(move |info| {
+            tracing::error!("agent panicked: {info}");
+            eprintln!("microvm-agent panicked: {info}");
+            power::power_off(role, "Agent.Panic");
+        }));
+        Startup {
+            role,
+            boot,
+            cmdline,
+        }
+    }
+
+    /// Run the agent with `args` until it powers off. Never returns: PID 1 must not.
+    pub fn run(self, mut args: Args) -> ! {
+        let Startup {
+            role,
+            mut boot,
+            cmdline,
+        } = self;
+        if !args.ignored.is_empty() {
+            tracing::warn!(ignored = ?args.ignored, "ignoring unknown arguments");
+        }
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            protocol = PROTOCOL_VERSION,
+            ?role,
+            "microvm-agent starting"
+        );
+        boot::raise_nofile(&mut boot);
+        if role.is_pid1() {
+            let hostname = cmdline
+                .hostname
+                .as_deref()
+                .unwrap_or(boot::DEFAULT_HOSTNAME);
+            boot::set_hostname(&mut boot, hostname);
+        }
+        // Only a real guest loads modules: in a test namespace the kernel is the host's.
+        if role == Role::Guest {
+            boot.failures.extend(modules::load_modules());
+            apply_cmdline(&cmdline, &mut args);
+        }
+        boot::log(&boot);
+        let reason = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(serve(args, role, boot, cmdline.announce)),
+            Err(e) => format!("Agent.RuntimeFailed: {e}"),
+        };
+        power::power_off(role, &reason)
+    }
+}
+
+/// `microvm.*` kernel parameters override the command line in a guest.
+fn apply_cmdline(cmdline: &Cmdline, args: &mut Args) {
+    if let Some(c) = &cmdline.control {
+        match c.parse() {
+            Ok(a) => args.control = a,
+            Err(e) => tracing::error!("microvm.control: {e}; keeping {}", args.control),
+        }
+    }
+    if let Some(c) = &cmdline.ingress {
+        match c.parse() {
+            Ok(a) => args.ingress = a,
+            Err(e) => tracing::error!("microvm.ingress: {e}; keeping {}", args.ingress),
+        }
+    }
+    if let Some(n) = cmdline.test_min_idle_seconds {
+        tracing::warn!("test-only setting: minimum idle duration lowered to {n}s");
+        std::env::set_var(crate::activity::TEST_MIN_IDLE_ENV, n.to_string());
+    }
+    if let Some(p) = &cmdline.image_config {
+        args.image_config = p.into();
+    }
+}
+
+/// Run the agent's services; returns the reason to power off with.
+async fn serve(args: Args, role: Role, boot: BootReport, announce_port: Option<u32>) -> String {
     let machine: Arc<dyn Machine> = Arc::new(Real::new(role));
     let reaper = Arc::new(Reaper::default());
     tokio::spawn(reaper.clone().run());
@@ -41,11 +146,11 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Optio
     tokio::spawn(crate::ingress::serve_leases(activity.clone()));
 
     let logs = config.as_ref().ok().map(|cfg| {
-        let logs = crate::logs::Logs::new(cfg.logs.clone());
+        let logs = Logs::new(cfg.logs.clone());
         tokio::spawn(logs.clone().run_sender());
         logs
     });
-    let pipe = |logs: &Option<Arc<crate::logs::Logs>>| {
+    let pipe = |logs: &Option<Arc<Logs>>| {
         logs.as_ref().and_then(|l| match l.pipe() {
             Ok(fd) => Some(Arc::new(fd)),
             Err(e) => {
@@ -89,7 +194,7 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Optio
     });
 
     if let Some(sup) = supervisor {
-        tokio::spawn(supervisor::forward_signals(sup.clone()));
+        tokio::spawn(supervisor::signals::forward_signals(sup.clone()));
         let lc = lc.clone();
         tokio::spawn(async move {
             if let Some(exit) = sup.run().await {
@@ -101,14 +206,20 @@ pub async fn run(args: Args, role: Role, boot: boot::BootReport, announce: Optio
     let shutdown = Arc::new(Notify::new());
     let server = tokio::spawn(control::serve(listener, lc.clone(), shutdown.clone()));
     tracing::info!(control = %args.control, "control channel ready");
-    if let Some(port) = announce {
-        let line = serde_json::json!({
-            "event": "ready",
-            "cid": crate::guest::local_cid(),
-            "control": args.control.to_string(),
-        })
-        .to_string();
-        tokio::spawn(crate::guest::announce(port, line));
+    if let Some(port) = announce_port {
+        let line = Announce {
+            event: "ready".into(),
+            cid: guest::local_cid(),
+            control: args.control.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        match serde_json::to_string(&line) {
+            Ok(line) => {
+                tokio::spawn(announce::announce(port, line));
+            }
+            Err(e) => tracing::error!("encoding the announce line: {e}"),
+        }
     }
 
     // The first power request sets a deadline; a later one may only bring it closer.

@@ -1,68 +1,14 @@
-//! The image config (DESIGN.md contract 1) and the host's run request (contract 2).
-//!
-//! Parsing is strict: unknown fields and out-of-range values are errors that name the
-//! field by its JSON path, because the person reading the error is an image author
-//! looking at their `image.json`, not at our source.
+//! The image config (DESIGN.md contract 1): `/etc/microvm/image.json`.
 
-use serde::de::DeserializeOwned;
+use super::json::{from_json, ConfigError, FieldError};
+use microvm_protocol::limits;
+use microvm_protocol::run::Logging;
+use microvm_protocol::status::WhenFull;
+use microvm_protocol::Hook;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
-
-/// RunMicrovm's range for `maximumDurationInSeconds` (8 hours).
-pub const MAX_DURATION_SECONDS: u64 = 28_800;
-
-/// Largest `runHookPayload`, in UTF-8 bytes (the platform's documented limit).
-pub const MAX_RUN_HOOK_PAYLOAD: usize = 16_384;
-
-/// A config or request that failed validation; `field` is the JSON path of the culprit.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read image config {path}: {source} (pass --image-config PATH or put it at /etc/microvm/image.json)")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid image config {path}: {error}")]
-    Invalid { path: String, error: FieldError },
-}
-
-/// Deserialize JSON and report the path of the first bad field (`hooks.port`, ...).
-pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "(body)".to_string()
-        } else {
-            path
-        };
-        // serde_json appends " at line L column C", which is noise next to a field path.
-        let msg = e.inner().to_string();
-        let msg = match msg.rfind(" at line ") {
-            Some(i) => msg[..i].to_string(),
-            None => msg,
-        };
-        FieldError::new(field, msg)
-    })
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -71,8 +17,6 @@ pub enum Toggle {
     #[default]
     Disabled,
 }
-
-pub use hook_sdk::Hook;
 
 /// The AWS `MicrovmImageHooks` object.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -176,7 +120,7 @@ impl Hooks {
 
     pub fn port(&self) -> u16 {
         // validate() guarantees the range; the fallback is never taken for a valid config.
-        u16::try_from(self.port).unwrap_or(default_hooks_port() as u16)
+        u16::try_from(self.port).unwrap_or(microvm_protocol::ports::DEFAULT_HOOKS)
     }
 
     fn validate(&self) -> Result<(), FieldError> {
@@ -188,16 +132,23 @@ impl Hooks {
         }
         for hook in Hook::ALL {
             let (_, timeout) = self.setting(hook);
-            let (group, max) = if hook.is_image_build() {
-                ("microvmImageHooks", 3600)
+            let (group, range) = if hook.is_image_build() {
+                (
+                    "microvmImageHooks",
+                    limits::IMAGE_BUILD_HOOK_TIMEOUT_SECONDS,
+                )
             } else {
-                ("microvmHooks", 60)
+                ("microvmHooks", limits::RUNTIME_HOOK_TIMEOUT_SECONDS)
             };
             let secs = timeout.as_secs();
-            if !(1..=max).contains(&secs) {
+            if !range.contains(&secs) {
                 return Err(FieldError::new(
                     format!("hooks.{group}.{}TimeoutInSeconds", hook.name()),
-                    format!("must be 1-{max} seconds, got {secs}"),
+                    format!(
+                        "must be {}-{} seconds, got {secs}",
+                        range.start(),
+                        range.end()
+                    ),
                 ));
             }
         }
@@ -206,7 +157,7 @@ impl Hooks {
 }
 
 fn default_hooks_port() -> u32 {
-    9000
+    u32::from(microvm_protocol::ports::DEFAULT_HOOKS)
 }
 fn default_image_build_timeout() -> u64 {
     60
@@ -215,29 +166,10 @@ fn default_runtime_timeout() -> u64 {
     5
 }
 
-/// Where the application's stdout and stderr go: the AWS `Logging` union.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub enum Logging {
-    Disabled(Empty),
-    CloudWatch(CloudWatchLogging),
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct Empty {}
-
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CloudWatchLogging {
-    pub log_group: Option<String>,
-    pub log_stream: Option<String>,
-}
-
-impl Logging {
-    /// AWS CreateLogGroup / CreateLogStream name rules.
-    pub fn validate(&self, at: &str) -> Result<(), FieldError> {
-        let Logging::CloudWatch(cw) = self else {
+/// AWS CreateLogGroup / CreateLogStream name rules, for the union found at `at`.
+pub fn validate_logging(logging: &Logging, at: &str) -> Result<(), FieldError> {
+    {
+        let Logging::CloudWatch(cw) = logging else {
             return Ok(());
         };
         if let Some(g) = &cw.log_group {
@@ -273,17 +205,6 @@ pub enum ExitPolicy {
     Terminate,
     /// Start it again, with exponential backoff.
     Restart,
-}
-
-/// What a full log buffer does to the application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub enum WhenFull {
-    /// The application's write blocks until there is room: nothing is lost.
-    #[default]
-    Block,
-    /// The oldest buffered events make room, counted as dropped.
-    DropOldest,
 }
 
 pub const DEFAULT_LOG_BUFFER: usize = 64 * 1024 * 1024;
@@ -397,7 +318,7 @@ impl ImageConfig {
         }
         self.hooks.validate()?;
         if let Some(l) = &self.logging {
-            l.validate("logging")?;
+            validate_logging(l, "logging")?;
         }
         let b = self.logs.buffer_bytes;
         if !(MIN_LOG_BUFFER..=MAX_LOG_BUFFER).contains(&b) {
@@ -410,219 +331,10 @@ impl ImageConfig {
     }
 }
 
-/// `idlePolicy` of run-microvm.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct IdlePolicy {
-    pub max_idle_duration_seconds: u64,
-    #[serde(default)]
-    pub suspended_duration_seconds: u64,
-    #[serde(default)]
-    pub auto_resume_enabled: bool,
-}
-
-/// Temporary execution-role credentials handed to the guest by the host.
-#[derive(Clone, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Credentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
-    pub expiration: Option<String>,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Secrets never reach a log line.
-        f.debug_struct("Credentials")
-            .field("access_key_id", &self.access_key_id)
-            .field("expiration", &self.expiration)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Clock {
-    pub unix_time_nanos: u64,
-}
-
-/// Smallest host entropy contribution that is worth a reseed.
-pub const MIN_ENTROPY_BYTES: usize = 32;
-
-/// The parts of `/run` and `/resume` that refresh a guest that may be a snapshot copy.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Freshness {
-    pub clock: Option<Clock>,
-    pub entropy: Option<Vec<u8>>,
-    pub credentials: Option<Credentials>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawRun {
-    microvm_id: Option<String>,
-    #[serde(default)]
-    run_hook_payload: String,
-    logging: Option<Logging>,
-    idle_policy: Option<IdlePolicy>,
-    maximum_duration_in_seconds: Option<u64>,
-    region: Option<String>,
-    credentials: Option<Credentials>,
-    clock: Option<Clock>,
-    entropy: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawResume {
-    credentials: Option<Credentials>,
-    clock: Option<Clock>,
-    entropy: Option<String>,
-}
-
-/// The host's `/run` body, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunRequest {
-    pub microvm_id: String,
-    pub run_hook_payload: String,
-    pub logging: Option<Logging>,
-    pub idle_policy: Option<IdlePolicy>,
-    pub maximum_duration: Option<Duration>,
-    pub region: Option<String>,
-    pub fresh: Freshness,
-}
-
-/// Why a request body was refused: 400 or 413 to the host.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
-    #[error("{0}")]
-    Invalid(FieldError),
-    #[error("{0}")]
-    TooLarge(FieldError),
-}
-
-impl From<FieldError> for RequestError {
-    fn from(e: FieldError) -> Self {
-        RequestError::Invalid(e)
-    }
-}
-
-fn decode_entropy(b64: Option<String>) -> Result<Option<Vec<u8>>, FieldError> {
-    use base64::Engine;
-    let Some(s) = b64 else { return Ok(None) };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(s.as_bytes())
-        .map_err(|e| FieldError::new("entropy", format!("not valid base64: {e}")))?;
-    if bytes.len() < MIN_ENTROPY_BYTES {
-        return Err(FieldError::new(
-            "entropy",
-            format!(
-                "must carry at least {MIN_ENTROPY_BYTES} bytes, got {}",
-                bytes.len()
-            ),
-        ));
-    }
-    Ok(Some(bytes))
-}
-
-/// An empty body means "no fields" for the hooks that need none.
-fn body_or_empty(body: &[u8]) -> &[u8] {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        body
-    }
-}
-
-impl RunRequest {
-    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
-        let raw: RawRun = from_json(body)?;
-        let microvm_id = match raw.microvm_id {
-            None => return Err(FieldError::new("microvmId", "is required").into()),
-            Some(id) if id.is_empty() || id.len() > 128 => {
-                return Err(FieldError::new("microvmId", "must be 1-128 characters").into())
-            }
-            Some(id) => id,
-        };
-        if raw.run_hook_payload.len() > MAX_RUN_HOOK_PAYLOAD {
-            return Err(RequestError::TooLarge(FieldError::new(
-                "runHookPayload",
-                format!(
-                    "is {} bytes; at most {MAX_RUN_HOOK_PAYLOAD} are allowed",
-                    raw.run_hook_payload.len()
-                ),
-            )));
-        }
-        if let Some(l) = &raw.logging {
-            l.validate("logging")?;
-        }
-        if let Some(p) = &raw.idle_policy {
-            if p.max_idle_duration_seconds == 0 {
-                return Err(FieldError::new(
-                    "idlePolicy.maxIdleDurationSeconds",
-                    "must be at least 1",
-                )
-                .into());
-            }
-        }
-        if let Some(d) = raw.maximum_duration_in_seconds {
-            if !(1..=MAX_DURATION_SECONDS).contains(&d) {
-                return Err(FieldError::new(
-                    "maximumDurationInSeconds",
-                    format!("must be 1-{MAX_DURATION_SECONDS}, got {d}"),
-                )
-                .into());
-            }
-        }
-        if matches!(&raw.region, Some(r) if r.is_empty()) {
-            return Err(FieldError::new("region", "must not be empty").into());
-        }
-        Ok(RunRequest {
-            microvm_id,
-            run_hook_payload: raw.run_hook_payload,
-            logging: raw.logging,
-            idle_policy: raw.idle_policy,
-            maximum_duration: raw.maximum_duration_in_seconds.map(Duration::from_secs),
-            region: raw.region,
-            fresh: Freshness {
-                clock: raw.clock,
-                entropy: decode_entropy(raw.entropy)?,
-                credentials: raw.credentials,
-            },
-        })
-    }
-
-    /// Exactly what the application's `/run` hook receives.
-    pub fn app_body(&self) -> Vec<u8> {
-        serde_json::json!({
-            "microvmId": self.microvm_id,
-            "runHookPayload": self.run_hook_payload,
-        })
-        .to_string()
-        .into_bytes()
-    }
-}
-
-/// The host's `/resume` body (all optional).
-pub fn parse_resume(body: &[u8]) -> Result<Freshness, RequestError> {
-    let raw: RawResume = from_json(body_or_empty(body))?;
-    Ok(Freshness {
-        clock: raw.clock,
-        entropy: decode_entropy(raw.entropy)?,
-        credentials: raw.credentials,
-    })
-}
-
-/// `/ready`, `/validate`, `/suspend`, `/terminate` take no fields: empty or `{}`.
-pub fn parse_empty(body: &[u8]) -> Result<(), RequestError> {
-    let _: Empty = from_json(body_or_empty(body))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use microvm_protocol::run::{CloudWatchLogging, Empty};
 
     fn img(json: &str) -> Result<ImageConfig, FieldError> {
         ImageConfig::parse(json.as_bytes())
@@ -902,101 +614,5 @@ mod tests {
             err_field(&format!(r#"{base}"reboot"}}"#)),
             "onApplicationExit"
         );
-    }
-
-    #[test]
-    fn run_request_payload_limit_counts_utf8_bytes() {
-        let exact = "é".repeat(MAX_RUN_HOOK_PAYLOAD / 2);
-        let body = serde_json::json!({"microvmId":"m","runHookPayload":exact}).to_string();
-        let run = RunRequest::parse(body.as_bytes()).expect("16384 bytes is allowed");
-        assert_eq!(run.run_hook_payload, exact);
-        let over = format!("{exact}x");
-        let body = serde_json::json!({"microvmId":"m","runHookPayload":over}).to_string();
-        assert!(matches!(
-            RunRequest::parse(body.as_bytes()),
-            Err(RequestError::TooLarge(f)) if f.field == "runHookPayload"
-        ));
-    }
-
-    #[test]
-    fn run_request_fields() {
-        let err = |b: &str| match RunRequest::parse(b.as_bytes()) {
-            Err(RequestError::Invalid(f)) => f.field,
-            other => panic!("expected 400 for {b}: {other:?}"),
-        };
-        assert_eq!(err("{}"), "microvmId");
-        assert_eq!(err(r#"{"microvmId":""}"#), "microvmId");
-        assert_eq!(err(r#"{"microvmId":5}"#), "microvmId");
-        assert_eq!(
-            err(r#"{"microvmId":"m","runHookPayload":1}"#),
-            "runHookPayload"
-        );
-        assert_eq!(err(r#"{"microvmId":"m","extra":1}"#), "extra");
-        assert_eq!(err(r#"{"microvmId":"m","entropy":"!!"}"#), "entropy");
-        assert_eq!(err(r#"{"microvmId":"m","entropy":"AAAA"}"#), "entropy");
-        assert_eq!(
-            err(r#"{"microvmId":"m","clock":{"unixTimeNanos":-1}}"#),
-            "clock.unixTimeNanos"
-        );
-        assert_eq!(
-            err(r#"{"microvmId":"m","idlePolicy":{"maxIdleDurationSeconds":0}}"#),
-            "idlePolicy.maxIdleDurationSeconds"
-        );
-        assert_eq!(
-            err(r#"{"microvmId":"m","maximumDurationInSeconds":0}"#),
-            "maximumDurationInSeconds"
-        );
-        assert_eq!(
-            err(r#"{"microvmId":"m","maximumDurationInSeconds":28801}"#),
-            "maximumDurationInSeconds"
-        );
-        assert_eq!(
-            err(r#"{"microvmId":"m","credentials":{"accessKeyId":"a"}}"#),
-            "credentials"
-        );
-        assert_eq!(err("not json"), "(body)");
-        assert_eq!(err("[]"), "(body)");
-    }
-
-    #[test]
-    fn run_request_full_envelope_and_app_body() {
-        let entropy = "A".repeat(44); // 33 bytes
-        let body = format!(
-            r#"{{"microvmId":"mvm-1","runHookPayload":"p\"q\n","logging":{{"disabled":{{}}}},
-            "idlePolicy":{{"maxIdleDurationSeconds":900,"suspendedDurationSeconds":300,"autoResumeEnabled":true}},
-            "maximumDurationInSeconds":14400,"region":"us-east-1",
-            "credentials":{{"accessKeyId":"AK","secretAccessKey":"SK","sessionToken":"T","expiration":"2026-11-21T12:00:00Z"}},
-            "clock":{{"unixTimeNanos":1795000000000000000}},"entropy":"{entropy}"}}"#
-        );
-        let run = RunRequest::parse(body.as_bytes()).expect("valid");
-        assert_eq!(run.maximum_duration, Some(Duration::from_secs(14400)));
-        assert_eq!(run.fresh.entropy.as_ref().map(Vec::len), Some(33));
-        assert_eq!(
-            run.fresh.clock,
-            Some(Clock {
-                unix_time_nanos: 1_795_000_000_000_000_000
-            })
-        );
-        let app: serde_json::Value = serde_json::from_slice(&run.app_body()).unwrap();
-        assert_eq!(
-            app,
-            serde_json::json!({"microvmId":"mvm-1","runHookPayload":"p\"q\n"})
-        );
-        assert!(!format!("{:?}", run.fresh.credentials).contains("SK"));
-    }
-
-    #[test]
-    fn empty_bodies() {
-        assert!(parse_empty(b"").is_ok());
-        assert!(parse_empty(b" {} ").is_ok());
-        assert!(parse_empty(b"{\"x\":1}").is_err());
-        assert_eq!(parse_resume(b"").unwrap(), Freshness::default());
-        assert!(matches!(
-            parse_resume(br#"{"clock":{"unixTimeNanos":5}}"#),
-            Ok(Freshness {
-                clock: Some(Clock { unix_time_nanos: 5 }),
-                ..
-            })
-        ));
     }
 }

@@ -1,0 +1,297 @@
+//! What `GET /v1/status` answers, and what a hook call did. The agent builds these;
+//! host tools read them.
+
+use crate::hook::Hook;
+use crate::run::{IdlePolicy, Logging};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The lifecycle state the host sees. `SUSPENDING` and `TERMINATING` are an operation
+/// in flight; the others are settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    Pending,
+    Running,
+    Suspending,
+    Suspended,
+    Terminating,
+    Terminated,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "PENDING",
+            State::Running => "RUNNING",
+            State::Suspending => "SUSPENDING",
+            State::Suspended => "SUSPENDED",
+            State::Terminating => "TERMINATING",
+            State::Terminated => "TERMINATED",
+        }
+    }
+}
+
+/// What the agent is to the machine it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// PID 1 of a real guest: the machine is ours.
+    Guest,
+    /// PID 1 of a child PID namespace: power-off is real (the kernel kills the
+    /// namespace), the clock and entropy pool belong to someone else.
+    Namespace,
+    /// Not PID 1 at all: a subreaper under another init.
+    Process,
+}
+
+impl Role {
+    pub fn is_pid1(self) -> bool {
+        self != Role::Process
+    }
+}
+
+/// How a process ended: `{"code": N}` or `{"signal": N}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+/// What the application did with a hook call (`result` names the variant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "camelCase")]
+pub enum HookOutcome {
+    /// 2xx.
+    #[serde(rename_all = "camelCase")]
+    Ok { application_status: u16 },
+    /// 503 from `/ready` or `/validate`: not yet, the host polls again.
+    NotReady,
+    /// Any other status.
+    #[serde(rename_all = "camelCase")]
+    Failed {
+        application_status: u16,
+        application_body: String,
+    },
+    /// Could not connect, or the connection broke before an answer.
+    Unreachable { error: String },
+    /// No answer within the hook's timeout.
+    #[serde(rename_all = "camelCase")]
+    Timeout { timeout_ms: u64 },
+}
+
+impl HookOutcome {
+    /// The control channel's status for a hook answer with this outcome.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            HookOutcome::Ok { .. } => 200,
+            HookOutcome::NotReady => 503,
+            HookOutcome::Failed { .. } | HookOutcome::Unreachable { .. } => 502,
+            HookOutcome::Timeout { .. } => 504,
+        }
+    }
+
+    /// Whether the hook did what it was asked (or said "not yet", which is no fault).
+    pub fn is_fault(&self) -> bool {
+        !matches!(self, HookOutcome::Ok { .. } | HookOutcome::NotReady)
+    }
+}
+
+/// The application as the host sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppStatus {
+    pub pid: Option<i32>,
+    pub running: bool,
+    pub starts: u32,
+    pub restarts: u32,
+    pub last_exit: Option<Exit>,
+    pub state_reason: Option<String>,
+    pub spawn_error: Option<String>,
+    /// When restarting, how long the current backoff is.
+    pub restart_backoff_ms: Option<u64>,
+    #[serde(default)]
+    pub orphans_reaped: u64,
+}
+
+/// Per hook: how often the application was called and how the last call went.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookRecord {
+    pub calls: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<HookOutcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_duration_ms: Option<u64>,
+    pub disabled: bool,
+}
+
+/// The run as the host asked for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunInfo {
+    pub microvm_id: String,
+    pub region: Option<String>,
+    pub logging: Option<Logging>,
+    pub idle_policy: Option<IdlePolicy>,
+    pub maximum_duration_in_seconds: Option<u64>,
+}
+
+/// Credentials without their secrets: secrets never appear in status or logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsInfo {
+    pub access_key_id: String,
+    pub expiration: Option<String>,
+}
+
+/// Where application log events go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Destination {
+    /// Before /run: the destination is not known yet; events wait in the buffer.
+    Pending,
+    /// `{"disabled":{}}`: dropped, counted.
+    Disabled,
+    /// No execution role: nothing can leave, so nothing is kept (as on the platform).
+    NoCredentials,
+    #[serde(rename_all = "camelCase")]
+    CloudWatch {
+        log_group: String,
+        log_stream: String,
+        region: String,
+    },
+}
+
+/// What a full log buffer does to the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum WhenFull {
+    /// The application's write blocks until there is room: nothing is lost.
+    #[default]
+    Block,
+    /// The oldest buffered events make room, counted as dropped.
+    DropOldest,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogCounters {
+    pub captured_events: u64,
+    pub captured_bytes: u64,
+    pub sent_events: u64,
+    pub sent_bytes: u64,
+    pub sent_batches: u64,
+    pub dropped_events: u64,
+    pub dropped_bytes: u64,
+    pub dropped_by_reason: BTreeMap<String, u64>,
+    pub retries: u64,
+    pub empty_lines_skipped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogsStatus {
+    pub destination: Destination,
+    pub counters: LogCounters,
+    pub buffered_events: usize,
+    pub buffered_bytes: usize,
+    pub buffer_limit_bytes: usize,
+    pub when_full: WhenFull,
+    pub last_error: Option<String>,
+    pub why: Option<String>,
+}
+
+/// Clock, entropy and storage steps, as applied (real guest) or recorded (tests).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineSteps {
+    pub applied: bool,
+    pub clock_steps: u32,
+    pub last_clock_unix_nanos: Option<u64>,
+    pub entropy_reseeds: u32,
+    pub last_entropy_bytes: Option<usize>,
+    pub storage_syncs: u32,
+    pub remounted_read_only: bool,
+}
+
+/// What PID 1's boot did.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootReport {
+    pub mounted: Vec<String>,
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivityStatus {
+    pub ingress_bytes: u64,
+    pub busy: bool,
+    pub idle_for_ms: u64,
+}
+
+/// Facts only a real guest has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestInfo {
+    pub cid: Option<u32>,
+    pub mem_total_ki_b: Option<u64>,
+    pub mem_available_ki_b: Option<u64>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub protocol_version: u32,
+    pub agent_version: String,
+    pub state: State,
+    pub in_flight: Option<Hook>,
+    pub state_reason: Option<String>,
+    pub image_name: Option<String>,
+    pub config_error: Option<String>,
+    pub microvm_id: Option<String>,
+    pub run: Option<RunInfo>,
+    pub credentials: Option<CredentialsInfo>,
+    pub application: Option<AppStatus>,
+    pub hooks: BTreeMap<Hook, HookRecord>,
+    pub logs: Option<LogsStatus>,
+    pub activity: ActivityStatus,
+    pub machine: MachineSteps,
+    pub role: Role,
+    pub guest: Option<GuestInfo>,
+    pub boot: BootReport,
+    pub uptime_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_wire_form() {
+        let v = serde_json::to_value(HookOutcome::Failed {
+            application_status: 500,
+            application_body: "x".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"result":"failed","applicationStatus":500,"applicationBody":"x"})
+        );
+        let v = serde_json::to_value(HookOutcome::Timeout { timeout_ms: 1000 }).unwrap();
+        assert_eq!(v, serde_json::json!({"result":"timeout","timeoutMs":1000}));
+        assert_eq!(HookOutcome::NotReady.http_status(), 503);
+        assert!(!HookOutcome::NotReady.is_fault());
+    }
+
+    #[test]
+    fn hooks_map_keys_are_names() {
+        let mut m = BTreeMap::new();
+        m.insert(Hook::Run, HookRecord::default());
+        let v = serde_json::to_value(&m).unwrap();
+        assert!(v.get("run").is_some(), "{v}");
+    }
+}

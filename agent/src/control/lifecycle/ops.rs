@@ -1,0 +1,291 @@
+//! The lifecycle operations themselves: what `/ready`, `/validate`, `/run`,
+//! `/suspend`, `/resume` and `/terminate` do, and the agent's own termination.
+
+use super::{Input, Lifecycle, LOG_FLUSH_DEADLINE, SELF_TERMINATE_REPORT_WINDOW};
+use super::{STOP_GRACE, STORAGE_SYNC_TIMEOUT};
+use crate::config::{Freshness, RunRequest, Toggle};
+use crate::control::answer::Answer;
+use crate::events::EventType;
+use crate::hooks;
+use crate::supervisor::state_reason;
+use microvm_protocol::status::{Exit, HookOutcome, RunInfo};
+use microvm_protocol::{ApiError, ErrorCode, Hook};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+impl Lifecycle {
+    pub(super) async fn execute(self: &Arc<Self>, op: Hook, input: Input) -> Answer {
+        match (op, input) {
+            (Hook::Ready, _) => self.call_hook(Hook::Ready, b"{}".to_vec()).await,
+            (Hook::Validate, _) => self.call_hook(Hook::Validate, b"{}".to_vec()).await,
+            (Hook::Run, Input::Run(run)) => self.run(*run).await,
+            (Hook::Suspend, _) => self.suspend().await,
+            (Hook::Resume, input) => {
+                self.ctx.activity.resume();
+                let fresh = match input {
+                    Input::Resume(f) => *f,
+                    _ => Freshness::default(),
+                };
+                if let Err(a) = self.refresh(fresh) {
+                    return a;
+                }
+                self.call_hook(Hook::Resume, b"{}".to_vec()).await
+            }
+            (Hook::Terminate, input) => self.terminate(input).await,
+            (op, input) => ApiError::new(
+                ErrorCode::InternalError,
+                format!("{op:?} started with {input:?}"),
+            )
+            .into(),
+        }
+    }
+
+    async fn run(self: &Arc<Self>, run: RunRequest) -> Answer {
+        if let Some(p) = &run.idle_policy {
+            let min = crate::activity::min_idle();
+            if Duration::from_secs(p.max_idle_duration_seconds) < min {
+                return ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "idlePolicy.maxIdleDurationSeconds: must be at least {}, got {}",
+                        min.as_secs(),
+                        p.max_idle_duration_seconds
+                    ),
+                )
+                .with_field("idlePolicy.maxIdleDurationSeconds")
+                .into();
+            }
+        }
+        {
+            let mut g = self.lock();
+            g.run = Some(RunInfo {
+                microvm_id: run.microvm_id.clone(),
+                region: run.region.clone(),
+                logging: run.logging.clone(),
+                idle_policy: run.idle_policy.clone(),
+                maximum_duration_in_seconds: run.maximum_duration.map(|d| d.as_secs()),
+            });
+        }
+        if let Err(a) = self.refresh(run.fresh.clone()) {
+            return a;
+        }
+        if let Err(a) = self.configure_logs(&run) {
+            return a;
+        }
+        let mut answer = self.call_hook(Hook::Run, run.app_body()).await;
+        if answer.status == 200 {
+            if let Value::Object(m) = &mut answer.body {
+                m.insert("microvmId".into(), json!(run.microvm_id));
+            }
+            if let Some(policy) = &run.idle_policy {
+                let max_idle = Duration::from_secs(policy.max_idle_duration_seconds);
+                tokio::spawn(crate::activity::report(
+                    self.ctx.activity.clone(),
+                    self.ctx.events.clone(),
+                    max_idle,
+                ));
+            }
+            if let Some(max) = run.maximum_duration {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(max).await;
+                    this.self_terminate("MaximumDuration.Exceeded".into()).await;
+                });
+            }
+        }
+        answer
+    }
+
+    /// The effective logging union decides where the application's lines go from now on.
+    fn configure_logs(&self, run: &RunRequest) -> Result<(), Answer> {
+        let (Some(logs), Ok(cfg)) = (&self.ctx.logs, &self.ctx.config) else {
+            return Ok(());
+        };
+        let creds = self.lock().credentials.clone();
+        let effective = crate::logs::effective(run.logging.as_ref(), cfg.logging.as_ref());
+        let dest = crate::logs::destination(
+            &effective,
+            &cfg.image_name,
+            &run.microvm_id,
+            run.region.as_deref(),
+            creds.is_some(),
+        )
+        .map_err(|e| {
+            ApiError::new(ErrorCode::BadRequest, format!("logging: {e}")).with_field("logging")
+        })?;
+        logs.configure(dest, creds.as_ref());
+        Ok(())
+    }
+
+    /// Send what the application wrote so far; reports whether it all left in time.
+    async fn flush_logs(&self) -> Option<bool> {
+        let logs = self.ctx.logs.as_ref()?;
+        Some(logs.flush(LOG_FLUSH_DEADLINE).await)
+    }
+
+    /// Clock, entropy and credentials from the host, before the application hears of
+    /// the run or the resume: a restored snapshot must not hand out stale time or a
+    /// random stream that a sibling copy of the same snapshot also produces.
+    fn refresh(&self, fresh: Freshness) -> Result<(), Answer> {
+        if let Some(c) = fresh.clock {
+            self.ctx.machine.set_clock(c.unix_time_nanos).map_err(|e| {
+                ApiError::new(ErrorCode::ClockStepFailed, format!("clock_settime: {e}"))
+            })?;
+        }
+        if let Some(bytes) = &fresh.entropy {
+            self.ctx.machine.add_entropy(bytes).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::EntropyFailed,
+                    format!("RNDADDENTROPY/RNDRESEEDCRNG: {e}"),
+                )
+            })?;
+        }
+        if let Some(c) = fresh.credentials {
+            if let Some(logs) = &self.ctx.logs {
+                logs.update_credentials(&c);
+            }
+            self.lock().credentials = Some(c);
+        }
+        Ok(())
+    }
+
+    async fn call_hook(&self, hook: Hook, body: Vec<u8>) -> Answer {
+        let Ok(cfg) = &self.ctx.config else {
+            return ApiError::new(ErrorCode::ImageConfigInvalid, "no valid image config").into();
+        };
+        let (toggle, timeout) = cfg.hooks.setting(hook);
+        if toggle == Toggle::Disabled {
+            self.record(hook, None, None);
+            return Answer::new(200, json!({"hook": hook, "result": "disabled"}));
+        }
+        let sup = self.ctx.supervisor.clone();
+        let alive = move || sup.as_ref().is_some_and(|s| s.is_running());
+        let t0 = Instant::now();
+        let outcome = hooks::call(cfg.hooks.port(), hook, body, timeout, alive).await;
+        let took = t0.elapsed();
+        tracing::info!(
+            hook = hook.name(),
+            ?outcome,
+            ms = took.as_millis() as u64,
+            "hook"
+        );
+        self.record(hook, Some(outcome.clone()), Some(took));
+        if outcome.is_fault() {
+            self.ctx.events.emit(
+                EventType::HookFailed,
+                json!({"hook": hook, "outcome": outcome}),
+            );
+        }
+        let status = outcome.http_status();
+        let mut body = json!({"hook": hook});
+        if let (Value::Object(m), Value::Object(o)) = (&mut body, json!(outcome)) {
+            m.extend(o);
+        }
+        Answer::new(status, body)
+    }
+
+    fn record(&self, hook: Hook, outcome: Option<HookOutcome>, took: Option<Duration>) {
+        let mut g = self.lock();
+        let r = g.hooks.entry(hook).or_default();
+        r.disabled = outcome.is_none();
+        if outcome.is_some() {
+            r.calls += 1;
+        }
+        r.last = outcome;
+        r.last_duration_ms = took.map(|d| d.as_millis() as u64);
+    }
+
+    async fn terminate(self: &Arc<Self>, input: Input) -> Answer {
+        let app_running = self.ctx.supervisor.as_ref().is_some_and(|s| s.is_running());
+        let mut body = json!({});
+        if app_running && self.ctx.config.is_ok() {
+            // The app's answer is reported, but it cannot stop the termination.
+            let hook = self.call_hook(Hook::Terminate, b"{}".to_vec()).await;
+            body["hook"] = hook.body;
+        }
+        if let Some(sup) = &self.ctx.supervisor {
+            if let Some(exit) = sup.stop(STOP_GRACE).await {
+                body["applicationExit"] = json!(exit);
+            }
+        }
+        if let Some(flushed) = self.flush_logs().await {
+            body["logsFlushed"] = json!(flushed);
+        }
+        if let Err(e) = self.sync_storage(true).await {
+            body["storageError"] = json!(e);
+        }
+        let reason = match input {
+            Input::SelfTerminate(r) => r,
+            _ => "Host.Terminate".to_string(),
+        };
+        let reason = {
+            let mut g = self.lock();
+            g.state_reason.get_or_insert(reason).clone()
+        };
+        body["stateReason"] = json!(reason);
+        Answer::new(200, body)
+    }
+
+    /// The app's hook first (it may write state), then make the guest safe to snapshot:
+    /// nothing dirty in the page cache that a restore elsewhere would miss.
+    async fn suspend(&self) -> Answer {
+        let mut answer = self.call_hook(Hook::Suspend, b"{}".to_vec()).await;
+        if answer.status == 200 {
+            if let Some(flushed) = self.flush_logs().await {
+                answer.body["logsFlushed"] = json!(flushed);
+            }
+            if let Err(e) = self.sync_storage(false).await {
+                answer = ApiError::new(ErrorCode::QuiesceFailed, e).into();
+            } else {
+                // From here until /resume, time does not count as idle.
+                self.ctx.activity.suspend();
+            }
+        }
+        answer
+    }
+
+    /// Bounded: a wedged disk must not wedge the lifecycle.
+    async fn sync_storage(&self, final_: bool) -> Result<(), String> {
+        let machine = self.ctx.machine.clone();
+        let job = tokio::task::spawn_blocking(move || machine.sync_storage(final_));
+        match tokio::time::timeout(STORAGE_SYNC_TIMEOUT, job).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("sync/remount: {e}")),
+            Ok(Err(e)) => Err(format!("sync task: {e}")),
+            Err(_) => Err(format!(
+                "sync did not finish within {STORAGE_SYNC_TIMEOUT:?}"
+            )),
+        }
+    }
+
+    /// The agent ends the VM on its own; the host learns why from status and events.
+    /// Boxed because a run schedules it, and it runs operations itself: the cycle
+    /// needs a named future type.
+    pub fn self_terminate(self: Arc<Self>, reason: String) -> super::BoxFuture {
+        Box::pin(async move {
+            {
+                let mut g = self.lock();
+                if g.state_reason.is_none() {
+                    g.state_reason = Some(reason.clone());
+                }
+            }
+            tracing::warn!(reason, "terminating on our own");
+            let answer = self
+                .request(Hook::Terminate, Input::SelfTerminate(reason.clone()))
+                .await;
+            tracing::info!(status = answer.status, "self-termination done");
+            self.request_power(&reason, SELF_TERMINATE_REPORT_WINDOW);
+        })
+    }
+
+    /// The application exited and the policy says the VM ends with it.
+    pub async fn application_exited(self: Arc<Self>, exit: Exit) {
+        let reason = state_reason(exit);
+        self.ctx.events.emit(
+            EventType::ApplicationExited,
+            json!({"stateReason": reason, "exit": exit}),
+        );
+        self.self_terminate(reason).await;
+    }
+}

@@ -1,0 +1,200 @@
+//! The lifecycle through its seams: a recording [`FakeMachine`] in place of the real
+//! clock, entropy pool and disk, and a real hook-sdk server as the application.
+
+use super::*;
+use crate::sys::machine::fake::{Call, FakeMachine};
+use hook_sdk::{HookResponse, Hooks};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The application: counts each hook and notes what the machine had done when `/run`
+/// arrived.
+#[derive(Default)]
+struct App {
+    calls: Mutex<Vec<Hook>>,
+    machine_at_run: Mutex<Vec<Call>>,
+    machine: Mutex<Option<Arc<FakeMachine>>>,
+    suspends: AtomicU32,
+}
+
+struct Shared(Arc<App>);
+
+impl Hooks for Shared {
+    async fn run(&self, _r: hook_sdk::RunRequest) -> HookResponse {
+        self.0.calls.lock().unwrap().push(Hook::Run);
+        if let Some(m) = self.0.machine.lock().unwrap().as_ref() {
+            *self.0.machine_at_run.lock().unwrap() = m.calls();
+        }
+        HookResponse::Ok
+    }
+    async fn suspend(&self) -> HookResponse {
+        self.0.calls.lock().unwrap().push(Hook::Suspend);
+        self.0.suspends.fetch_add(1, Ordering::SeqCst);
+        HookResponse::Ok
+    }
+    async fn resume(&self) -> HookResponse {
+        self.0.calls.lock().unwrap().push(Hook::Resume);
+        HookResponse::Ok
+    }
+}
+
+struct Rig {
+    lc: Arc<Lifecycle>,
+    machine: Arc<FakeMachine>,
+    app: Arc<App>,
+    power: mpsc::UnboundedReceiver<PowerRequest>,
+}
+
+async fn rig() -> Rig {
+    let server = hook_sdk::Server::bind(0).await.unwrap();
+    let port = server.local_addr().unwrap().port();
+    let app = Arc::new(App::default());
+    tokio::spawn(server.serve(Shared(app.clone())));
+    let config = ImageConfig::parse(
+        format!(
+            r#"{{"imageName":"t","command":["/bin/true"],"hooks":{{"port":{port},
+            "microvmHooks":{{"run":"ENABLED","suspend":"ENABLED","resume":"ENABLED"}}}}}}"#
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let machine = Arc::new(FakeMachine::default());
+    *app.machine.lock().unwrap() = Some(machine.clone());
+    let (power_tx, power) = mpsc::unbounded_channel();
+    let lc = Lifecycle::new(Context {
+        config: Ok(config),
+        supervisor: None,
+        logs: None,
+        activity: Activity::new(),
+        events: Arc::new(Events::new()),
+        machine: machine.clone(),
+        power: power_tx,
+        role: Role::Namespace,
+        boot: BootReport::default(),
+    });
+    Rig {
+        lc,
+        machine,
+        app,
+        power,
+    }
+}
+
+fn run_input() -> Input {
+    let entropy = "A".repeat(44);
+    let body = format!(
+        r#"{{"microvmId":"mvm-1","clock":{{"unixTimeNanos":1795000000000000000}},"entropy":"{entropy}"}}"#
+    );
+    Input::Run(Box::new(RunRequest::parse(body.as_bytes()).unwrap()))
+}
+
+async fn running() -> Rig {
+    let r = rig().await;
+    let a = r.lc.request(Hook::Run, run_input()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    r
+}
+
+#[tokio::test]
+async fn run_steps_the_clock_and_entropy_before_the_application_hears_of_it() {
+    let r = running().await;
+    assert_eq!(
+        *r.app.machine_at_run.lock().unwrap(),
+        [Call::Clock(1_795_000_000_000_000_000), Call::Entropy(33)]
+    );
+    let s = r.lc.status();
+    assert_eq!(s.state, State::Running);
+    assert_eq!(s.microvm_id.as_deref(), Some("mvm-1"));
+    assert_eq!(s.hooks[&Hook::Run].calls, 1);
+}
+
+#[tokio::test]
+async fn a_failed_clock_step_is_an_error_the_application_never_sees() {
+    let r = rig().await;
+    *r.machine.fail_clock.lock().unwrap() = true;
+    let a = r.lc.request(Hook::Run, run_input()).await;
+    assert_eq!(a.status, 500);
+    assert_eq!(a.body["error"], "ClockStepFailed");
+    assert!(r.app.calls.lock().unwrap().is_empty());
+    // A failed transition returns to where it started: the host may retry.
+    assert_eq!(r.lc.status().state, State::Pending);
+    *r.machine.fail_clock.lock().unwrap() = false;
+    assert_eq!(r.lc.request(Hook::Run, run_input()).await.status, 200);
+}
+
+#[tokio::test]
+async fn concurrent_suspends_call_the_application_and_the_disk_once() {
+    let r = running().await;
+    r.machine.stall_sync(true);
+    let (a, b) = (r.lc.clone(), r.lc.clone());
+    let first = tokio::spawn(async move { a.request(Hook::Suspend, Input::Empty).await });
+    // Wait until the first one holds the disk, then ask again twice.
+    while !r.machine.calls().contains(&Call::Sync { final_: false }) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(r.lc.status().state, State::Suspending);
+    let second = tokio::spawn(async move { b.request(Hook::Suspend, Input::Empty).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    r.machine.stall_sync(false);
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first, second, "a retry joins: same answer");
+    assert_eq!(r.app.suspends.load(Ordering::SeqCst), 1);
+    let syncs = r
+        .machine
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::Sync { .. }))
+        .count();
+    assert_eq!(syncs, 1);
+    assert_eq!(r.lc.status().state, State::Suspended);
+    // Once settled, a retry replays the answer without running anything again.
+    assert_eq!(r.lc.request(Hook::Suspend, Input::Empty).await, first);
+    assert_eq!(r.app.suspends.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_failed_quiesce_is_an_error_and_the_guest_stays_running() {
+    let r = running().await;
+    *r.machine.fail_sync.lock().unwrap() = true;
+    let a = r.lc.request(Hook::Suspend, Input::Empty).await;
+    assert_eq!(a.status, 500);
+    assert_eq!(a.body["error"], "QuiesceFailed");
+    assert_eq!(r.lc.status().state, State::Running);
+}
+
+#[tokio::test]
+async fn terminate_preempts_a_suspend_stuck_on_the_disk() {
+    let mut r = running().await;
+    r.machine.stall_sync(true);
+    let a = r.lc.clone();
+    let suspend = tokio::spawn(async move { a.request(Hook::Suspend, Input::Empty).await });
+    while !r.machine.calls().contains(&Call::Sync { final_: false }) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let t = r.lc.clone();
+    let terminate = tokio::spawn(async move { t.request(Hook::Terminate, Input::Empty).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(r.lc.status().state, State::Terminating);
+    r.machine.stall_sync(false);
+    let (suspend, terminate) = (suspend.await.unwrap(), terminate.await.unwrap());
+    assert_eq!(suspend.status, 409, "{}", suspend.body);
+    assert_eq!(suspend.body["error"], "InvalidState");
+    assert_eq!(terminate.status, 200, "{}", terminate.body);
+    assert_eq!(terminate.body["stateReason"], "Host.Terminate");
+    assert!(r.machine.calls().contains(&Call::Sync { final_: true }));
+    assert_eq!(r.lc.status().state, State::Terminated);
+    let power = r.power.recv().await.unwrap();
+    assert_eq!(
+        (power.reason.as_str(), power.after),
+        ("Host.Terminate", Duration::ZERO)
+    );
+}
+
+#[tokio::test]
+async fn a_bad_state_is_409_with_the_state() {
+    let r = rig().await;
+    let a = r.lc.request(Hook::Resume, Input::Empty).await;
+    assert_eq!(a.status, 409);
+    assert_eq!(a.body["error"], "InvalidState");
+    assert_eq!(a.body["state"], "PENDING");
+}

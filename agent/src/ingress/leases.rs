@@ -1,0 +1,29 @@
+//! Keep-awake leases: a TCP connection held open to the agent on the guest's loopback
+//! keeps the VM busy; it ends when the process holding it dies.
+
+use crate::activity::Activity;
+use microvm_protocol::ports::LEASE;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+
+/// Keep-awake leases: a TCP connection to 127.0.0.1:[`LEASE`] held open is one.
+pub async fn serve_leases(activity: Arc<Activity>) {
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", LEASE)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("keep-awake lease endpoint 127.0.0.1:{LEASE}: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let busy = activity.busy();
+        tokio::spawn(async move {
+            let mut sink = [0u8; 256];
+            while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+            drop(busy);
+        });
+    }
+}

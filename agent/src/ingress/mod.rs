@@ -1,0 +1,76 @@
+//! Ingress: the host forwards each client connection to the agent over vsock (port
+//! [`ports::INGRESS`](microvm_protocol::ports::INGRESS)); the agent connects it to the application in the guest and
+//! measures the traffic.
+//!
+//! HTTP/1.1 is proxied request by request (keep-alive and pipelining included): the
+//! target port comes from `X-aws-proxy-port` (default 8080), and every `x-aws-proxy-*`
+//! header is removed. A WebSocket upgrade takes its port from the subprotocol
+//! `lambda-microvms.port.<n>`, and the `lambda-microvms`,
+//! `lambda-microvms.authentication.*` and `lambda-microvms.port.*` subprotocols are
+//! removed before forwarding. HTTP/2 with prior knowledge (h2c) and anything that is
+//! not HTTP are forwarded as byte streams to port 8080. A port nobody listens on is
+//! 502 for HTTP and a closed connection otherwise.
+
+mod leases;
+mod proxy;
+mod route;
+mod sniff;
+mod stream;
+
+pub use leases::serve_leases;
+pub use route::route;
+pub use sniff::{sniff, Kind};
+
+use crate::activity::Activity;
+use crate::transport::{Listener, Stream};
+use hyper_util::rt::TokioIo;
+use sniff::SNIFF_TIMEOUT;
+use std::sync::Arc;
+use std::time::Duration;
+use stream::ClientStream;
+use tokio::io::AsyncReadExt;
+
+async fn connection(stream: Stream, activity: Arc<Activity>) {
+    let mut client = ClientStream::new(stream, activity.clone());
+    let mut prefix = Vec::new();
+    let mut buf = [0u8; 64];
+    let kind = loop {
+        let k = sniff(&prefix);
+        if k != Kind::Unknown {
+            break k;
+        }
+        match tokio::time::timeout(SNIFF_TIMEOUT, client.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(n)) => prefix.extend_from_slice(&buf[..n]),
+        }
+    };
+    client.replay(prefix);
+    let io = client;
+    match kind {
+        Kind::Http1 => {
+            let svc = hyper::service::service_fn(move |req| proxy::proxy(req, activity.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(io), svc)
+                .with_upgrades()
+                .await;
+        }
+        _ => proxy::stream_to_app(io).await,
+    }
+}
+
+/// Accept forwarded client connections for as long as the agent lives.
+pub async fn serve(listener: Listener, activity: Arc<Activity>) {
+    loop {
+        match listener.accept().await {
+            Ok(s) => {
+                tokio::spawn(connection(s, activity.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("ingress accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

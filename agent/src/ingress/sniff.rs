@@ -1,0 +1,57 @@
+//! Telling a connection's protocol from its first bytes.
+
+use std::time::Duration;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// How long a client may take to send enough bytes to tell its protocol.
+pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the first bytes of a connection say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Http1,
+    H2c,
+    Raw,
+    /// Not enough bytes yet to tell.
+    Unknown,
+}
+
+pub fn sniff(b: &[u8]) -> Kind {
+    if b.is_empty() {
+        return Kind::Unknown;
+    }
+    let n = b.len().min(H2_PREFACE.len());
+    if b[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Kind::H2c
+        } else {
+            Kind::Unknown
+        };
+    }
+    // An HTTP/1 request line starts with a method token: upper-case letters, a space.
+    match b.iter().position(|c| !c.is_ascii_uppercase()) {
+        Some(i) if i > 0 && b[i] == b' ' => Kind::Http1,
+        Some(_) => Kind::Raw,
+        None if b.len() < 8 => Kind::Unknown,
+        None => Kind::Raw,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Kind::Http1);
+        assert_eq!(sniff(b"OPTIONS * HTTP/1.1"), Kind::Http1);
+        assert_eq!(sniff(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Kind::H2c);
+        assert_eq!(sniff(b"PRI * HT"), Kind::Unknown);
+        assert_eq!(sniff(b"GE"), Kind::Unknown);
+        assert_eq!(sniff(b""), Kind::Unknown);
+        assert_eq!(sniff(b"\x16\x03\x01"), Kind::Raw);
+        assert_eq!(sniff(b"hello"), Kind::Raw);
+        assert_eq!(sniff(b"ABCDEFGHIJ"), Kind::Raw);
+        assert_eq!(sniff(b"SSH-2.0-OpenSSH"), Kind::Raw);
+    }
+}

@@ -1,0 +1,31 @@
+//! microvm-agent: PID 1 of a MicroVM guest, as a library with a thin binary on top.
+//! See DESIGN.md and README.md; the README's layout section maps concerns to files.
+//!
+//! - [`sys`]: the machine (boot duties, kernel command line, modules, clock/entropy/
+//!   storage behind [`sys::machine::Machine`], power-off);
+//! - [`supervisor`]: the application process, the reaper, signals;
+//! - [`control`]: the host's control channel (routes, state machine, lifecycle);
+//! - [`hooks`]: delivery of hooks to the application;
+//! - [`logs`]: the application's output to CloudWatch Logs or nowhere;
+//! - [`ingress`], [`activity`], [`events`]: traffic, idleness and what the host hears;
+//! - [`config`]: the image config and the host's request bodies;
+//! - [`transport`]: vsock or Unix listeners for the host's links;
+//! - [`agent`]: the wiring of all of the above.
+
+pub mod activity;
+pub mod agent;
+pub mod backoff;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod events;
+pub mod hooks;
+pub mod ingress;
+pub mod log;
+pub mod logs;
+pub mod supervisor;
+pub mod sys;
+pub mod transport;
+
+pub use microvm_protocol as protocol;

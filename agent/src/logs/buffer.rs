@@ -1,0 +1,342 @@
+//! The bounded buffer between capture and the sink: plain data, no I/O, no clock of
+//! its own, so every rule here is tested directly.
+//!
+//! Every captured event gets a sequence number. An event leaves the buffer by being
+//! sent, dropped (with a reason) or rejected by the service; the sequence number below
+//! which every event has left is [`Buffer::resolved`], derived from what is still
+//! queued or in flight rather than stored, so eviction can never move it past a batch
+//! the sink still holds.
+
+use super::lines::{self, Event};
+use super::sink::Rejected;
+use microvm_protocol::status::{LogCounters, WhenFull};
+use std::collections::VecDeque;
+
+/// The batch the sink holds: it left the queue but is not resolved yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InFlight {
+    first_seq: u64,
+    events: usize,
+}
+
+#[derive(Debug)]
+pub struct Buffer {
+    queue: VecDeque<Event>,
+    /// What the queued events count for against the limit.
+    queued_bytes: usize,
+    limit: usize,
+    when_full: WhenFull,
+    next_seq: u64,
+    in_flight: Option<InFlight>,
+    last_ts: i64,
+    pub counters: LogCounters,
+}
+
+/// Whether the next batch can go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    Now,
+    /// The oldest event is this many milliseconds too young.
+    InMs(i64),
+    Empty,
+}
+
+impl Buffer {
+    pub fn new(limit: usize, when_full: WhenFull) -> Self {
+        Buffer {
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            limit,
+            when_full,
+            next_seq: 0,
+            in_flight: None,
+            last_ts: 0,
+            counters: LogCounters::default(),
+        }
+    }
+
+    /// Capture `message`, read at wall time `now_ms`. Under `block`, a full buffer
+    /// hands the message back: the caller waits for room and stops reading the pipe,
+    /// which is what blocks the application's write. Under `dropOldest` the oldest
+    /// queued events make room and are counted as dropped.
+    pub fn admit(&mut self, message: String, now_ms: i64) -> Result<(), String> {
+        let cost = message.len() + lines::EVENT_OVERHEAD;
+        let full = self.queued_bytes + cost > self.limit && !self.queue.is_empty();
+        if full && self.when_full == WhenFull::Block {
+            return Err(message);
+        }
+        while self.queued_bytes + cost > self.limit {
+            let Some(old) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued_bytes -= old.cost();
+            count_dropped(&mut self.counters, &old, "BufferFull");
+        }
+        // Never backwards: a clock stepped back (a restored snapshot) must not make a
+        // batch out of order, which would fail the whole PutLogEvents call.
+        let ts = lines::clamp_timestamp(self.last_ts, now_ms);
+        self.last_ts = ts;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.counters.captured_events += 1;
+        self.counters.captured_bytes += message.len() as u64;
+        self.queued_bytes += cost;
+        self.queue.push_back(Event {
+            seq,
+            timestamp_ms: ts,
+            message,
+        });
+        Ok(())
+    }
+
+    /// Sequence number of the next event to be captured.
+    pub fn captured(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Every event numbered below this was sent, dropped or rejected.
+    pub fn resolved(&self) -> u64 {
+        self.in_flight
+            .map(|f| f.first_seq)
+            .or_else(|| self.queue.front().map(|e| e.seq))
+            .unwrap_or(self.next_seq)
+    }
+
+    /// Whether a batch may go now: when one is full, when asked to hurry (a flush, or
+    /// a sink that needs no batching), or when its oldest event is `max_age_ms` old.
+    pub fn ready(&self, now_ms: i64, max_age_ms: i64, hurry: bool) -> Ready {
+        if self.in_flight.is_some() {
+            return Ready::Empty;
+        }
+        let Some(oldest) = self.queue.front() else {
+            return Ready::Empty;
+        };
+        let full = lines::next_batch(self.queue.iter()) < self.queue.len();
+        // A wall clock stepped back must not turn into a wait longer than the age.
+        let age = now_ms.saturating_sub(oldest.timestamp_ms).max(0);
+        if hurry || full || age >= max_age_ms {
+            Ready::Now
+        } else {
+            Ready::InMs(max_age_ms - age)
+        }
+    }
+
+    /// Take the next batch (within every PutLogEvents limit) out of the queue; it is
+    /// in flight until acknowledged or put back.
+    pub fn take_batch(&mut self) -> Vec<Event> {
+        if self.in_flight.is_some() {
+            return Vec::new();
+        }
+        let n = lines::next_batch(self.queue.iter());
+        let batch: Vec<Event> = self.queue.drain(..n).collect();
+        self.queued_bytes -= batch.iter().map(Event::cost).sum::<usize>();
+        self.in_flight = batch.first().map(|e| InFlight {
+            first_seq: e.seq,
+            events: batch.len(),
+        });
+        batch
+    }
+
+    /// The sink accepted the batch; `rejected` says which events the service refused.
+    pub fn ack_sent(&mut self, batch: &[Event], rejected: &Rejected) {
+        for (i, e) in batch.iter().enumerate() {
+            match rejected.reason(i) {
+                Some(reason) => count_dropped(&mut self.counters, e, reason),
+                None => {
+                    self.counters.sent_events += 1;
+                    self.counters.sent_bytes += e.message.len() as u64;
+                }
+            }
+        }
+        self.counters.sent_batches += 1;
+        self.in_flight = None;
+    }
+
+    /// The batch will never be sent: counted as dropped under `reason`.
+    pub fn ack_dropped(&mut self, batch: &[Event], reason: &str) {
+        for e in batch {
+            count_dropped(&mut self.counters, e, reason);
+        }
+        self.in_flight = None;
+    }
+
+    /// An unsent batch goes back to the front, in order.
+    pub fn requeue(&mut self, batch: Vec<Event>) {
+        for e in batch.into_iter().rev() {
+            self.queued_bytes += e.cost();
+            self.queue.push_front(e);
+        }
+        self.in_flight = None;
+    }
+
+    /// Events captured and not yet resolved, the batch in flight included.
+    pub fn buffered_events(&self) -> usize {
+        self.queue.len() + self.in_flight.map_or(0, |f| f.events)
+    }
+
+    /// What the queued events count for against the limit.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn when_full(&self) -> WhenFull {
+        self.when_full
+    }
+}
+
+fn count_dropped(c: &mut LogCounters, e: &Event, reason: &str) {
+    c.dropped_events += 1;
+    c.dropped_bytes += e.message.len() as u64;
+    *c.dropped_by_reason.entry(reason.to_string()).or_default() += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: usize = 10 * (10 + lines::EVENT_OVERHEAD);
+
+    fn msg(i: usize) -> String {
+        format!("message{i:03}")
+    }
+
+    /// Captured = sent + dropped + buffered, in events; checked after every step.
+    fn balanced(b: &Buffer) {
+        let c = &b.counters;
+        assert_eq!(
+            c.captured_events,
+            c.sent_events + c.dropped_events + b.buffered_events() as u64,
+            "{c:?}, {} buffered",
+            b.buffered_events()
+        );
+        assert!(b.resolved() <= b.captured());
+    }
+
+    #[test]
+    fn block_hands_the_message_back_when_full_and_loses_nothing() {
+        let mut b = Buffer::new(LIMIT, WhenFull::Block);
+        for i in 0..10 {
+            b.admit(msg(i), 1).unwrap();
+            balanced(&b);
+        }
+        assert_eq!(b.admit(msg(10), 1), Err(msg(10)));
+        assert_eq!(b.counters.dropped_events, 0);
+        let batch = b.take_batch();
+        assert_eq!(batch.len(), 10);
+        // Room again once the batch left the queue.
+        b.admit(msg(10), 1).unwrap();
+        b.ack_sent(&batch, &Rejected::default());
+        balanced(&b);
+        assert_eq!(b.counters.sent_events, 10);
+    }
+
+    #[test]
+    fn drop_oldest_evicts_from_the_front_and_counts_it() {
+        let mut b = Buffer::new(LIMIT, WhenFull::DropOldest);
+        for i in 0..13 {
+            b.admit(msg(i), 1).unwrap();
+            balanced(&b);
+        }
+        assert_eq!(b.counters.dropped_events, 3);
+        assert_eq!(b.counters.dropped_by_reason["BufferFull"], 3);
+        let batch = b.take_batch();
+        let kept: Vec<_> = batch.iter().map(|e| e.message.clone()).collect();
+        assert_eq!(kept, (3..13).map(msg).collect::<Vec<_>>());
+        assert!(b.queued_bytes() <= b.limit());
+    }
+
+    #[test]
+    fn eviction_never_resolves_the_batch_in_flight() {
+        // The bug this guards: evicting a queued event used to move the resolved mark
+        // past it, over a batch the sink still held, so a flush reported success for
+        // events that were neither sent nor counted.
+        let mut b = Buffer::new(LIMIT, WhenFull::DropOldest);
+        for i in 0..5 {
+            b.admit(msg(i), 1).unwrap();
+        }
+        let target = b.captured();
+        let batch = b.take_batch();
+        for i in 5..30 {
+            b.admit(msg(i), 1).unwrap();
+            balanced(&b);
+        }
+        assert!(b.counters.dropped_events > 0);
+        assert_eq!(b.resolved(), 0, "the batch in flight is not resolved");
+        assert!(b.resolved() < target);
+        b.ack_sent(&batch, &Rejected::default());
+        assert!(b.resolved() >= target);
+        balanced(&b);
+    }
+
+    #[test]
+    fn batches_leave_in_order_and_a_requeued_batch_goes_first() {
+        let mut b = Buffer::new(1 << 20, WhenFull::Block);
+        for i in 0..5 {
+            b.admit(msg(i), i as i64).unwrap();
+        }
+        let first = b.take_batch();
+        assert!(b.take_batch().is_empty(), "one batch at a time");
+        b.admit(msg(5), 9).unwrap();
+        b.requeue(first);
+        balanced(&b);
+        let again = b.take_batch();
+        let seqs: Vec<_> = again.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4, 5]);
+        b.ack_dropped(&again, "InvalidBatch");
+        assert_eq!(b.counters.dropped_by_reason["InvalidBatch"], 6);
+        assert_eq!(b.resolved(), b.captured());
+        balanced(&b);
+    }
+
+    #[test]
+    fn rejected_events_are_dropped_with_their_reason() {
+        let mut b = Buffer::new(1 << 20, WhenFull::Block);
+        for i in 0..4 {
+            b.admit(msg(i), 1).unwrap();
+        }
+        let batch = b.take_batch();
+        let rejected = Rejected {
+            too_old_to: Some(0),
+            too_new_from: Some(3),
+            ..Rejected::default()
+        };
+        b.ack_sent(&batch, &rejected);
+        assert_eq!(b.counters.sent_events, 2);
+        assert_eq!(b.counters.dropped_by_reason["RejectedTooOld"], 1);
+        assert_eq!(b.counters.dropped_by_reason["RejectedTooNew"], 1);
+        balanced(&b);
+    }
+
+    #[test]
+    fn readiness_by_age_fullness_and_hurry() {
+        let mut b = Buffer::new(64 << 20, WhenFull::Block);
+        assert_eq!(b.ready(0, 1000, false), Ready::Empty);
+        b.admit("a".into(), 10_000).unwrap();
+        assert_eq!(b.ready(10_400, 1000, false), Ready::InMs(600));
+        assert_eq!(b.ready(10_400, 1000, true), Ready::Now);
+        assert_eq!(b.ready(11_000, 1000, false), Ready::Now);
+        for _ in 0..lines::MAX_BATCH_EVENTS {
+            b.admit("x".into(), 10_000).unwrap();
+        }
+        assert_eq!(
+            b.ready(10_000, 1000, false),
+            Ready::Now,
+            "a full batch goes"
+        );
+        b.take_batch();
+        assert_eq!(b.ready(99_999, 1000, true), Ready::Empty, "one in flight");
+    }
+
+    #[test]
+    fn timestamps_never_go_backwards() {
+        let mut b = Buffer::new(1 << 20, WhenFull::Block);
+        b.admit("a".into(), 5_000).unwrap();
+        b.admit("b".into(), 1_000).unwrap();
+        let ts: Vec<_> = b.take_batch().iter().map(|e| e.timestamp_ms).collect();
+        assert_eq!(ts, [5_000, 5_000]);
+    }
+}

@@ -1,0 +1,124 @@
+//! Capture: the application's stdout and stderr are pipes the agent reads; bytes
+//! become lines, lines become events under the buffer's policy.
+
+use super::lines::{self, LineSplitter};
+use super::{Logs, PARTIAL_LINE_FLUSH};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncReadExt;
+
+/// A pipe being read, for drain detection.
+pub struct Reader {
+    fd: i32,
+    /// Bytes read from the pipe but not yet turned into events.
+    unprocessed: AtomicU64,
+    splitter: Mutex<LineSplitter>,
+}
+
+impl Reader {
+    /// Bytes still in the pipe, or read and not yet events.
+    pub fn busy(&self) -> bool {
+        pipe_pending(self.fd) > 0 || self.unprocessed.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// Bytes waiting in a pipe (FIONREAD).
+fn pipe_pending(fd: i32) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is valid and ours.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD as _, &mut n) };
+    if r < 0 {
+        0
+    } else {
+        n.max(0) as usize
+    }
+}
+
+impl Logs {
+    /// A pipe whose write end the application gets as stdout or stderr.
+    pub fn pipe(self: &Arc<Self>) -> std::io::Result<OwnedFd> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let reader = Arc::new(Reader {
+            fd: read.as_raw_fd(),
+            unprocessed: AtomicU64::new(0),
+            splitter: Mutex::new(LineSplitter::new(lines::MAX_EVENT_BYTES)),
+        });
+        if let Ok(mut r) = self.readers.lock() {
+            r.push(reader.clone());
+        }
+        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
+        tokio::spawn(self.clone().read_pipe(rx, reader));
+        Ok(write)
+    }
+
+    async fn read_pipe(self: Arc<Self>, mut rx: tokio::net::unix::pipe::Receiver, r: Arc<Reader>) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match tokio::time::timeout(PARTIAL_LINE_FLUSH, rx.read(&mut buf)).await {
+                Err(_) => {
+                    self.flush_partial(&r).await;
+                    continue;
+                }
+                Ok(Ok(0)) => {
+                    self.flush_partial(&r).await;
+                    return;
+                }
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    tracing::error!("reading the application's output: {e}");
+                    return;
+                }
+            };
+            r.unprocessed.fetch_add(n as u64, Ordering::SeqCst);
+            let mut msgs = Vec::new();
+            let empty = match r.splitter.lock() {
+                Ok(mut s) => s.push(&buf[..n], &mut msgs),
+                Err(_) => 0,
+            };
+            if empty > 0 {
+                self.lock().buffer.counters.empty_lines_skipped += empty as u64;
+            }
+            self.push(msgs).await;
+            r.unprocessed.fetch_sub(n as u64, Ordering::SeqCst);
+        }
+    }
+
+    /// The partial last line of a quiet pipe, as an event.
+    pub(super) async fn flush_partial(&self, r: &Reader) {
+        let mut msgs = Vec::new();
+        if let Ok(mut s) = r.splitter.lock() {
+            s.flush(&mut msgs);
+        }
+        self.push(msgs).await;
+    }
+
+    /// Queue captured messages, waiting for room under the `block` policy.
+    pub(super) async fn push(&self, msgs: Vec<String>) {
+        for message in msgs {
+            if self.settings.mirror_to_console {
+                eprintln!("app| {message}");
+            }
+            let mut pending = Some(message);
+            while let Some(m) = pending.take() {
+                // Register for progress before trying, so room freed in between is
+                // not missed.
+                let progress = self.progress.notified();
+                let now = self.clock.unix_ms();
+                let refused = {
+                    let mut st = self.lock();
+                    let refused = st.buffer.admit(m, now).err();
+                    // A writer waits for room: what is queued goes now, not at its age.
+                    st.flush_requested |= refused.is_some();
+                    refused
+                };
+                if let Some(m) = refused {
+                    pending = Some(m);
+                    self.wake_sender.notify_one();
+                    progress.await;
+                }
+            }
+        }
+        self.wake_sender.notify_one();
+    }
+}

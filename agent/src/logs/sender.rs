@@ -1,0 +1,118 @@
+//! The sender: one batch at a time, in order, to the current sink; transient failures
+//! are retried with jittered backoff for as long as it takes (the buffer bounds it).
+
+use super::lines::Event;
+use super::sink::{Delivery, Sink};
+use super::{Logs, MAX_BATCH_AGE};
+use crate::backoff::Backoff;
+use std::sync::Arc;
+use std::time::Duration;
+
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(10);
+
+impl Logs {
+    pub async fn run_sender(self: Arc<Self>) {
+        let mut backoff =
+            Backoff::new(RETRY_INITIAL, RETRY_CAP).jittered(self.clock.unix_ms() as u64);
+        loop {
+            let (batch, mut sink) = self.next_batch().await;
+            backoff.reset();
+            loop {
+                match sink.put(&batch).await {
+                    Ok(Delivery::Sent(rejected)) => {
+                        {
+                            let mut st = self.lock();
+                            st.buffer.ack_sent(&batch, &rejected);
+                            st.last_error = None;
+                        }
+                        self.progress.notify_waiters();
+                        break;
+                    }
+                    Ok(Delivery::Dropped(reason)) => {
+                        self.lock().buffer.ack_dropped(&batch, reason);
+                        self.progress.notify_waiters();
+                        break;
+                    }
+                    Err(e) if e.is_permanent() => {
+                        tracing::error!("PutLogEvents refused a batch for good: {e}");
+                        {
+                            let mut st = self.lock();
+                            st.buffer.ack_dropped(&batch, "InvalidBatch");
+                            st.last_error = Some(e.to_string());
+                        }
+                        self.progress.notify_waiters();
+                        break;
+                    }
+                    Err(e) => {
+                        let pause = backoff.next_delay();
+                        {
+                            let mut st = self.lock();
+                            st.buffer.counters.retries += 1;
+                            st.last_error = Some(e.to_string());
+                        }
+                        let attempt = backoff.attempts();
+                        tracing::warn!(attempt, "PutLogEvents: {e}; retrying in {pause:?}");
+                        // New credentials or a new destination cut the wait short.
+                        let _ = tokio::time::timeout(pause, self.wake_sender.notified()).await;
+                        let current = self.lock().sink.clone();
+                        match current {
+                            // The same batch, through the current sink (new credentials,
+                            // or a destination that now drops it).
+                            Some(current) => sink = current,
+                            None => {
+                                self.lock().buffer.requeue(batch);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait until a batch may go, and take it.
+    async fn next_batch(&self) -> (Vec<Event>, Arc<dyn Sink>) {
+        loop {
+            let wake = self.wake_sender.notified();
+            let wait = {
+                let mut st = self.lock();
+                match st.sink.clone() {
+                    None => {
+                        st.flush_requested = false;
+                        None
+                    }
+                    Some(sink) => {
+                        let hurry = st.flush_requested || sink.immediate();
+                        let now = self.clock.unix_ms();
+                        let max_age = MAX_BATCH_AGE.as_millis() as i64;
+                        match st.buffer.ready(now, max_age, hurry) {
+                            super::buffer::Ready::Now => {
+                                let batch = st.buffer.take_batch();
+                                if st.buffer.buffered_events() == batch.len() {
+                                    st.flush_requested = false;
+                                }
+                                drop(st);
+                                self.progress.notify_waiters();
+                                return (batch, sink);
+                            }
+                            super::buffer::Ready::InMs(ms) => {
+                                Some(Duration::from_millis(ms.max(1) as u64))
+                            }
+                            super::buffer::Ready::Empty => {
+                                st.flush_requested = false;
+                                None
+                            }
+                        }
+                    }
+                }
+            };
+            match wait {
+                Some(d) => {
+                    let _ = tokio::time::timeout(d, wake).await;
+                }
+                None => wake.await,
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The pipeline (capture -> buffer -> sender -> sink) through its seams: a sink that
+//! accepts, fails or stalls on demand, and a wall clock the test moves.
+
+use super::lines::Event;
+use super::sink::{Delivery, PutError, Rejected, SinkFuture};
+use super::*;
+use crate::clock::WallClock;
+use microvm_protocol::status::WhenFull;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+
+#[derive(Default)]
+struct TestSink {
+    /// Sequence numbers of every accepted batch, in the order they arrived.
+    batches: Mutex<Vec<Vec<u64>>>,
+    /// Transient failures still to answer before accepting.
+    fail_next: AtomicU32,
+    permanent: Mutex<bool>,
+    stalled: Mutex<bool>,
+    release: Notify,
+    calls: AtomicU32,
+}
+
+impl TestSink {
+    fn stall(&self, on: bool) {
+        *self.stalled.lock().unwrap() = on;
+        if !on {
+            self.release.notify_waiters();
+        }
+    }
+
+    fn delivered(&self) -> Vec<u64> {
+        self.batches.lock().unwrap().concat()
+    }
+}
+
+struct Shared(Arc<TestSink>);
+
+impl Sink for Shared {
+    fn put<'a>(&'a self, batch: &'a [Event]) -> SinkFuture<'a> {
+        Box::pin(async move {
+            let s = &self.0;
+            s.calls.fetch_add(1, Ordering::SeqCst);
+            loop {
+                let released = s.release.notified();
+                if !*s.stalled.lock().unwrap() {
+                    break;
+                }
+                released.await;
+            }
+            if *s.permanent.lock().unwrap() {
+                return Err(PutError::permanent("invalid on purpose"));
+            }
+            if s.fail_next
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(PutError::transient("throttled on purpose"));
+            }
+            s.batches
+                .lock()
+                .unwrap()
+                .push(batch.iter().map(|e| e.seq).collect());
+            Ok(Delivery::Sent(Rejected::default()))
+        })
+    }
+}
+
+/// The real clock plus an offset the test moves.
+struct TestClock(AtomicI64);
+
+impl WallClock for TestClock {
+    fn unix_ms(&self) -> i64 {
+        crate::clock::SystemClock.unix_ms() + self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct Rig {
+    logs: Arc<Logs>,
+    sink: Arc<TestSink>,
+    clock: Arc<TestClock>,
+}
+
+fn rig(buffer_bytes: usize, when_full: WhenFull) -> Rig {
+    let sink = Arc::new(TestSink::default());
+    let clock = Arc::new(TestClock(AtomicI64::new(0)));
+    let s = sink.clone();
+    let factory: SinkFactory = Box::new(move |d, _| match d {
+        Destination::CloudWatch { .. } => Some(Arc::new(Shared(s.clone())) as Arc<dyn Sink>),
+        Destination::Disabled => Some(Arc::new(Discard("LoggingDisabled"))),
+        _ => None,
+    });
+    let settings = LogsSettings {
+        buffer_bytes,
+        when_full,
+        mirror_to_console: false,
+    };
+    let logs = Logs::with(settings, factory, clock.clone());
+    tokio::spawn(logs.clone().run_sender());
+    Rig { logs, sink, clock }
+}
+
+fn cloudwatch() -> Destination {
+    Destination::CloudWatch {
+        log_group: "g".into(),
+        log_stream: "s".into(),
+        region: "r".into(),
+    }
+}
+
+fn lines(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("line {i:06}")).collect()
+}
+
+/// Captured = sent + dropped + buffered: nothing vanishes uncounted.
+fn balanced(logs: &Logs) {
+    let s = logs.status();
+    let c = &s.counters;
+    assert_eq!(
+        c.captured_events,
+        c.sent_events + c.dropped_events + s.buffered_events as u64,
+        "{s:?}"
+    );
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+
+#[tokio::test]
+async fn lines_before_run_wait_then_leave_in_order_in_lawful_batches() {
+    let r = rig(64 << 20, WhenFull::Block);
+    r.logs.push(lines(0..25_000)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(r.sink.delivered().is_empty(), "no destination before /run");
+    r.logs.configure(cloudwatch(), None);
+    assert!(r.logs.flush(5 * SECOND).await);
+    assert_eq!(r.sink.delivered(), (0..25_000).collect::<Vec<u64>>());
+    let sizes: Vec<usize> = r
+        .sink
+        .batches
+        .lock()
+        .unwrap()
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(sizes, [10_000, 10_000, 5_000]);
+    let s = r.logs.status();
+    assert_eq!(s.counters.sent_events, 25_000);
+    assert_eq!(s.counters.sent_batches, 3);
+    assert_eq!(s.buffered_events, 0);
+    balanced(&r.logs);
+}
+
+#[tokio::test]
+async fn block_stops_capture_while_full_and_loses_nothing() {
+    // Room for about ten lines.
+    let r = rig(10 * 40, WhenFull::Block);
+    r.logs.configure(cloudwatch(), None);
+    r.sink.stall(true);
+    let logs = r.logs.clone();
+    let writer = tokio::spawn(async move { logs.push(lines(0..100)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!writer.is_finished(), "the writer must wait for room");
+    balanced(&r.logs);
+    r.sink.stall(false);
+    tokio::time::timeout(5 * SECOND, writer)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.logs.flush(5 * SECOND).await);
+    assert_eq!(r.sink.delivered(), (0..100).collect::<Vec<u64>>());
+    assert_eq!(r.logs.status().counters.dropped_events, 0);
+    balanced(&r.logs);
+}
+
+#[tokio::test]
+async fn drop_oldest_counts_what_it_drops_and_flush_waits_for_the_batch_in_flight() {
+    let r = rig(10 * 40, WhenFull::DropOldest);
+    r.logs.configure(cloudwatch(), None);
+    r.sink.stall(true);
+    r.logs.push(lines(0..5)).await;
+    // The sender takes those five and the sink holds them.
+    while r.sink.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        r.logs.flush(Duration::ZERO).await;
+    }
+    r.logs.push(lines(5..100)).await;
+    balanced(&r.logs);
+    let s = r.logs.status();
+    assert!(s.counters.dropped_by_reason["BufferFull"] > 0, "{s:?}");
+    // Not done while the sink holds a batch: neither sent nor counted yet.
+    assert!(!r.logs.flush(Duration::from_millis(200)).await);
+    r.sink.stall(false);
+    assert!(r.logs.flush(5 * SECOND).await);
+    let s = r.logs.status();
+    assert_eq!(s.counters.captured_events, 100);
+    assert_eq!(s.counters.sent_events + s.counters.dropped_events, 100);
+    let delivered = r.sink.delivered();
+    assert_eq!(
+        &delivered[..5],
+        [0, 1, 2, 3, 4],
+        "the held batch went first"
+    );
+    assert!(delivered.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert_eq!(*delivered.last().unwrap(), 99, "the newest are kept");
+    balanced(&r.logs);
+}
+
+#[tokio::test]
+async fn a_throttled_batch_is_retried_whole_and_delivered_once() {
+    let r = rig(64 << 20, WhenFull::Block);
+    r.sink.fail_next.store(2, Ordering::SeqCst);
+    r.logs.configure(cloudwatch(), None);
+    r.logs.push(lines(0..10)).await;
+    assert!(r.logs.flush(10 * SECOND).await);
+    assert_eq!(
+        *r.sink.batches.lock().unwrap(),
+        [(0..10).collect::<Vec<u64>>()]
+    );
+    let s = r.logs.status();
+    assert_eq!(s.counters.retries, 2);
+    assert_eq!(s.last_error, None, "cleared once the batch went");
+    balanced(&r.logs);
+}
+
+#[tokio::test]
+async fn a_batch_the_service_refuses_for_good_is_dropped_and_counted() {
+    let r = rig(64 << 20, WhenFull::Block);
+    *r.sink.permanent.lock().unwrap() = true;
+    r.logs.configure(cloudwatch(), None);
+    r.logs.push(lines(0..7)).await;
+    assert!(r.logs.flush(5 * SECOND).await);
+    let s = r.logs.status();
+    assert_eq!(s.counters.dropped_by_reason["InvalidBatch"], 7);
+    assert_eq!(s.counters.retries, 0);
+    assert!(s.last_error.unwrap().contains("invalid on purpose"));
+    balanced(&r.logs);
+}
+
+#[tokio::test]
+async fn disabled_logging_drops_everything_counted() {
+    let r = rig(64 << 20, WhenFull::Block);
+    r.logs.push(lines(0..30)).await;
+    r.logs.configure(Destination::Disabled, None);
+    assert!(r.logs.flush(5 * SECOND).await);
+    let s = r.logs.status();
+    assert_eq!(s.counters.dropped_by_reason["LoggingDisabled"], 30);
+    assert_eq!(s.counters.sent_batches, 0);
+    assert!(r.sink.delivered().is_empty());
+    balanced(&r.logs);
+}
+
+#[tokio::test]
+async fn a_batch_waits_for_its_age_unless_someone_flushes() {
+    let r = rig(64 << 20, WhenFull::Block);
+    r.logs.configure(cloudwatch(), None);
+    r.logs.push(lines(0..3)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(r.sink.delivered().is_empty(), "younger than a second");
+    r.clock.0.fetch_add(1_000, Ordering::SeqCst);
+    r.logs.wake_sender.notify_one();
+    let t0 = Instant::now();
+    while r.sink.delivered().is_empty() {
+        assert!(t0.elapsed() < 5 * SECOND, "an aged batch must go");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(r.sink.delivered(), [0, 1, 2]);
+}

@@ -1,0 +1,9 @@
+//! The application: one reaper that owns waitpid(2), the process and its exit policy,
+//! and the signals passed on to it.
+
+pub mod process;
+pub mod reaper;
+pub mod signals;
+
+pub use process::{state_reason, AppSpec, Supervisor};
+pub use reaper::Reaper;

@@ -1,0 +1,10 @@
+//! The machine the agent runs on: PID 1's boot duties, the kernel command line,
+//! modules, the steps that change the machine (behind [`machine::Machine`]), and
+//! power-off.
+
+pub mod boot;
+pub mod cmdline;
+pub mod guest;
+pub mod machine;
+pub mod modules;
+pub mod power;
