@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
+/// How long the runtime's tasks get to finish once the agent decided to power off.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
+
 /// How long to keep trying to bind the control channel (a guest's vsock driver may
 /// still be probing) before giving up and powering off with the reason.
 const BIND_PATIENCE: Duration = Duration::from_secs(10);
@@ -32,6 +35,12 @@ pub struct Startup {
 impl Startup {
     pub fn begin() -> Startup {
         let role = detect_role();
+        // First of all: whatever fails from here on ends in a logged power-off.
+        std::panic::set_hook(Box::new(move |info| {
+            tracing::error!("agent panicked: {info}");
+            eprintln!("microvm-agent panicked: {info}");
+            power::power_off(role, "Agent.Panic");
+        }));
         let boot = if role.is_pid1() {
             boot::init_pid1()
         } else {
@@ -43,11 +52,6 @@ impl Startup {
             Cmdline::default()
         };
         crate::log::init(cmdline.log.as_deref());
-        std::panic::set_hook(Box::new(move |info| {
-            tracing::error!("agent panicked: {info}");
-            eprintln!("microvm-agent panicked: {info}");
-            power::power_off(role, "Agent.Panic");
-        }));
         Startup {
             role,
             boot,
@@ -89,7 +93,13 @@ impl Startup {
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(serve(args, role, boot, cmdline.announce)),
+            Ok(rt) => {
+                let reason = rt.block_on(serve(args, role, boot, cmdline.announce));
+                // Dropping a runtime waits for its blocking tasks without limit (a
+                // sync(2) on wedged storage); power-off must not.
+                rt.shutdown_timeout(RUNTIME_SHUTDOWN);
+                reason
+            }
             Err(e) => format!("Agent.RuntimeFailed: {e}"),
         };
         power::power_off(role, &reason)

@@ -29,6 +29,10 @@ pub struct Buffer {
     next_seq: u64,
     in_flight: Option<InFlight>,
     last_ts: i64,
+    /// Monotonic time at which the oldest queued event (or an older one) was
+    /// captured: batch ages follow it, so a wall clock stepped back by a restored
+    /// snapshot cannot hold a batch back.
+    oldest_mono_ms: Option<u64>,
     pub counters: LogCounters,
 }
 
@@ -37,7 +41,7 @@ pub struct Buffer {
 pub enum Ready {
     Now,
     /// The oldest event is this many milliseconds too young.
-    InMs(i64),
+    InMs(u64),
     Empty,
 }
 
@@ -51,15 +55,17 @@ impl Buffer {
             next_seq: 0,
             in_flight: None,
             last_ts: 0,
+            oldest_mono_ms: None,
             counters: LogCounters::default(),
         }
     }
 
-    /// Capture `message`, read at wall time `now_ms`. Under `block`, a full buffer
+    /// Capture `message`, read at wall time `now_ms` and monotonic time `mono_ms`.
+    /// Under `block`, a full buffer
     /// hands the message back: the caller waits for room and stops reading the pipe,
     /// which is what blocks the application's write. Under `dropOldest` the oldest
     /// queued events make room and are counted as dropped.
-    pub fn admit(&mut self, message: String, now_ms: i64) -> Result<(), String> {
+    pub fn admit(&mut self, message: String, now_ms: i64, mono_ms: u64) -> Result<(), String> {
         let cost = message.len() + lines::EVENT_OVERHEAD;
         let full = self.queued_bytes + cost > self.limit && !self.queue.is_empty();
         if full && self.when_full == WhenFull::Block {
@@ -81,6 +87,7 @@ impl Buffer {
         self.counters.captured_events += 1;
         self.counters.captured_bytes += message.len() as u64;
         self.queued_bytes += cost;
+        self.oldest_mono_ms.get_or_insert(mono_ms);
         self.queue.push_back(Event {
             seq,
             timestamp_ms: ts,
@@ -102,18 +109,15 @@ impl Buffer {
             .unwrap_or(self.next_seq)
     }
 
-    /// Whether a batch may go now: when one is full, when asked to hurry (a flush, or
-    /// a sink that needs no batching), or when its oldest event is `max_age_ms` old.
-    pub fn ready(&self, now_ms: i64, max_age_ms: i64, hurry: bool) -> Ready {
-        if self.in_flight.is_some() {
+    /// Whether a batch may go now (`mono_ms` is the monotonic time): when one is full,
+    /// when asked to hurry (a flush, or a sink that needs no batching), or when its
+    /// oldest event is `max_age_ms` old.
+    pub fn ready(&self, mono_ms: u64, max_age_ms: u64, hurry: bool) -> Ready {
+        if self.in_flight.is_some() || self.queue.is_empty() {
             return Ready::Empty;
         }
-        let Some(oldest) = self.queue.front() else {
-            return Ready::Empty;
-        };
         let full = lines::next_batch(self.queue.iter()) < self.queue.len();
-        // A wall clock stepped back must not turn into a wait longer than the age.
-        let age = now_ms.saturating_sub(oldest.timestamp_ms).max(0);
+        let age = mono_ms.saturating_sub(self.oldest_mono_ms.unwrap_or(0));
         if hurry || full || age >= max_age_ms {
             Ready::Now
         } else {
@@ -130,6 +134,11 @@ impl Buffer {
         let n = lines::next_batch(self.queue.iter());
         let batch: Vec<Event> = self.queue.drain(..n).collect();
         self.queued_bytes -= batch.iter().map(Event::cost).sum::<usize>();
+        // What stays queued is no older than the oldest that left: keeping its time
+        // can only make the next batch go sooner, never later.
+        if self.queue.is_empty() {
+            self.oldest_mono_ms = None;
+        }
         self.in_flight = batch.first().map(|e| InFlight {
             first_seq: e.seq,
             events: batch.len(),
@@ -166,6 +175,8 @@ impl Buffer {
             self.queued_bytes += e.cost();
             self.queue.push_front(e);
         }
+        // Their age is unknown here and at least a batch's: they go at once.
+        self.oldest_mono_ms = Some(0);
         self.in_flight = None;
     }
 
@@ -220,15 +231,15 @@ mod tests {
     fn block_hands_the_message_back_when_full_and_loses_nothing() {
         let mut b = Buffer::new(LIMIT, WhenFull::Block);
         for i in 0..10 {
-            b.admit(msg(i), 1).unwrap();
+            b.admit(msg(i), 1, 0).unwrap();
             balanced(&b);
         }
-        assert_eq!(b.admit(msg(10), 1), Err(msg(10)));
+        assert_eq!(b.admit(msg(10), 1, 0), Err(msg(10)));
         assert_eq!(b.counters.dropped_events, 0);
         let batch = b.take_batch();
         assert_eq!(batch.len(), 10);
         // Room again once the batch left the queue.
-        b.admit(msg(10), 1).unwrap();
+        b.admit(msg(10), 1, 0).unwrap();
         b.ack_sent(&batch, &Rejected::default());
         balanced(&b);
         assert_eq!(b.counters.sent_events, 10);
@@ -238,7 +249,7 @@ mod tests {
     fn drop_oldest_evicts_from_the_front_and_counts_it() {
         let mut b = Buffer::new(LIMIT, WhenFull::DropOldest);
         for i in 0..13 {
-            b.admit(msg(i), 1).unwrap();
+            b.admit(msg(i), 1, 0).unwrap();
             balanced(&b);
         }
         assert_eq!(b.counters.dropped_events, 3);
@@ -256,12 +267,12 @@ mod tests {
         // events that were neither sent nor counted.
         let mut b = Buffer::new(LIMIT, WhenFull::DropOldest);
         for i in 0..5 {
-            b.admit(msg(i), 1).unwrap();
+            b.admit(msg(i), 1, 0).unwrap();
         }
         let target = b.captured();
         let batch = b.take_batch();
         for i in 5..30 {
-            b.admit(msg(i), 1).unwrap();
+            b.admit(msg(i), 1, 0).unwrap();
             balanced(&b);
         }
         assert!(b.counters.dropped_events > 0);
@@ -276,11 +287,11 @@ mod tests {
     fn batches_leave_in_order_and_a_requeued_batch_goes_first() {
         let mut b = Buffer::new(1 << 20, WhenFull::Block);
         for i in 0..5 {
-            b.admit(msg(i), i as i64).unwrap();
+            b.admit(msg(i), i as i64, 0).unwrap();
         }
         let first = b.take_batch();
         assert!(b.take_batch().is_empty(), "one batch at a time");
-        b.admit(msg(5), 9).unwrap();
+        b.admit(msg(5), 9, 0).unwrap();
         b.requeue(first);
         balanced(&b);
         let again = b.take_batch();
@@ -296,7 +307,7 @@ mod tests {
     fn rejected_events_are_dropped_with_their_reason() {
         let mut b = Buffer::new(1 << 20, WhenFull::Block);
         for i in 0..4 {
-            b.admit(msg(i), 1).unwrap();
+            b.admit(msg(i), 1, 0).unwrap();
         }
         let batch = b.take_batch();
         let rejected = Rejected {
@@ -315,12 +326,12 @@ mod tests {
     fn readiness_by_age_fullness_and_hurry() {
         let mut b = Buffer::new(64 << 20, WhenFull::Block);
         assert_eq!(b.ready(0, 1000, false), Ready::Empty);
-        b.admit("a".into(), 10_000).unwrap();
+        b.admit("a".into(), 1_795_000_000_000, 10_000).unwrap();
         assert_eq!(b.ready(10_400, 1000, false), Ready::InMs(600));
         assert_eq!(b.ready(10_400, 1000, true), Ready::Now);
         assert_eq!(b.ready(11_000, 1000, false), Ready::Now);
         for _ in 0..lines::MAX_BATCH_EVENTS {
-            b.admit("x".into(), 10_000).unwrap();
+            b.admit("x".into(), 1_795_000_000_000, 10_000).unwrap();
         }
         assert_eq!(
             b.ready(10_000, 1000, false),
@@ -332,10 +343,28 @@ mod tests {
     }
 
     #[test]
+    fn a_wall_clock_stepped_back_an_hour_does_not_hold_a_batch() {
+        // The bug this guards: ages were wall-clock differences, so after a restore
+        // stepped the clock back an hour the sender slept for that hour.
+        let mut b = Buffer::new(64 << 20, WhenFull::Block);
+        let wall = 1_795_000_000_000;
+        b.admit("before".into(), wall, 5_000).unwrap();
+        b.admit("after".into(), wall - 3_600_000, 5_200).unwrap();
+        assert_eq!(b.ready(5_500, 1000, false), Ready::InMs(500));
+        assert_eq!(b.ready(6_000, 1000, false), Ready::Now);
+        let ts: Vec<_> = b.take_batch().iter().map(|e| e.timestamp_ms).collect();
+        assert_eq!(
+            ts,
+            [wall, wall],
+            "timestamps stay in order for PutLogEvents"
+        );
+    }
+
+    #[test]
     fn timestamps_never_go_backwards() {
         let mut b = Buffer::new(1 << 20, WhenFull::Block);
-        b.admit("a".into(), 5_000).unwrap();
-        b.admit("b".into(), 1_000).unwrap();
+        b.admit("a".into(), 5_000, 0).unwrap();
+        b.admit("b".into(), 1_000, 0).unwrap();
         let ts: Vec<_> = b.take_batch().iter().map(|e| e.timestamp_ms).collect();
         assert_eq!(ts, [5_000, 5_000]);
     }

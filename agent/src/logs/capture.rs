@@ -104,10 +104,10 @@ impl Logs {
                 // Register for progress before trying, so room freed in between is
                 // not missed.
                 let progress = self.progress.notified();
-                let now = self.clock.unix_ms();
+                let (wall, mono) = (self.clock.unix_ms(), self.clock.mono_ms());
                 let refused = {
                     let mut st = self.lock();
-                    let refused = st.buffer.admit(m, now).err();
+                    let refused = st.buffer.admit(m, wall, mono).err();
                     // A writer waits for room: what is queued goes now, not at its age.
                     st.flush_requested |= refused.is_some();
                     refused

@@ -20,7 +20,7 @@ pub mod sink;
 #[cfg(test)]
 mod tests;
 
-use crate::clock::{SystemClock, WallClock};
+use crate::clock::{Clock, SystemClock};
 use crate::config::LogsSettings;
 use buffer::Buffer;
 use capture::Reader;
@@ -81,7 +81,7 @@ pub struct Logs {
     progress: Notify,
     readers: Mutex<Vec<Arc<Reader>>>,
     sinks: SinkFactory,
-    clock: Arc<dyn WallClock>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Logs {
@@ -90,11 +90,7 @@ impl Logs {
     }
 
     /// The pipeline with its seams chosen: where batches go, and what time it is.
-    pub fn with(
-        settings: LogsSettings,
-        sinks: SinkFactory,
-        clock: Arc<dyn WallClock>,
-    ) -> Arc<Self> {
+    pub fn with(settings: LogsSettings, sinks: SinkFactory, clock: Arc<dyn Clock>) -> Arc<Self> {
         Arc::new(Logs {
             state: Mutex::new(State {
                 buffer: Buffer::new(settings.buffer_bytes, settings.when_full),

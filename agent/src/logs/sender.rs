@@ -84,8 +84,8 @@ impl Logs {
                     }
                     Some(sink) => {
                         let hurry = st.flush_requested || sink.immediate();
-                        let now = self.clock.unix_ms();
-                        let max_age = MAX_BATCH_AGE.as_millis() as i64;
+                        let now = self.clock.mono_ms();
+                        let max_age = MAX_BATCH_AGE.as_millis() as u64;
                         match st.buffer.ready(now, max_age, hurry) {
                             super::buffer::Ready::Now => {
                                 let batch = st.buffer.take_batch();
@@ -97,7 +97,7 @@ impl Logs {
                                 return (batch, sink);
                             }
                             super::buffer::Ready::InMs(ms) => {
-                                Some(Duration::from_millis(ms.max(1) as u64))
+                                Some(Duration::from_millis(ms.max(1)))
                             }
                             super::buffer::Ready::Empty => {
                                 st.flush_requested = false;

@@ -4,7 +4,7 @@
 use super::lines::Event;
 use super::sink::{Delivery, PutError, Rejected, SinkFuture};
 use super::*;
-use crate::clock::WallClock;
+use crate::clock::Clock;
 use microvm_protocol::status::WhenFull;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
@@ -65,12 +65,20 @@ impl Sink for Shared {
     }
 }
 
-/// The real clock plus an offset the test moves.
-struct TestClock(AtomicI64);
+/// The real clocks plus offsets the test moves: the wall clock either way, the
+/// monotonic one forward.
+#[derive(Default)]
+struct TestClock {
+    wall: AtomicI64,
+    mono: AtomicI64,
+}
 
-impl WallClock for TestClock {
+impl Clock for TestClock {
     fn unix_ms(&self) -> i64 {
-        crate::clock::SystemClock.unix_ms() + self.0.load(Ordering::SeqCst)
+        crate::clock::SystemClock.unix_ms() + self.wall.load(Ordering::SeqCst)
+    }
+    fn mono_ms(&self) -> u64 {
+        crate::clock::SystemClock.mono_ms() + self.mono.load(Ordering::SeqCst) as u64
     }
 }
 
@@ -82,7 +90,7 @@ struct Rig {
 
 fn rig(buffer_bytes: usize, when_full: WhenFull) -> Rig {
     let sink = Arc::new(TestSink::default());
-    let clock = Arc::new(TestClock(AtomicI64::new(0)));
+    let clock = Arc::new(TestClock::default());
     let s = sink.clone();
     let factory: SinkFactory = Box::new(move |d, _| match d {
         Destination::CloudWatch { .. } => Some(Arc::new(Shared(s.clone())) as Arc<dyn Sink>),
@@ -255,7 +263,12 @@ async fn a_batch_waits_for_its_age_unless_someone_flushes() {
     r.logs.push(lines(0..3)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(r.sink.delivered().is_empty(), "younger than a second");
-    r.clock.0.fetch_add(1_000, Ordering::SeqCst);
+    // An hour back on the wall clock changes nothing; a second on the monotonic does.
+    r.clock.wall.fetch_sub(3_600_000, Ordering::SeqCst);
+    r.logs.wake_sender.notify_one();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(r.sink.delivered().is_empty(), "still younger than a second");
+    r.clock.mono.fetch_add(1_000, Ordering::SeqCst);
     r.logs.wake_sender.notify_one();
     let t0 = Instant::now();
     while r.sink.delivered().is_empty() {
