@@ -149,7 +149,9 @@ async fn serve(args: Args, role: Role, boot: BootReport, announce_port: Option<u
     // Ingress is not vital: without it the host can still run and terminate the VM.
     match bind(&args.ingress, "ingress").await {
         Ok(l) => {
-            tokio::spawn(crate::ingress::serve(l, activity.clone()));
+            let borders =
+                crate::ingress::Borders::new(config.as_ref().ok().map(|c| c.hooks.port()));
+            tokio::spawn(crate::ingress::serve(l, activity.clone(), borders));
         }
         Err(e) => tracing::error!("ingress on {} unavailable: {e}", args.ingress),
     }

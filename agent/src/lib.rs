@@ -21,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod hooks;
+pub mod http;
 pub mod ingress;
 pub mod log;
 pub mod logs;

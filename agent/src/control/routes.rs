@@ -3,6 +3,7 @@
 use super::answer::Answer;
 use super::lifecycle::{Input, Lifecycle};
 use crate::config::{self, RequestError};
+use crate::http::{drain, DRAIN_LIMIT};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{header, Method, Request, Response, StatusCode};
@@ -100,52 +101,65 @@ pub async fn handle(
     lc: Arc<Lifecycle>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let method = req.method().clone();
-    let answer = match (route(req.uri().path()), method) {
-        (Route::Status, Method::GET) => Answer::ok(&lc.status()),
-        (Route::Events, Method::GET) => match crate::events::parse_query(req.uri().query()) {
-            Ok((after, wait)) => Answer::ok(&lc.events(after, wait).await),
-            Err(e) => ApiError::new(ErrorCode::BadRequest, e).into(),
+    let (parts, body) = req.into_parts();
+    let (answer, allow) = match (route(parts.uri.path()), &parts.method) {
+        (Route::Hook(hook), &Method::POST) => {
+            return Ok(respond(hook_request(&lc, hook, &parts.headers, body).await, None));
+        }
+        (Route::Status, &Method::GET) => (Answer::ok(&lc.status()), None),
+        (Route::Events, &Method::GET) => match crate::events::parse_query(parts.uri.query()) {
+            Ok((after, wait)) => (Answer::ok(&lc.events(after, wait).await), None),
+            Err(e) => (ApiError::new(ErrorCode::BadRequest, e).into(), None),
         },
-        (Route::Status | Route::Events, _) => {
-            return Ok(respond(
-                ApiError::new(ErrorCode::MethodNotAllowed, "use GET").into(),
-                Some("GET"),
-            ))
-        }
-        (Route::Hook(hook), Method::POST) => {
-            let declared = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > MAX_BODY as u64) {
-                too_large()
-            } else {
-                match read_body(req.into_body()).await {
-                    Err(a) => a,
-                    Ok(body) => match parse_input(hook, &body) {
-                        Err(e) => request_error(e),
-                        Ok(input) => lc.request(hook, input).await,
-                    },
-                }
-            }
-        }
-        (Route::Hook(_), _) => {
-            return Ok(respond(
-                ApiError::new(ErrorCode::MethodNotAllowed, "use POST").into(),
-                Some("POST"),
-            ))
-        }
-        (Route::NotFound, _) => ApiError::new(
-            ErrorCode::NotFound,
-            format!(
-                "no such path; use {STATUS_PATH}, {EVENTS_PATH} or {HOOK_PATH_PREFIX}{{ready,validate,run,resume,suspend,terminate}}"
-            ),
-        )
-        .into(),
+        (Route::Status | Route::Events, _) => (
+            ApiError::new(ErrorCode::MethodNotAllowed, "use GET").into(),
+            Some("GET"),
+        ),
+        (Route::Hook(_), _) => (
+            ApiError::new(ErrorCode::MethodNotAllowed, "use POST").into(),
+            Some("POST"),
+        ),
+        (Route::NotFound, _) => (
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no such path; use {STATUS_PATH}, {EVENTS_PATH} or {HOOK_PATH_PREFIX}{{ready,validate,run,resume,suspend,terminate}}"
+                ),
+            )
+            .into(),
+            None,
+        ),
     };
-    Ok(respond(answer, None))
+    drain(body).await;
+    Ok(respond(answer, allow))
+}
+
+/// A hook request: its body within the limits, parsed, then the lifecycle.
+async fn hook_request(
+    lc: &Arc<Lifecycle>,
+    hook: Hook,
+    headers: &header::HeaderMap,
+    body: Incoming,
+) -> Answer {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > MAX_BODY as u64) {
+        // Decided before reading; a body small enough to drain is read first so the
+        // client sees the 413 instead of a reset.
+        if n <= DRAIN_LIMIT as u64 {
+            drain(body).await;
+        }
+        return too_large();
+    }
+    match read_body(body).await {
+        Err(a) => a,
+        Ok(body) => match parse_input(hook, &body) {
+            Err(e) => request_error(e),
+            Ok(input) => lc.request(hook, input).await,
+        },
+    }
 }
 
 #[cfg(test)]

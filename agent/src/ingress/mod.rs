@@ -11,12 +11,14 @@
 //! not HTTP are forwarded as byte streams to port 8080. A port nobody listens on is
 //! 502 for HTTP and a closed connection otherwise.
 
+mod borders;
 mod leases;
 mod proxy;
 mod route;
 mod sniff;
 mod stream;
 
+pub use borders::Borders;
 pub use leases::serve_leases;
 pub use route::route;
 pub use sniff::{sniff, Kind};
@@ -30,7 +32,7 @@ use std::time::Duration;
 use stream::ClientStream;
 use tokio::io::AsyncReadExt;
 
-async fn connection(stream: Stream, activity: Arc<Activity>) {
+async fn connection(stream: Stream, activity: Arc<Activity>, borders: Arc<Borders>) {
     let mut client = ClientStream::new(stream, activity.clone());
     let mut prefix = Vec::new();
     let mut buf = [0u8; 64];
@@ -48,7 +50,9 @@ async fn connection(stream: Stream, activity: Arc<Activity>) {
     let io = client;
     match kind {
         Kind::Http1 => {
-            let svc = hyper::service::service_fn(move |req| proxy::proxy(req, activity.clone()));
+            let svc = hyper::service::service_fn(move |req| {
+                proxy::proxy(req, activity.clone(), borders.clone())
+            });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
@@ -56,16 +60,20 @@ async fn connection(stream: Stream, activity: Arc<Activity>) {
                 .with_upgrades()
                 .await;
         }
-        _ => proxy::stream_to_app(io).await,
+        _ => match borders.stream_refusal() {
+            Some(why) => tracing::warn!("ingress stream refused: {why}"),
+            None => proxy::stream_to_app(io).await,
+        },
     }
 }
 
 /// Accept forwarded client connections for as long as the agent lives.
-pub async fn serve(listener: Listener, activity: Arc<Activity>) {
+pub async fn serve(listener: Listener, activity: Arc<Activity>, borders: Borders) {
+    let borders = Arc::new(borders);
     loop {
         match listener.accept().await {
             Ok(s) => {
-                tokio::spawn(connection(s, activity.clone()));
+                tokio::spawn(connection(s, activity.clone(), borders.clone()));
             }
             Err(e) => {
                 tracing::warn!("ingress accept: {e}");

@@ -1,9 +1,11 @@
 //! Forwarding to the application: HTTP/1.1 request by request (WebSocket upgrades
 //! spliced), everything else as a byte stream to the default port.
 
+use super::borders::Borders;
 use super::route::{is_websocket, route};
 use super::stream::ClientStream;
 use crate::activity::Activity;
+use crate::http::drain;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -25,30 +27,41 @@ fn plain(status: StatusCode, msg: String) -> Response<Body> {
     r
 }
 
+/// An error answer, once the client has finished sending its body.
+async fn refuse(req: Request<Incoming>, status: StatusCode, msg: String) -> Response<Body> {
+    drain(req.into_body()).await;
+    plain(status, msg)
+}
+
 pub async fn proxy(
     mut req: Request<Incoming>,
     activity: Arc<Activity>,
+    borders: Arc<Borders>,
 ) -> Result<Response<Body>, Infallible> {
     // A request in flight is activity until its answer's head is back.
     let _busy = activity.busy();
     let port = match route(req.headers_mut()) {
         Ok(p) => p,
-        Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, e)),
+        Err(e) => return Ok(refuse(req, StatusCode::BAD_REQUEST, e).await),
     };
+    if let Some(why) = borders.refusal(req.uri().path(), port) {
+        return Ok(refuse(req, StatusCode::FORBIDDEN, why).await);
+    }
     let stream = match TcpStream::connect(("127.0.0.1", port)).await {
         Ok(s) => s,
         Err(e) => {
-            return Ok(plain(
-                StatusCode::BAD_GATEWAY,
-                format!("nothing is listening on port {port} in the MicroVM: {e}"),
-            ))
+            let msg = format!("nothing is listening on port {port} in the MicroVM: {e}");
+            return Ok(refuse(req, StatusCode::BAD_GATEWAY, msg).await);
         }
     };
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(x) => x,
-        Err(e) => return Ok(plain(StatusCode::BAD_GATEWAY, format!("port {port}: {e}"))),
+        Err(e) => {
+            let msg = format!("port {port}: {e}");
+            return Ok(refuse(req, StatusCode::BAD_GATEWAY, msg).await);
+        }
     };
     tokio::spawn(conn.with_upgrades());
     let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
