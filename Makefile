@@ -34,23 +34,25 @@ app:
 rootfs: build app
 	rootfs/build.sh $(AGENT) $(APP) rootfs/example/image.json $(IMAGE)
 
-test:
+# The real-guest suite needs the image: a test run never skips it for want of one.
+test: rootfs
 	$(CARGO) test --workspace --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Boot the example image in QEMU and play run-microvm against it.
+# Boot the example image in QEMU and play run-microvm against it (the runner is its
+# own crate: `cargo install --path microvm-local` puts it on PATH).
 run: rootfs
-	$(CARGO) build -q -p microvm-tests --bin microvm-local
+	$(CARGO) build -q -p microvm-local
 	target/debug/microvm-local run-microvm --image-identifier $(IMAGE) \
 	  --run-hook-payload "$${PAYLOAD:-hello from the host}" \
 	  --then status,suspend,sleep=2,resume,terminate
 
 bench: rootfs
 	$(CARGO) build --release -p hook-sdk --example recorder --example echo
-	$(CARGO) run --release -q -p microvm-tests --bin bench -- --agent $(AGENT) --app target/release/examples/recorder --image $(IMAGE)
+	$(CARGO) run --release -q -p microvm-bench -- --agent $(AGENT) --app target/release/examples/recorder --image $(IMAGE)
 
 clean:
 	$(CARGO) clean

@@ -38,6 +38,19 @@ pub use microvm_protocol::RunHookBody as RunRequest;
 pub use microvm_protocol::{Hook, HOOK_PATH_PREFIX};
 /// The `/run` body is at most a 16,384-byte payload plus its envelope.
 const MAX_BODY: usize = 128 * 1024;
+/// Pause after a failed accept (EMFILE and the like) before accepting again.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Read (and discard) what is left of a request body before an error answer, bounded:
+/// a client that sends its body after the headers must see the answer, not a reset.
+async fn drain<B>(body: B)
+where
+    B: Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limited = Limited::new(body, MAX_BODY).collect();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), limited).await;
+}
 
 /// What a hook answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,8 +164,6 @@ pub enum Error {
     Lease { port: u16, source: std::io::Error },
     #[error("cannot listen on 0.0.0.0:{port} for hooks: {source} (is the port in use? it must match hooks.port of the image config)")]
     Bind { port: u16, source: std::io::Error },
-    #[error("accepting hook connections: {0}")]
-    Accept(std::io::Error),
 }
 
 fn reply(status: u16, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -203,9 +214,11 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let Some(hook) = Hook::from_path(req.uri().path()) else {
+        drain(req.into_body()).await;
         return reply(404, serde_json::json!({"message": "not a hook path"}));
     };
     if req.method() != Method::POST {
+        drain(req.into_body()).await;
         let mut r = reply(405, serde_json::json!({"message": "hooks are POST"}));
         r.headers_mut().insert(
             hyper::header::ALLOW,
@@ -331,9 +344,18 @@ impl Server {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         tokio::pin!(shutdown);
         loop {
-            let (stream, _) = tokio::select! {
-                r = self.listener.accept() => r.map_err(Error::Accept)?,
+            let accepted = tokio::select! {
+                r = self.listener.accept() => r,
                 _ = &mut shutdown => break,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    // Out of descriptors (EMFILE) or a connection aborted before it
+                    // was accepted: pause and go on; the agent will call again.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let conn = hyper::server::conn::http1::Builder::new()
@@ -479,5 +501,43 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("hooks.port"), "{err}");
+    }
+
+    /// A client that sends the body after the headers, then a pause: every error
+    /// answer must reach it (not a reset because the server closed while it sent).
+    async fn late_body(port: u16, method: &str, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let body = vec![b'x'; 60_000];
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // In pieces, as a client writing from a file does: a server that closed
+        // without reading answers the first piece with a reset, the next one fails.
+        for piece in body.chunks(15_000) {
+            s.write_all(piece).await.expect("the body is still wanted");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn error_answers_reach_a_client_that_sends_its_body_late() {
+        let server = Server::bind(0).await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        struct App;
+        impl Hooks for App {}
+        tokio::spawn(server.serve(App));
+        let a = late_body(port, "POST", "/nope").await;
+        assert!(a.starts_with("HTTP/1.1 404"), "{a:?}");
+        let a = late_body(port, "PUT", "/aws/lambda-microvms/runtime/v1/run").await;
+        assert!(a.starts_with("HTTP/1.1 405"), "{a:?}");
     }
 }

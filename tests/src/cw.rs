@@ -52,14 +52,16 @@ impl Moto {
 
     /// One CloudWatch Logs API call (moto checks no signature, only the scope).
     pub fn call(&self, action: &str, body: &Value) -> Value {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let body = body.to_string();
-        let req = format!(
-            "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Amz-Target: Logs_20140328.{action}\r\nContent-Type: application/x-amz-json-1.1\r\nAuthorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/logs/aws4_request, SignedHeaders=host, Signature=0\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let r = crate::read_reply(&mut BufReader::new(s)).unwrap();
+        let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let target = format!("Logs_20140328.{action}");
+        let headers = [
+            ("Host", "127.0.0.1"),
+            ("X-Amz-Target", target.as_str()),
+            ("Content-Type", "application/x-amz-json-1.1"),
+            ("Authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/logs/aws4_request, SignedHeaders=host, Signature=0"),
+        ];
+        let r = microvm_local::http::send(s, "POST", "/", &headers, body.to_string().as_bytes())
+            .unwrap();
         serde_json::from_slice(&r.body).unwrap_or(Value::Null)
     }
 

@@ -4,20 +4,25 @@
 //! namespaces (`unshare`, as root), with its control channel on a Unix socket, and
 //! talks HTTP/1.1 to it like the host does over vsock. Sockets and files live under
 //! `target/nstest/`, never in /tmp or /run, which the agent mounts fresh.
+//!
+//! A real guest (QEMU) and the HTTP client come from the runner's library,
+//! `microvm_local` (`vm`, `http`); the wire contract's constants from
+//! `microvm_protocol`.
 
 pub mod cw;
-pub mod runcli;
-pub mod vm;
 
+pub use microvm_local::host::{entropy_b64, now_nanos};
+pub use microvm_local::http::Reply;
+pub use microvm_protocol::HOOK_PATH_PREFIX as HOOK_PREFIX;
+
+use microvm_protocol::ports;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-pub const HOOK_PREFIX: &str = "/aws/lambda-microvms/runtime/v1/";
 
 /// The workspace's target directory.
 pub fn target_dir() -> PathBuf {
@@ -98,26 +103,28 @@ pub fn bins() -> &'static Bins {
     })
 }
 
-/// The host's wall clock, for `clock.unixTimeNanos`.
-pub fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-/// 48 bytes of host randomness, base64, for `entropy`.
-pub fn entropy_b64() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 48];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
-    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    b.chunks(3)
-        .flat_map(|c| {
-            let n = (c[0] as u32) << 16 | (c[1] as u32) << 8 | c[2] as u32;
-            (0..4).map(move |i| A[(n >> (18 - 6 * i) & 63) as usize] as char)
-        })
-        .collect()
+/// The runner binary (`microvm-local`, debug), built once per test process: it
+/// lives in its own crate, so Cargo does not hand its path to these suites.
+pub fn runner() -> &'static Path {
+    static RUNNER: OnceLock<PathBuf> = OnceLock::new();
+    RUNNER.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new(cargo)
+            .current_dir(&ws)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "microvm-local",
+                "--bin",
+                "microvm-local",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building microvm-local failed");
+        target_dir().join("debug").join("microvm-local")
+    })
 }
 
 /// Raise this process's soft descriptor limit to the hard one (tests open many).
@@ -145,10 +152,19 @@ pub fn is_root() -> bool {
 macro_rules! require_root {
     () => {
         if !$crate::is_root() {
-            eprintln!("SKIPPED: needs root to create PID/mount/UTS/net namespaces with unshare");
+            $crate::skip("needs root to create PID/mount/UTS/net namespaces with unshare");
             return;
         }
     };
+}
+
+/// A suite that cannot run here says why and passes, except in CI (`CI=true`),
+/// where a skipped suite would hide that nothing was tested: there it fails.
+pub fn skip(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("cannot run under CI=true: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
 }
 
 /// A fresh directory for one guest, under target/nstest.
@@ -189,7 +205,7 @@ pub fn recorder_config(dir: &Path, hooks: Value, env: &[(&str, &str)]) -> Value 
 /// Every runtime and image-build hook ENABLED, with the given runtime timeout.
 pub fn all_hooks(timeout_s: u64) -> Value {
     serde_json::json!({
-        "port": 9000,
+        "port": ports::DEFAULT_HOOKS,
         "microvmImageHooks": {"ready": "ENABLED", "readyTimeoutInSeconds": timeout_s,
                               "validate": "ENABLED", "validateTimeoutInSeconds": timeout_s},
         "microvmHooks": {"run": "ENABLED", "runTimeoutInSeconds": timeout_s,
@@ -199,26 +215,10 @@ pub fn all_hooks(timeout_s: u64) -> Value {
     })
 }
 
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Read one HTTP/1.1 response (Content-Length framed, as the agent always answers).
+/// Read one HTTP/1.1 response (Content-Length framed, as the agent always answers)
+/// off a raw stream, leaving whatever follows it unread. For suites that write
+/// requests by hand to probe the wire (pipelining, upgrades, stalled clients,
+/// malformed requests); a plain request goes through [`http`].
 pub fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
     let mut line = String::new();
     r.read_line(&mut line)?;
@@ -252,22 +252,34 @@ pub fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
     })
 }
 
-/// One request on a fresh connection to a Unix socket.
-pub fn http(sock: &Path, method: &str, path: &str, body: &[u8]) -> std::io::Result<Reply> {
-    let mut s = UnixStream::connect(sock)?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    // A server may answer (413) and close before taking the whole body: read the
-    // answer anyway, as curl does.
-    let sent = s.write_all(body);
-    match read_reply(&mut BufReader::new(s)) {
-        Ok(r) => Ok(r),
-        Err(e) => Err(sent.err().unwrap_or(e)),
+/// A client that sends the headers, pauses, then the body in pieces (as Python's
+/// `http.client` and anything writing from a file do), then reads the answer. A
+/// server that answers an error and closes without reading the body makes the second
+/// piece fail with a broken pipe, and the client never sees the status.
+pub fn late_body(
+    mut s: impl Read + Write,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body_len: usize,
+) -> std::io::Result<Reply> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
+    head.push_str(&format!("Content-Length: {body_len}\r\n\r\n"));
+    s.write_all(head.as_bytes())?;
+    std::thread::sleep(Duration::from_millis(200));
+    for piece in vec![b'x'; body_len].chunks(16 * 1024) {
+        s.write_all(piece)?;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    read_reply(&mut BufReader::new(s))
+}
+
+/// One request on a fresh connection to a Unix socket (the runner library's client).
+pub fn http(sock: &Path, method: &str, path: &str, body: &[u8]) -> std::io::Result<Reply> {
+    microvm_local::http::send(UnixStream::connect(sock)?, method, path, &[], body)
 }
 
 /// How to start a guest beyond its image config.

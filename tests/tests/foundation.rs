@@ -531,3 +531,26 @@ fn journal_entries(mut b: &[u8]) -> Vec<std::collections::BTreeMap<String, Strin
     }
     out
 }
+
+#[test]
+fn error_answers_reach_a_client_that_sends_its_body_late() {
+    require_root!();
+    let dir = scratch("latebody");
+    let g = Guest::start_in(dir.clone(), &recorder_config(&dir, run_only(5), &[]));
+    let sock = g.dir.join("control.sock");
+    let connect = || std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let run = format!("{HOOK_PREFIX}run");
+    for (method, path, len, want) in [
+        ("POST", "/nope", 50_000, 404),
+        ("POST", "/v1/status", 50_000, 405),
+        ("PUT", run.as_str(), 50_000, 405),
+        // Refused from Content-Length alone, but small enough to be read first.
+        ("POST", run.as_str(), 300 * 1024, 413),
+    ] {
+        let r = late_body(connect(), method, path, &[], len)
+            .unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}"));
+        assert_eq!(r.status, want, "{method} {path}");
+        assert!(r.json()["error"].is_string(), "{method} {path}");
+    }
+    assert!(g.calls("run").is_empty());
+}

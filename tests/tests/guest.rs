@@ -4,7 +4,7 @@
 //! Skipped, with the reason, when QEMU, the backend or the image are missing; CI
 //! installs and builds all three (`make setup rootfs`) so there it always runs.
 
-use microvm_tests::vm::{tools_available, Image, Vm, VmOpts};
+use microvm_local::vm::{tools_available, Image, Vm, VmOpts};
 use microvm_tests::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -12,14 +12,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn image() -> Option<Image> {
     if let Err(e) = tools_available() {
-        eprintln!("SKIPPED: {e}");
+        skip(&e);
         return None;
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/example");
     match Image::open(&dir) {
         Ok(i) => Some(i),
         Err(e) => {
-            eprintln!("SKIPPED: {e}");
+            skip(&format!("{e} (make rootfs builds it)"));
             None
         }
     }
@@ -186,7 +186,7 @@ fn the_runner_takes_run_microvm_parameters_and_cleans_up() {
         return;
     }
     let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/example");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
+    let out = std::process::Command::new(runner())
         .args(["run-microvm", "--image-identifier"])
         .arg(&img)
         .args([
@@ -254,7 +254,7 @@ fn the_runner_leaves_no_qemu_or_backend_behind_when_killed() {
     }
     let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/example");
     for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
+        let mut child = std::process::Command::new(runner())
             .args(["run-microvm", "--image-identifier"])
             .arg(&img)
             .stdout(std::process::Stdio::piped())
@@ -286,7 +286,7 @@ fn the_runner_leaves_no_qemu_or_backend_behind_when_killed() {
 #[test]
 fn the_runner_validates_like_the_cli() {
     let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
+        std::process::Command::new(runner())
             .arg("run-microvm")
             .args(args)
             .output()
@@ -353,7 +353,7 @@ fn idle_runner(
     policy: &str,
     extra: &[&str],
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_microvm-local"))
+    let mut child = std::process::Command::new(runner())
         .args(["run-microvm", "--image-identifier"])
         .arg(img)
         .args(["--idle-policy", policy, "--test-min-idle-seconds", "0"])
@@ -366,12 +366,11 @@ fn idle_runner(
     (child, rx)
 }
 
-fn http_get(port: u16, path: &str, headers: &str) -> (u16, Value) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: mvm\r\n{headers}Connection: close\r\n\r\n");
-    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
-    let r = read_reply(&mut std::io::BufReader::new(s)).unwrap();
+fn http_get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut h = vec![("Host", "mvm")];
+    h.extend_from_slice(headers);
+    let r = microvm_local::http::send(s, "GET", path, &h, b"").unwrap();
     (r.status, r.json())
 }
 
@@ -404,7 +403,7 @@ fn ingress_over_vsock_and_an_idle_policy_that_suspends_and_resumes() {
     let (st, v) = http_get(
         port,
         "/hello",
-        "X-aws-proxy-port: 8080\r\nX-aws-proxy-auth: tok\r\n",
+        &[("X-aws-proxy-port", "8080"), ("X-aws-proxy-auth", "tok")],
     );
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["port"], 8080);
@@ -427,7 +426,7 @@ fn ingress_over_vsock_and_an_idle_policy_that_suspends_and_resumes() {
     assert!(s.contains("\"status\":200"), "{s}");
 
     // The next client connection resumes it, and is answered once /resume answered.
-    let (st, v) = http_get(port, "/after-resume", "");
+    let (st, v) = http_get(port, "/after-resume", &[]);
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["path"], "/after-resume");
     let r = wait_line(

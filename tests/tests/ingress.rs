@@ -393,3 +393,57 @@ fn no_idle_policy_reports_nothing() {
     assert_eq!(g.hook("run", r#"{"microvmId":"m"}"#).status, 200);
     assert!(types(&events(&g, 0, 2)).is_empty());
 }
+
+#[test]
+fn ingress_never_reaches_the_hooks_or_the_agents_ports() {
+    require_root!();
+    let g = echo_guest("borders", false);
+    // The hook paths, on any port and in any spelling: a forged /run or /terminate
+    // must never reach the application (the echo app would answer 200).
+    for (path, port) in [
+        ("/aws/lambda-microvms/runtime/v1/run", "8080"),
+        ("//aws//lambda-microvms/runtime/v1/terminate", "8081"),
+        ("/AWS/lambda-microvms/runtime/v1/suspend", "9090"),
+        ("/%61ws/lambda-microvms/runtime/v1/resume", "8080"),
+    ] {
+        let mut s = ingress(&g);
+        let req = request(path, &[("X-aws-proxy-port", port), ("Connection", "close")]);
+        s.write_all(req.as_bytes()).unwrap();
+        let r = read_reply(&mut BufReader::new(s)).unwrap();
+        assert_eq!(r.status, 403, "{path} on {port}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("lifecycle hooks"),
+            "{path}: {:?}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // The image's hooks port and the keep-awake lease port.
+    for port in ["9000", "9001"] {
+        let mut s = ingress(&g);
+        s.write_all(
+            request("/", &[("X-aws-proxy-port", port), ("Connection", "close")]).as_bytes(),
+        )
+        .unwrap();
+        let r = read_reply(&mut BufReader::new(s)).unwrap();
+        assert_eq!(r.status, 403, "port {port}");
+        assert!(String::from_utf8_lossy(&r.body).contains(&format!("port {port}")));
+    }
+    assert_eq!(g.status()["activity"]["busy"], false, "no lease was taken");
+    // Ordinary traffic still flows.
+    assert_eq!(get(&g, "/fine", &[]).0, 200);
+}
+
+#[test]
+fn ingress_errors_reach_a_client_that_sends_its_body_late() {
+    require_root!();
+    let g = echo_guest("latebody", false);
+    for (headers, want) in [
+        (vec![("X-aws-proxy-port", "7777")], 502),
+        (vec![("X-aws-proxy-port", "notaport")], 400),
+        (vec![("X-aws-proxy-port", "9001")], 403),
+    ] {
+        let r = late_body(ingress(&g), "POST", "/upload", &headers, 100_000)
+            .unwrap_or_else(|e| panic!("{headers:?}: no answer: {e}"));
+        assert_eq!(r.status, want, "{headers:?}");
+    }
+}

@@ -14,7 +14,7 @@ macro_rules! require_moto {
     () => {
         require_root!();
         if microvm_tests::cw::moto_binary().is_none() {
-            eprintln!("SKIPPED: moto is not installed (make setup)");
+            microvm_tests::skip("moto is not installed (make setup)");
             return;
         }
     };

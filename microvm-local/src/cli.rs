@@ -1,0 +1,462 @@
+//! The command line (clap), with the AWS CLI's wording and exit codes where clap's
+//! differ: usage errors are `aws: error: ...` with exit 252, constraint failures
+//! `Parameter validation failed:` with exit 255; `--help` and `--version` exit 0.
+
+use crate::params::{self, CliError, Invocation, RunArgs};
+use clap::error::{ContextKind, ErrorKind};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value};
+use std::ffi::OsString;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "microvm-local",
+    version,
+    about = "Plays `aws lambda-microvms run-microvm` locally: boots an image under QEMU and drives its agent over vsock",
+    // Like the AWS CLI: a repeated option takes its last value.
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    operation: Operation,
+}
+
+#[derive(Debug, Subcommand)]
+enum Operation {
+    /// Boot an image, run its hooks, and print the RunMicrovm output.
+    #[command(name = "run-microvm")]
+    RunMicrovm(RunMicrovm),
+}
+
+// Every value is taken as given, even when it starts with '-' (a payload may).
+#[derive(Debug, Args)]
+struct RunMicrovm {
+    /// Image directory (rootfs.ext4 + vmlinuz, as `make rootfs` writes it) or rootfs path.
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true)]
+    image_identifier: Option<String>,
+    /// Accepted and echoed; no credentials are minted locally.
+    #[arg(long, value_name = "ARN", allow_hyphen_values = true)]
+    execution_role_arn: Option<String>,
+    /// JSON or shorthand: maxIdleDurationSeconds=N,suspendedDurationSeconds=N,autoResumeEnabled=BOOL.
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
+    idle_policy: Option<String>,
+    /// JSON or shorthand: disabled={} | cloudWatch={logGroup=G,logStream=S}.
+    #[arg(long, value_name = "VALUE", allow_hyphen_values = true)]
+    logging: Option<String>,
+    /// The string the application's /run hook receives.
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    run_hook_payload: Option<String>,
+    /// The MicroVM is terminated after this long (1-28800).
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true)]
+    maximum_duration_in_seconds: Option<i64>,
+    /// Accepted and echoed (idempotency is the platform's).
+    #[arg(long, value_name = "TOKEN", allow_hyphen_values = true)]
+    client_token: Option<String>,
+    /// Parameters as JSON (or file://PATH); options given as well override it.
+    #[arg(long, value_name = "JSON", allow_hyphen_values = true)]
+    cli_input_json: Option<String>,
+    /// Print a parameter (input) or output skeleton and exit.
+    #[arg(
+        long,
+        value_name = "input|output",
+        num_args = 0..=1,
+        default_missing_value = "input",
+        value_parser = ["input", "output"]
+    )]
+    generate_cli_skeleton: Option<String>,
+    /// Actions after the run, in order: suspend, resume, terminate, status, sleep=N.
+    #[arg(long, value_name = "ACTION,...", allow_hyphen_values = true)]
+    then: Option<String>,
+    /// Read actions from stdin, one a line (and quit).
+    #[arg(long)]
+    interactive: bool,
+    /// Terminate the MicroVM after this many seconds, whatever happens.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900)]
+    timeout: u64,
+    /// Host TCP port of the MicroVM's endpoint (default: any free port).
+    #[arg(
+        long,
+        value_name = "PORT",
+        default_value_t = 0,
+        hide_default_value = true
+    )]
+    endpoint_port: u16,
+    /// Test only: lowers the agent's minimum idle duration.
+    #[arg(long, value_name = "SECONDS", hide = true)]
+    test_min_idle_seconds: Option<u64>,
+}
+
+/// Parse a whole command line (program name first).
+pub fn parse_from<I, T>(argv: I) -> Result<Invocation, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(argv).map_err(clap_error)?;
+    let Operation::RunMicrovm(a) = cli.operation;
+    if let Some(kind) = a.generate_cli_skeleton {
+        return Ok(Invocation::Skeleton(kind));
+    }
+    let mut request = match &a.cli_input_json {
+        Some(v) => params::cli_input(v)?,
+        None => Map::new(),
+    };
+    let strings = [
+        ("imageIdentifier", &a.image_identifier),
+        ("executionRoleArn", &a.execution_role_arn),
+        ("runHookPayload", &a.run_hook_payload),
+        ("clientToken", &a.client_token),
+    ];
+    for (member, v) in strings {
+        if let Some(v) = v {
+            request.insert(member.into(), Value::String(v.clone()));
+        }
+    }
+    for (member, flag, v) in [
+        ("idlePolicy", "--idle-policy", &a.idle_policy),
+        ("logging", "--logging", &a.logging),
+    ] {
+        if let Some(v) = v {
+            request.insert(member.into(), params::structure(flag, v)?);
+        }
+    }
+    if let Some(n) = a.maximum_duration_in_seconds {
+        request.insert("maximumDurationInSeconds".into(), Value::from(n));
+    }
+    let args = RunArgs {
+        request,
+        then: a
+            .then
+            .map(|t| t.split(',').map(str::to_string).collect())
+            .unwrap_or_default(),
+        interactive: a.interactive,
+        timeout_s: a.timeout,
+        endpoint_port: a.endpoint_port,
+        test_min_idle_seconds: a.test_min_idle_seconds,
+        ..RunArgs::default()
+    };
+    params::finish(args).map(|a| Invocation::Run(Box::new(a)))
+}
+
+/// clap's errors in the AWS CLI's words.
+fn clap_error(e: clap::Error) -> CliError {
+    let context = |kind| e.get(kind).map(|v| v.to_string()).unwrap_or_default();
+    // clap names an option with its value placeholder (`--timeout <SECONDS>`).
+    let arg = context(ContextKind::InvalidArg)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let value = context(ContextKind::InvalidValue);
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => CliError::Info(e.to_string()),
+        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            CliError::Operation("the following arguments are required: operation".into())
+        }
+        ErrorKind::InvalidSubcommand => CliError::Operation(format!(
+            "argument operation: Invalid choice: '{}', valid choices are: run-microvm",
+            context(ContextKind::InvalidSubcommand)
+        )),
+        ErrorKind::UnknownArgument => CliError::Usage(format!("Unknown options: {arg}")),
+        ErrorKind::InvalidValue if value.is_empty() => {
+            CliError::Usage(format!("argument {arg}: expected one argument"))
+        }
+        ErrorKind::InvalidValue => CliError::Usage(format!(
+            "argument {arg}: Invalid choice: '{value}', valid choices are: {}",
+            context(ContextKind::ValidValue).replace(", ", " | ")
+        )),
+        // Every validated value is a number.
+        ErrorKind::ValueValidation => {
+            CliError::Usage(format!("argument {arg}: invalid int value: '{value}'"))
+        }
+        _ => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            CliError::Usage(first.trim_start_matches("error: ").to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn p(a: &[&str]) -> Result<RunArgs, CliError> {
+        let argv = ["microvm-local", "run-microvm"].iter().chain(a);
+        match parse_from(argv)? {
+            Invocation::Run(r) => Ok(*r),
+            Invocation::Skeleton(k) => panic!("skeleton {k}"),
+        }
+    }
+
+    fn top(a: &[&str]) -> Result<Invocation, CliError> {
+        parse_from(["microvm-local"].iter().chain(a))
+    }
+
+    #[test]
+    fn options_override_cli_input_json() {
+        let a = p(&[
+            "--cli-input-json",
+            r#"{"imageIdentifier":"img","runHookPayload":"from-json","maximumDurationInSeconds":60}"#,
+            "--run-hook-payload",
+            "from-flag",
+            "--idle-policy",
+            "maxIdleDurationSeconds=120",
+        ])
+        .unwrap();
+        assert_eq!(a.request["runHookPayload"], "from-flag");
+        assert_eq!(a.request["maximumDurationInSeconds"], 60);
+        assert_eq!(
+            a.request["idlePolicy"],
+            json!({"maxIdleDurationSeconds":120})
+        );
+        assert_eq!(a.envelope.run_hook_payload, "from-flag");
+        assert_eq!(a.envelope.maximum_duration_in_seconds, Some(60));
+        assert_eq!(a.timeout_s, 900);
+    }
+
+    #[test]
+    fn runner_options() {
+        let a = p(&[
+            "--image-identifier",
+            "i",
+            "--then",
+            "status,sleep=1,terminate",
+            "--interactive",
+            "--timeout",
+            "5",
+            "--endpoint-port",
+            "8123",
+            "--test-min-idle-seconds",
+            "0",
+            "--idle-policy",
+            "maxIdleDurationSeconds=2",
+        ])
+        .unwrap();
+        assert_eq!(a.then, ["status", "sleep=1", "terminate"]);
+        assert!(a.interactive);
+        assert_eq!((a.timeout_s, a.endpoint_port), (5, 8123));
+        assert_eq!(a.test_min_idle_seconds, Some(0));
+        // A repeated option takes its last value, as with the AWS CLI.
+        let a = p(&["--image-identifier", "a", "--image-identifier", "b"]).unwrap();
+        assert_eq!(a.request["imageIdentifier"], "b");
+        // A value may start with '-'.
+        let a = p(&["--image-identifier", "i", "--run-hook-payload", "--x"]).unwrap();
+        assert_eq!(a.request["runHookPayload"], "--x");
+    }
+
+    #[test]
+    fn constraints_with_the_cli_wording() {
+        let e = p(&["--run-hook-payload", "x"]).unwrap_err();
+        assert_eq!(e.exit_code(), 255);
+        assert!(e.to_string().contains("Parameter validation failed:\nMissing required parameter in input: \"imageIdentifier\""), "{e}");
+        let big = "x".repeat(16_385);
+        let e = p(&["--image-identifier", "i", "--run-hook-payload", &big]).unwrap_err();
+        assert!(e.to_string().contains("Invalid length for parameter runHookPayload, value: 16385, valid max length: 16384"), "{e}");
+        let ok = "x".repeat(16_384);
+        let a = p(&["--image-identifier", "i", "--run-hook-payload", &ok]).unwrap();
+        assert_eq!(a.warnings.len(), 1);
+        assert!(a.warnings[0].contains("4096"));
+        assert!(p(&[
+            "--image-identifier",
+            "i",
+            "--run-hook-payload",
+            &"x".repeat(4096)
+        ])
+        .unwrap()
+        .warnings
+        .is_empty());
+        for (d, ok) in [
+            ("0", false),
+            ("1", true),
+            ("28800", true),
+            ("28801", false),
+            ("-5", false),
+        ] {
+            let r = p(&[
+                "--image-identifier",
+                "i",
+                "--maximum-duration-in-seconds",
+                d,
+            ]);
+            assert_eq!(r.is_ok(), ok, "{d}");
+            if let Err(e) = r {
+                assert_eq!(e.exit_code(), 255, "{d}: {e}");
+            }
+        }
+        let e = p(&[
+            "--image-identifier",
+            "i",
+            "--maximum-duration-in-seconds",
+            "ten",
+        ])
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 252);
+        assert_eq!(
+            e.to_string(),
+            "aws: error: argument --maximum-duration-in-seconds: invalid int value: 'ten'"
+        );
+        let e = p(&[
+            "--image-identifier",
+            "i",
+            "--idle-policy",
+            "maxIdleDurationSeconds=59",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("valid min value: 60"), "{e}");
+        let e = p(&[
+            "--image-identifier",
+            "i",
+            "--idle-policy",
+            "suspendedDurationSeconds=5",
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("Missing required parameter in idlePolicy"),
+            "{e}"
+        );
+        let e = p(&[
+            "--image-identifier",
+            "i",
+            "--logging",
+            "disabled={},cloudWatch={}",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("exactly one of"), "{e}");
+        let e = p(&["--image-identifier", "i", "--execution-role-arn", "role"]).unwrap_err();
+        assert!(e.to_string().contains("executionRoleArn"), "{e}");
+        assert!(p(&[
+            "--image-identifier",
+            "i",
+            "--execution-role-arn",
+            "arn:aws:iam::123456789012:role/x"
+        ])
+        .is_ok());
+        let e = p(&[
+            "--image-identifier",
+            "i",
+            "--client-token",
+            &"t".repeat(129),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("clientToken"), "{e}");
+        let e = p(&[
+            "--cli-input-json",
+            r#"{"imageIdentifier":"i","color":"red"}"#,
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("Unknown parameter in input: \"color\""),
+            "{e}"
+        );
+        let e = p(&["--cli-input-json", "[1]"]).unwrap_err();
+        assert_eq!(e.exit_code(), 252);
+        assert!(e.to_string().contains("Invalid JSON received"), "{e}");
+        let e = p(&["--idle-policy", "{bad"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("Error parsing parameter '--idle-policy': Invalid JSON"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn clap_errors_in_the_cli_words_with_exit_252() {
+        let e = p(&["--frobnicate"]).unwrap_err();
+        assert_eq!(e, CliError::Usage("Unknown options: --frobnicate".into()));
+        assert_eq!(e.exit_code(), 252);
+        assert_eq!(e.to_string(), "aws: error: Unknown options: --frobnicate");
+        let e = p(&["--image-identifier", "i", "stray"]).unwrap_err();
+        assert_eq!(e.to_string(), "aws: error: Unknown options: stray");
+        let e = p(&["--image-identifier"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "aws: error: argument --image-identifier: expected one argument"
+        );
+        assert_eq!(e.exit_code(), 252);
+        let e = p(&["--image-identifier", "i", "--timeout", "soon"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "aws: error: argument --timeout: invalid int value: 'soon'"
+        );
+        let e = p(&["--image-identifier", "i", "--endpoint-port", "70000"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "aws: error: argument --endpoint-port: invalid int value: '70000'"
+        );
+        let e = p(&["--generate-cli-skeleton", "yaml"]).unwrap_err();
+        assert_eq!(e.exit_code(), 252);
+        assert!(e.to_string().contains("input | output"), "{e}");
+        for argv in [&["frobnicate"][..], &[]] {
+            let e = top(argv).unwrap_err();
+            assert_eq!(e.exit_code(), 252, "{argv:?}");
+            let text = e.to_string();
+            assert!(text.starts_with(params::USAGE), "{text}");
+            assert!(text.contains("aws: error: "), "{text}");
+        }
+        assert!(top(&["frobnicate"])
+            .unwrap_err()
+            .to_string()
+            .contains("Invalid choice: 'frobnicate', valid choices are: run-microvm"));
+    }
+
+    #[test]
+    fn help_and_version_print_and_exit_0() {
+        for argv in [
+            &["--help"][..],
+            &["-h"],
+            &["help"],
+            &["--version"],
+            &["run-microvm", "--help"],
+            &["help", "run-microvm"],
+        ] {
+            let e = top(argv).unwrap_err();
+            assert!(matches!(e, CliError::Info(_)), "{argv:?}: {e:?}");
+            assert_eq!(e.exit_code(), 0);
+        }
+        let help = top(&["run-microvm", "--help"]).unwrap_err().to_string();
+        for flag in [
+            "--image-identifier",
+            "--run-hook-payload",
+            "--generate-cli-skeleton",
+            "--then",
+        ] {
+            assert!(help.contains(flag), "{flag} in {help}");
+        }
+        assert!(
+            !help.contains("--test-min-idle-seconds"),
+            "test-only flag hidden"
+        );
+        let version = top(&["--version"]).unwrap_err().to_string();
+        assert_eq!(
+            version,
+            format!("microvm-local {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    #[test]
+    fn skeletons_skip_validation() {
+        assert_eq!(
+            top(&["run-microvm", "--generate-cli-skeleton"]).unwrap(),
+            Invocation::Skeleton("input".into())
+        );
+        assert_eq!(
+            top(&["run-microvm", "--generate-cli-skeleton", "output"]).unwrap(),
+            Invocation::Skeleton("output".into())
+        );
+        // Followed by an option: the default kind, and nothing is validated.
+        assert_eq!(
+            top(&[
+                "run-microvm",
+                "--generate-cli-skeleton",
+                "--run-hook-payload",
+                "x"
+            ])
+            .unwrap(),
+            Invocation::Skeleton("input".into())
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! `run-microvm`: boot the image, run the image-build hooks, send `/run`, print the
+//! RunMicrovm output, then play the actions (or wait), and always end with the
+//! MicroVM terminated and nothing left running.
+
+use crate::params::{self, CliError, Invocation, RunArgs};
+use crate::session::{report, Host, IdleSettings};
+use crate::vm::{Image, Vm, VmOpts};
+use crate::{cli, console, host, signals};
+use microvm_protocol::PROTOCOL_VERSION;
+use serde_json::{json, Value};
+use std::ffi::OsString;
+use std::io::{BufRead, Write};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The whole program: a command line in, an exit code out.
+pub fn main<I, T>(argv: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match cli::parse_from(argv) {
+        Ok(Invocation::Skeleton(kind)) => {
+            print_json(&params::skeleton(&kind));
+            0
+        }
+        Ok(Invocation::Run(a)) => run(&a),
+        Err(e @ CliError::Info(_)) => {
+            println!("{e}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn run(a: &RunArgs) -> i32 {
+    for w in &a.warnings {
+        eprintln!("{w}");
+    }
+    signals::install_handlers();
+    // Validation made it a string; a missing one would be found missing below.
+    let image_path = a
+        .request
+        .get("imageIdentifier")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let image = match Image::open(std::path::Path::new(image_path)) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("An error occurred (ResourceNotFoundException) when calling the RunMicrovm operation: {e}");
+            return 254;
+        }
+    };
+    let microvm_id = host::microvm_id();
+    let dir = std::env::temp_dir().join("microvm-local").join(&microvm_id);
+    // Hard timeout: whatever happens, the run ends.
+    let timeout = Duration::from_secs(a.timeout_s);
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        eprintln!("microvm-local: --timeout of {}s reached", timeout.as_secs());
+        signals::stop();
+    });
+    let mut opts = VmOpts::default();
+    if let Some(n) = a.test_min_idle_seconds {
+        opts.cmdline = format!("microvm.test_min_idle_seconds={n}");
+    }
+    let vm = match Vm::boot(&image, &opts, &dir) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("microvm-local: boot failed: {e}");
+            return 255;
+        }
+    };
+    say_protocol(&vm);
+    let idle = a
+        .request
+        .get("idlePolicy")
+        .map(IdleSettings::from_parameter);
+    let host = Arc::new(Host::new(vm, idle));
+    let console_done = Arc::new(AtomicBool::new(false));
+    let console = console::stream(dir.join("serial.log"), console_done.clone());
+    let code = drive(&host, a, &microvm_id, image_path);
+    console_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = console.join();
+    code
+}
+
+/// Which contract the agent speaks, when it says (agents before the versioned
+/// contract announce without it, and are driven all the same).
+fn say_protocol(vm: &Vm) {
+    let Some(v) = vm.protocol_version() else {
+        return;
+    };
+    let agent = vm.agent_version().unwrap_or("unknown");
+    eprintln!("microvm-local: agent {agent}, protocol version {v}");
+    if v != u64::from(PROTOCOL_VERSION) {
+        eprintln!("microvm-local: warning: this runner speaks protocol version {PROTOCOL_VERSION}");
+    }
+}
+
+/// The image-build phase a platform runs before snapshotting: ready, then validate,
+/// each polled while the application answers 503.
+fn image_build_hooks(host: &Arc<Host>) -> Result<(), i32> {
+    for hook in ["ready", "validate"] {
+        let t0 = Instant::now();
+        loop {
+            match host.vm.hook(hook, "") {
+                Ok(r) if r.status == 200 => break,
+                Ok(r) if r.status == 503 && t0.elapsed() < Duration::from_secs(60) => {}
+                Ok(r) => {
+                    eprintln!("microvm-local: /{hook} answered {}: {}", r.status, r.json());
+                    return Err(255);
+                }
+                Err(e) => {
+                    eprintln!("microvm-local: /{hook}: {e}");
+                    return Err(255);
+                }
+            }
+            if signals::stopping() {
+                return Err(130);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image_path: &str) -> i32 {
+    let req = &a.request;
+    let endpoint = match std::net::TcpListener::bind(("127.0.0.1", a.endpoint_port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("microvm-local: endpoint port {}: {e}", a.endpoint_port);
+            return finish(host, 255);
+        }
+    };
+    let endpoint_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
+    if let Err(code) = image_build_hooks(host) {
+        return finish(host, code);
+    }
+    let mut envelope = a.envelope.clone();
+    envelope.microvm_id = Some(microvm_id.to_string());
+    envelope.region = Some(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()));
+    envelope.clock = Some(host::clock());
+    envelope.entropy = Some(host::entropy_b64());
+    let started_at = host::now_rfc3339();
+    let sent = serde_json::to_string(&envelope)
+        .map_err(std::io::Error::other)
+        .and_then(|body| host.vm.hook("run", &body));
+    let r = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("microvm-local: /run: {e}");
+            return finish(host, 255);
+        }
+    };
+    let mut out = json!({
+        "microvmId": microvm_id,
+        "imageArn": image_path,
+        "state": r.json()["state"].clone(),
+        "endpoint": format!("http://127.0.0.1:{endpoint_port}"),
+        "startedAt": started_at,
+    });
+    for k in [
+        "executionRoleArn",
+        "idlePolicy",
+        "maximumDurationInSeconds",
+        "clientToken",
+    ] {
+        if let Some(v) = req.get(k) {
+            out[k] = v.clone();
+        }
+    }
+    if r.status != 200 {
+        out["state"] = json!("FAILED");
+        out["stateReason"] = json!(format!("Hook.Run.{}", r.status));
+        print_json(&out);
+        return finish(host, 255);
+    }
+    print_json(&out);
+    let _ = std::io::stdout().flush();
+    {
+        let h = host.clone();
+        std::thread::spawn(move || h.serve_endpoint(endpoint));
+        let h = host.clone();
+        std::thread::spawn(move || h.poll_events());
+    }
+    if a.interactive {
+        interactive(host);
+    } else if !a.then.is_empty() {
+        for action in &a.then {
+            if signals::stopping() {
+                break;
+            }
+            report(action, host.act(action));
+        }
+    } else {
+        // wait_exit sleeps between polls: this loop is not a spin.
+        while !signals::stopping() {
+            if host.vm.wait_exit(Duration::from_millis(200)) {
+                break;
+            }
+        }
+    }
+    finish(host, 0)
+}
+
+fn interactive(host: &Arc<Host>) {
+    eprintln!("microvm-local: commands: suspend, resume, terminate, status, sleep=N, quit");
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let cmd = line.trim();
+        if cmd == "quit" || signals::stopping() {
+            break;
+        }
+        if cmd.is_empty() {
+            continue;
+        }
+        report(cmd, host.act(cmd));
+        if cmd == "terminate" {
+            break;
+        }
+    }
+}
+
+/// Terminate cleanly if the guest still runs, then make sure nothing outlives us.
+fn finish(host: &Arc<Host>, code: i32) -> i32 {
+    if !host.vm.wait_exit(Duration::from_millis(10)) {
+        if !host.terminated() {
+            report("terminate", host.terminate());
+        }
+        if !host.vm.wait_exit(Duration::from_secs(20)) {
+            eprintln!("microvm-local: guest did not power off; killing QEMU");
+        }
+    }
+    code
+}

@@ -1,0 +1,294 @@
+//! The platform's side of one running MicroVM: suspend, resume and terminate (agent
+//! hook plus QMP), the events poller that suspends on `idle`, and the endpoint that
+//! forwards client connections to the agent's ingress and resumes on demand.
+//!
+//! Every pause, resume and termination goes through [`Host`], under one lock,
+//! whoever asks: an action, an idle event, a client connection, a timer.
+
+use crate::http::Reply;
+use crate::vm::Vm;
+use crate::{host, signals};
+use microvm_protocol::events::{EventType, EventsPage};
+use microvm_protocol::run::ResumeEnvelope;
+use microvm_protocol::{paths, ports};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// What the run's `idlePolicy` asks of the host (the agent only reports idleness).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleSettings {
+    /// Terminate after this long suspended; absent: stay suspended.
+    pub suspended_for: Option<Duration>,
+    /// Resume on the next client connection to the endpoint.
+    pub auto_resume: bool,
+}
+
+impl IdleSettings {
+    /// From the `idlePolicy` parameter as given (validated).
+    pub fn from_parameter(p: &Value) -> IdleSettings {
+        IdleSettings {
+            suspended_for: p["suspendedDurationSeconds"]
+                .as_u64()
+                .map(Duration::from_secs),
+            auto_resume: p["autoResumeEnabled"] == true,
+        }
+    }
+}
+
+pub struct Host {
+    pub vm: Vm,
+    state: Mutex<HostState>,
+    /// Held while the event poller has a request in flight: the VM is never paused
+    /// under an open vsock request (see vm::PAUSE_SETTLE).
+    poll_gate: Mutex<()>,
+    idle: Option<IdleSettings>,
+}
+
+#[derive(Default)]
+struct HostState {
+    suspended: bool,
+    /// Counts suspensions, so a stale suspended-duration timer does nothing.
+    epoch: u64,
+    terminated: bool,
+}
+
+/// An agent answer as the runner prints it: `{"status": N, "answer": {...}}`.
+fn answer(r: std::io::Result<Reply>) -> Result<Value, String> {
+    let r = r.map_err(|e| format!("agent unreachable: {e}"))?;
+    Ok(json!({"status": r.status, "answer": r.json()}))
+}
+
+/// One line per action on stdout (JSON), errors on stderr.
+pub fn report(action: &str, r: Result<Value, String>) {
+    match r {
+        Ok(mut v) => {
+            v["action"] = json!(action);
+            println!("{v}");
+        }
+        Err(e) => eprintln!("microvm-local: {action}: {e}"),
+    }
+}
+
+impl Host {
+    pub fn new(vm: Vm, idle: Option<IdleSettings>) -> Host {
+        Host {
+            vm,
+            state: Mutex::new(HostState::default()),
+            poll_gate: Mutex::new(()),
+            idle,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HostState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn terminated(&self) -> bool {
+        self.lock().terminated
+    }
+
+    pub fn suspend(self: &Arc<Self>) -> Result<Value, String> {
+        let _gate = self.poll_gate.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
+        if st.suspended || st.terminated {
+            return Ok(json!({"status": 200, "answer": {"state": "SUSPENDED"}}));
+        }
+        let v = answer(self.vm.hook("suspend", ""))?;
+        if v["status"] == 200 {
+            self.vm.pause()?;
+            st.suspended = true;
+            st.epoch += 1;
+            if let Some(after) = self.idle.and_then(|i| i.suspended_for) {
+                let (host, epoch) = (self.clone(), st.epoch);
+                std::thread::spawn(move || {
+                    std::thread::sleep(after);
+                    let st = host.lock();
+                    if st.suspended && st.epoch == epoch && !st.terminated {
+                        drop(st);
+                        report("terminate (suspendedDurationSeconds)", host.terminate());
+                    }
+                });
+            }
+        }
+        Ok(v)
+    }
+
+    fn resume_locked(&self, st: &mut HostState) -> Result<Value, String> {
+        if !st.suspended {
+            return Ok(json!({"status": 200, "answer": {"state": "RUNNING"}}));
+        }
+        self.vm.unpause()?;
+        st.suspended = false;
+        let body = ResumeEnvelope {
+            clock: Some(host::clock()),
+            entropy: Some(host::entropy_b64()),
+            credentials: None,
+        };
+        let body = serde_json::to_string(&body).map_err(|e| e.to_string())?;
+        answer(self.vm.hook("resume", &body))
+    }
+
+    pub fn resume(&self) -> Result<Value, String> {
+        let mut st = self.lock();
+        self.resume_locked(&mut st)
+    }
+
+    pub fn terminate(&self) -> Result<Value, String> {
+        let mut st = self.lock();
+        if st.terminated {
+            return Ok(json!({"status": 200, "answer": {"state": "TERMINATED"}}));
+        }
+        if st.suspended {
+            self.vm.unpause()?;
+            st.suspended = false;
+        }
+        st.terminated = true;
+        answer(self.vm.hook("terminate", ""))
+    }
+
+    /// One action of `--then` or `--interactive`.
+    pub fn act(self: &Arc<Self>, action: &str) -> Result<Value, String> {
+        match action {
+            "status" => answer(self.vm.request("GET", paths::STATUS, b"")),
+            "suspend" => self.suspend(),
+            "resume" => self.resume(),
+            "terminate" => self.terminate(),
+            a if a.starts_with("sleep=") => {
+                let s: u64 = a[6..].parse().map_err(|_| format!("bad action {a}"))?;
+                let t0 = Instant::now();
+                while t0.elapsed() < Duration::from_secs(s) && !signals::stopping() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(json!({"slept": s}))
+            }
+            a => Err(format!(
+                "unknown action {a:?}: use suspend, resume, terminate, status, sleep=N"
+            )),
+        }
+    }
+
+    /// Follow the agent's events, printing each; with an idle policy, suspend on `idle`.
+    pub fn poll_events(self: Arc<Self>) {
+        let mut after = 0u64;
+        while !signals::stopping() {
+            if self.terminated() {
+                return;
+            }
+            let got = {
+                let _gate = self.poll_gate.lock().unwrap_or_else(|p| p.into_inner());
+                if self.lock().suspended {
+                    None
+                } else {
+                    let path = format!("{}?after={after}&waitSeconds=2", paths::EVENTS);
+                    self.vm.request("GET", &path, b"").ok().map(|r| r.json())
+                }
+            };
+            let Some(v) = got else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            match serde_json::from_value::<EventsPage>(v.clone()) {
+                Ok(page) => {
+                    for e in page.events {
+                        after = after.max(e.seq);
+                        println!("{}", json!({"event": e}));
+                        if e.kind == EventType::Idle && self.idle.is_some() {
+                            report("suspend (idle)", self.suspend());
+                        }
+                    }
+                }
+                Err(_) => {
+                    // A page this runner cannot type (an event type from a newer
+                    // agent, or an error answer): shown as sent, never acted on.
+                    let events = v["events"].as_array().cloned().unwrap_or_default();
+                    if events.is_empty() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    for e in events {
+                        after = after.max(e["seq"].as_u64().unwrap_or(after));
+                        println!("{}", json!({"event": e}));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The MicroVM's endpoint: each client connection goes to the agent's ingress
+    /// over vsock; a suspended VM is resumed first (autoResumeEnabled), and the client
+    /// waits until /resume has answered.
+    pub fn serve_endpoint(self: Arc<Self>, listener: std::net::TcpListener) {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let host = self.clone();
+            std::thread::spawn(move || {
+                {
+                    let mut st = host.lock();
+                    if st.terminated {
+                        return;
+                    }
+                    if st.suspended {
+                        if !host.idle.is_some_and(|i| i.auto_resume) {
+                            return;
+                        }
+                        report("resume (ingress)", host.resume_locked(&mut st));
+                    }
+                }
+                let Ok(up) = host.vm.connect(ports::INGRESS) else {
+                    return;
+                };
+                pipe(client, up);
+            });
+        }
+    }
+}
+
+/// Copy both ways until either side closes.
+fn pipe(client: std::net::TcpStream, up: std::os::unix::net::UnixStream) {
+    let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), up.try_clone()) else {
+        return;
+    };
+    let _ = up.set_read_timeout(None);
+    let t = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c2, &mut u2);
+        let _ = u2.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut c, mut u) = (client, up);
+    let _ = std::io::copy(&mut u, &mut c);
+    let _ = c.shutdown(std::net::Shutdown::Write);
+    let _ = t.join();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_settings_keep_an_absent_suspended_duration_absent() {
+        let s = IdleSettings::from_parameter(&json!({"maxIdleDurationSeconds": 900}));
+        assert_eq!(
+            s,
+            IdleSettings {
+                suspended_for: None,
+                auto_resume: false
+            }
+        );
+        let s = IdleSettings::from_parameter(&json!({"maxIdleDurationSeconds": 900,
+            "suspendedDurationSeconds": 0, "autoResumeEnabled": true}));
+        assert_eq!(s.suspended_for, Some(Duration::ZERO));
+        assert!(s.auto_resume);
+    }
+
+    #[test]
+    fn events_pages_parse_as_the_contract_types() {
+        let page = json!({"events": [
+            {"seq": 3, "type": "idle", "uptimeMs": 10, "unixTimeMs": 20, "idleForMs": 3000, "maxIdleMs": 3000},
+            {"seq": 4, "type": "active", "uptimeMs": 11, "unixTimeMs": 21}
+        ], "lastSeq": 4, "gap": false});
+        let p: EventsPage = serde_json::from_value(page).unwrap();
+        assert_eq!(p.events[0].kind, EventType::Idle);
+        let line = json!({"event": p.events[0]}).to_string();
+        assert!(line.contains("\"type\":\"idle\""), "{line}");
+        assert!(line.contains("\"idleForMs\":3000"), "{line}");
+    }
+}

@@ -1,0 +1,263 @@
+//! RunMicrovm's constraints, checked before anything boots, with the AWS CLI's
+//! wording (botocore's parameter validation), so scripts see the same messages.
+
+use microvm_protocol::limits::{
+    MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD, MIN_IDLE_SECONDS, RUN_HOOK_PAYLOAD_SCHEMA_MAX,
+};
+use serde_json::{Map, Value};
+
+/// Parameters in API (camelCase) form, in the order `--generate-cli-skeleton` prints.
+pub const MEMBERS: [&str; 7] = [
+    "imageIdentifier",
+    "executionRoleArn",
+    "idlePolicy",
+    "logging",
+    "runHookPayload",
+    "maximumDurationInSeconds",
+    "clientToken",
+];
+
+const IDLE_POLICY_MEMBERS: [&str; 3] = [
+    "maxIdleDurationSeconds",
+    "suspendedDurationSeconds",
+    "autoResumeEnabled",
+];
+const CLOUD_WATCH_MEMBERS: [&str; 2] = ["logGroup", "logStream"];
+
+fn int_range(errors: &mut Vec<String>, name: &str, v: &Value, min: i64, max: i64) {
+    match v.as_i64() {
+        None => errors.push(format!(
+            "Invalid type for parameter {name}, value: {v}, type: <class 'str'>, valid types: <class 'int'>"
+        )),
+        Some(n) if n < min => errors.push(format!(
+            "Invalid value for parameter {name}, value: {n}, valid min value: {min}"
+        )),
+        Some(n) if n > max => errors.push(format!(
+            "Invalid value for parameter {name}, value: {n}, valid max value: {max}"
+        )),
+        _ => {}
+    }
+}
+
+fn string_len(errors: &mut Vec<String>, name: &str, v: &Value, min: usize, max: usize) {
+    match v.as_str() {
+        None => errors.push(format!(
+            "Invalid type for parameter {name}, value: {v}, valid types: <class 'str'>"
+        )),
+        Some(s) if s.len() < min => errors.push(format!(
+            "Invalid length for parameter {name}, value: {}, valid min length: {min}",
+            s.len()
+        )),
+        Some(s) if s.len() > max => errors.push(format!(
+            "Invalid length for parameter {name}, value: {}, valid max length: {max}",
+            s.len()
+        )),
+        _ => {}
+    }
+}
+
+/// A structure's members: an object whose keys are all known.
+fn members<'a>(
+    errors: &mut Vec<String>,
+    name: &str,
+    v: &'a Value,
+    known: &[&str],
+) -> Option<&'a Map<String, Value>> {
+    let Some(m) = v.as_object() else {
+        errors.push(format!(
+            "Invalid type for parameter {name}, value: {v}, valid types: <class 'dict'>"
+        ));
+        return None;
+    };
+    for k in m.keys() {
+        if !known.contains(&k.as_str()) {
+            errors.push(format!(
+                "Unknown parameter in {name}: \"{k}\", must be one of: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    Some(m)
+}
+
+/// Check the request against RunMicrovm's constraints. Ok carries warnings.
+pub fn validate(r: &Map<String, Value>) -> Result<Vec<String>, Vec<String>> {
+    validate_with(r, MIN_IDLE_SECONDS)
+}
+
+/// [`validate`] with another idle minimum (the test-only setting).
+pub fn validate_with(r: &Map<String, Value>, min_idle: u64) -> Result<Vec<String>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    for k in r.keys() {
+        if !MEMBERS.contains(&k.as_str()) {
+            errors.push(format!(
+                "Unknown parameter in input: \"{k}\", must be one of: {}",
+                MEMBERS.join(", ")
+            ));
+        }
+    }
+    match r.get("imageIdentifier") {
+        None => errors.push("Missing required parameter in input: \"imageIdentifier\"".into()),
+        Some(v) => string_len(&mut errors, "imageIdentifier", v, 1, 2048),
+    }
+    if let Some(v) = r.get("runHookPayload") {
+        string_len(&mut errors, "runHookPayload", v, 0, MAX_RUN_HOOK_PAYLOAD);
+        if let Some(s) = v.as_str() {
+            if s.len() > RUN_HOOK_PAYLOAD_SCHEMA_MAX && s.len() <= MAX_RUN_HOOK_PAYLOAD {
+                warnings.push(format!(
+                    "warning: runHookPayload is {} bytes: above the {RUN_HOOK_PAYLOAD_SCHEMA_MAX} bytes the API schema states, within the {MAX_RUN_HOOK_PAYLOAD} bytes the platform documents",
+                    s.len()
+                ));
+            }
+        }
+    }
+    let max_duration = MAX_DURATION_SECONDS as i64;
+    if let Some(v) = r.get("maximumDurationInSeconds") {
+        int_range(&mut errors, "maximumDurationInSeconds", v, 1, max_duration);
+    }
+    if let Some(v) = r.get("clientToken") {
+        string_len(&mut errors, "clientToken", v, 1, 128);
+    }
+    if let Some(v) = r.get("executionRoleArn") {
+        if !is_role_arn(v) {
+            errors.push(format!(
+                "Invalid value for parameter executionRoleArn, value: {v}, valid pattern: arn:aws[a-zA-Z-]*:iam::\\d{{12}}:role/?[a-zA-Z_0-9+=,.@\\-_/]+"
+            ));
+        }
+    }
+    if let Some(v) = r.get("idlePolicy") {
+        if let Some(p) = members(&mut errors, "idlePolicy", v, &IDLE_POLICY_MEMBERS) {
+            match p.get("maxIdleDurationSeconds") {
+                None => errors.push(
+                    "Missing required parameter in idlePolicy: \"maxIdleDurationSeconds\"".into(),
+                ),
+                Some(m) => int_range(
+                    &mut errors,
+                    "idlePolicy.maxIdleDurationSeconds",
+                    m,
+                    min_idle as i64,
+                    max_duration,
+                ),
+            }
+            if let Some(s) = p.get("suspendedDurationSeconds") {
+                int_range(
+                    &mut errors,
+                    "idlePolicy.suspendedDurationSeconds",
+                    s,
+                    0,
+                    max_duration,
+                );
+            }
+            if let Some(a) = p.get("autoResumeEnabled") {
+                if !a.is_boolean() {
+                    errors.push(format!("Invalid type for parameter idlePolicy.autoResumeEnabled, value: {a}, valid types: <class 'bool'>"));
+                }
+            }
+        }
+    }
+    if let Some(v) = r.get("logging") {
+        logging(&mut errors, v);
+    }
+    if errors.is_empty() {
+        Ok(warnings)
+    } else {
+        Err(errors)
+    }
+}
+
+fn is_role_arn(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        let parts: Vec<&str> = s.splitn(6, ':').collect();
+        parts.len() == 6
+            && parts[0] == "arn"
+            && parts[1].starts_with("aws")
+            && parts[2] == "iam"
+            && parts[4].len() == 12
+            && parts[4].chars().all(|c| c.is_ascii_digit())
+            && parts[5].starts_with("role/")
+            && parts[5].len() > 5
+    })
+}
+
+/// The `Logging` union: exactly one member, each member's own fields known.
+fn logging(errors: &mut Vec<String>, v: &Value) {
+    match v.as_object() {
+        Some(m) if m.len() == 1 => {
+            if let Some(d) = m.get("disabled") {
+                members(errors, "logging.disabled", d, &[]);
+            } else if let Some(c) = m.get("cloudWatch") {
+                if let Some(c) = members(errors, "logging.cloudWatch", c, &CLOUD_WATCH_MEMBERS) {
+                    for (k, s) in c {
+                        if CLOUD_WATCH_MEMBERS.contains(&k.as_str()) && !s.is_string() {
+                            errors.push(format!(
+                                "Invalid type for parameter logging.cloudWatch.{k}, value: {s}, valid types: <class 'str'>"
+                            ));
+                        }
+                    }
+                }
+            } else {
+                errors.push(union_error(v));
+            }
+        }
+        _ => errors.push(union_error(v)),
+    }
+}
+
+fn union_error(v: &Value) -> String {
+    format!(
+        "Invalid value for parameter logging, value: {v}: exactly one of disabled, cloudWatch must be set"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(v: Value) -> Result<Vec<String>, Vec<String>> {
+        validate(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn logging_members_are_checked_too() {
+        assert!(check(json!({"imageIdentifier": "i", "logging": {"disabled": {}}})).is_ok());
+        assert!(check(json!({"imageIdentifier": "i",
+            "logging": {"cloudWatch": {"logGroup": "/g", "logStream": "s"}}}))
+        .is_ok());
+        let e = check(json!({"imageIdentifier": "i", "logging": {"cloudWatch": {"group": "/g"}}}))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ["Unknown parameter in logging.cloudWatch: \"group\", must be one of: logGroup, logStream"]
+        );
+        let e = check(json!({"imageIdentifier": "i", "logging": {"cloudWatch": {"logGroup": 5}}}))
+            .unwrap_err();
+        assert!(
+            e[0].contains("logging.cloudWatch.logGroup, value: 5"),
+            "{e:?}"
+        );
+        let e = check(json!({"imageIdentifier": "i", "logging": {"disabled": true}})).unwrap_err();
+        assert!(
+            e[0].contains("Invalid type for parameter logging.disabled"),
+            "{e:?}"
+        );
+        let e = check(json!({"imageIdentifier": "i", "logging": {"other": {}}})).unwrap_err();
+        assert!(e[0].contains("exactly one of"), "{e:?}");
+    }
+
+    #[test]
+    fn limits_come_from_the_contract() {
+        let payload = "x".repeat(MAX_RUN_HOOK_PAYLOAD);
+        assert!(check(json!({"imageIdentifier": "i", "runHookPayload": payload})).is_ok());
+        let policy = json!({"maxIdleDurationSeconds": MIN_IDLE_SECONDS - 1});
+        assert!(check(json!({"imageIdentifier": "i", "idlePolicy": policy.clone()})).is_err());
+        assert!(validate_with(
+            json!({"imageIdentifier": "i", "idlePolicy": policy})
+                .as_object()
+                .unwrap(),
+            0
+        )
+        .is_ok());
+    }
+}
