@@ -554,3 +554,22 @@ fn error_answers_reach_a_client_that_sends_its_body_late() {
     }
     assert!(g.calls("run").is_empty());
 }
+
+#[test]
+fn status_events_and_errors_are_the_typed_contract() {
+    require_root!();
+    use microvm_protocol::{events::EventsPage, status::Status, ApiError, ErrorCode};
+    let dir = scratch("typed");
+    let g = Guest::start_in(dir.clone(), &recorder_config(&dir, run_only(5), &[]));
+    g.wait_app_started();
+    let s: Status = serde_json::from_value(g.status()).expect("status parses as the contract");
+    assert_eq!(s.protocol_version, microvm_protocol::PROTOCOL_VERSION);
+    assert!(!s.agent_version.is_empty());
+    assert!(s.application.is_some_and(|a| a.running));
+    let r = g.request("GET", "/v1/events?after=0", b"");
+    let page: EventsPage = serde_json::from_slice(&r.body).expect("events parse as the contract");
+    assert_eq!((page.last_seq, page.gap), (0, false));
+    let r = g.request("GET", "/nowhere", b"");
+    let e: ApiError = serde_json::from_slice(&r.body).expect("errors parse as ApiError");
+    assert_eq!((r.status, e.error), (404, ErrorCode::NotFound));
+}

@@ -70,9 +70,19 @@ fn a_real_guest_runs_suspends_resumes_and_powers_off() {
     eprintln!("guest announced after {:?}: {}", vm.boot_time, vm.announced);
     assert_eq!(vm.announced["event"], "ready");
     assert_eq!(vm.announced["cid"], 3);
+    // The announce line says which contract this agent speaks.
+    let announced: microvm_protocol::events::Announce =
+        serde_json::from_value(vm.announced.clone()).expect("a typed announce line");
+    assert_eq!(
+        announced.protocol_version,
+        microvm_protocol::PROTOCOL_VERSION
+    );
 
-    // Status over real vsock.
+    // Status over real vsock, as the typed contract says.
     let s = vm.status().unwrap();
+    let typed: microvm_protocol::status::Status =
+        serde_json::from_value(s.clone()).expect("status is the typed contract");
+    assert_eq!(typed.protocol_version, microvm_protocol::PROTOCOL_VERSION);
     assert_eq!(s["state"], "PENDING");
     assert_eq!(s["role"], "guest");
     assert_eq!(s["imageName"], "example-recorder");

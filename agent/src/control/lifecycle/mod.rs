@@ -169,7 +169,11 @@ impl Lifecycle {
             let by_host = !matches!(input, Input::SelfTerminate(_));
             tokio::spawn(async move {
                 let answer = this.execute(op, input).await;
+                let ok = answer.status == 200;
                 let settled = this.finish(op, generation, answer, tx);
+                if settled && ok && op == Hook::Run {
+                    this.run_started();
+                }
                 // A self-termination asks for power-off itself, after a report window.
                 if settled && op == Hook::Terminate && by_host {
                     this.request_power("Host.Terminate", Duration::ZERO);

@@ -22,7 +22,6 @@ impl Lifecycle {
             (Hook::Run, Input::Run(run)) => self.run(*run).await,
             (Hook::Suspend, _) => self.suspend().await,
             (Hook::Resume, input) => {
-                self.ctx.activity.resume();
                 let fresh = match input {
                     Input::Resume(f) => *f,
                     _ => Freshness::default(),
@@ -30,7 +29,13 @@ impl Lifecycle {
                 if let Err(a) = self.refresh(fresh) {
                     return a;
                 }
-                self.call_hook(Hook::Resume, b"{}".to_vec()).await
+                let answer = self.call_hook(Hook::Resume, b"{}".to_vec()).await;
+                // Idle time counts again only once the guest really runs: a failed
+                // resume leaves it SUSPENDED, and suspended time is never idle time.
+                if answer.status == 200 {
+                    self.ctx.activity.resume();
+                }
+                answer
             }
             (Hook::Terminate, input) => self.terminate(input).await,
             (op, input) => ApiError::new(
@@ -78,23 +83,32 @@ impl Lifecycle {
             if let Value::Object(m) = &mut answer.body {
                 m.insert("microvmId".into(), json!(run.microvm_id));
             }
-            if let Some(policy) = &run.idle_policy {
-                let max_idle = Duration::from_secs(policy.max_idle_duration_seconds);
-                tokio::spawn(crate::activity::report(
-                    self.ctx.activity.clone(),
-                    self.ctx.events.clone(),
-                    max_idle,
-                ));
-            }
-            if let Some(max) = run.maximum_duration {
-                let this = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(max).await;
-                    this.self_terminate("MaximumDuration.Exceeded".into()).await;
-                });
-            }
         }
         answer
+    }
+
+    /// Once a run has settled as RUNNING (not when /terminate preempted it): the idle
+    /// reporter and the maximum-duration timer of its policy.
+    pub(super) fn run_started(self: &Arc<Self>) {
+        let (idle_policy, max_duration) = match &self.lock().run {
+            Some(r) => (r.idle_policy.clone(), r.maximum_duration_in_seconds),
+            None => return,
+        };
+        if let Some(policy) = idle_policy {
+            let max_idle = Duration::from_secs(policy.max_idle_duration_seconds);
+            tokio::spawn(crate::activity::report(
+                self.ctx.activity.clone(),
+                self.ctx.events.clone(),
+                max_idle,
+            ));
+        }
+        if let Some(secs) = max_duration {
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                this.self_terminate("MaximumDuration.Exceeded".into()).await;
+            });
+        }
     }
 
     /// The effective logging union decides where the application's lines go from now on.
@@ -236,7 +250,16 @@ impl Lifecycle {
                 answer.body["logsFlushed"] = json!(flushed);
             }
             if let Err(e) = self.sync_storage(false).await {
-                answer = ApiError::new(ErrorCode::QuiesceFailed, e).into();
+                // The app believes it is suspended while the VM stays RUNNING: tell it
+                // to resume, so both agree, and say whether it did.
+                let resumed = self.call_hook(Hook::Resume, b"{}".to_vec()).await;
+                let mut failed: Answer = ApiError::new(
+                    ErrorCode::QuiesceFailed,
+                    format!("{e}; the application was asked to resume"),
+                )
+                .into();
+                failed.body["applicationResumed"] = json!(resumed.status == 200);
+                answer = failed;
             } else {
                 // From here until /resume, time does not count as idle.
                 self.ctx.activity.suspend();

@@ -14,6 +14,9 @@ struct App {
     machine_at_run: Mutex<Vec<Call>>,
     machine: Mutex<Option<Arc<FakeMachine>>>,
     suspends: AtomicU32,
+    fail_resume: std::sync::atomic::AtomicBool,
+    /// How long `/run` takes to answer.
+    run_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 struct Shared(Arc<App>);
@@ -21,6 +24,8 @@ struct Shared(Arc<App>);
 impl Hooks for Shared {
     async fn run(&self, _r: hook_sdk::RunRequest) -> HookResponse {
         self.0.calls.lock().unwrap().push(Hook::Run);
+        let delay = self.0.run_delay_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         if let Some(m) = self.0.machine.lock().unwrap().as_ref() {
             *self.0.machine_at_run.lock().unwrap() = m.calls();
         }
@@ -33,6 +38,9 @@ impl Hooks for Shared {
     }
     async fn resume(&self) -> HookResponse {
         self.0.calls.lock().unwrap().push(Hook::Resume);
+        if self.0.fail_resume.load(Ordering::SeqCst) {
+            return HookResponse::error(500, "cannot resume");
+        }
         HookResponse::Ok
     }
 }
@@ -80,9 +88,14 @@ async fn rig() -> Rig {
 }
 
 fn run_input() -> Input {
+    run_with("")
+}
+
+/// A run envelope with clock and entropy, plus `extra` fields (`,"k":v` form).
+fn run_with(extra: &str) -> Input {
     let entropy = "A".repeat(44);
     let body = format!(
-        r#"{{"microvmId":"mvm-1","clock":{{"unixTimeNanos":1795000000000000000}},"entropy":"{entropy}"}}"#
+        r#"{{"microvmId":"mvm-1","clock":{{"unixTimeNanos":1795000000000000000}},"entropy":"{entropy}"{extra}}}"#
     );
     Input::Run(Box::new(RunRequest::parse(body.as_bytes()).unwrap()))
 }
@@ -153,13 +166,80 @@ async fn concurrent_suspends_call_the_application_and_the_disk_once() {
 }
 
 #[tokio::test]
-async fn a_failed_quiesce_is_an_error_and_the_guest_stays_running() {
+async fn a_failed_quiesce_is_an_error_and_the_application_is_resumed() {
+    // The bug this guards: the app had suspended, the disk failed, and the VM stayed
+    // RUNNING with an application that believed it was suspended.
     let r = running().await;
     *r.machine.fail_sync.lock().unwrap() = true;
     let a = r.lc.request(Hook::Suspend, Input::Empty).await;
     assert_eq!(a.status, 500);
     assert_eq!(a.body["error"], "QuiesceFailed");
+    assert_eq!(a.body["applicationResumed"], true);
+    assert_eq!(
+        *r.app.calls.lock().unwrap(),
+        [Hook::Run, Hook::Suspend, Hook::Resume]
+    );
     assert_eq!(r.lc.status().state, State::Running);
+}
+
+#[tokio::test]
+async fn a_failed_resume_keeps_suspended_time_out_of_idle_time() {
+    // The bug this guards: activity tracking resumed before the app's hook, so a failed
+    // resume left the VM SUSPENDED while its suspended time counted as idle.
+    let r = running().await;
+    assert_eq!(r.lc.request(Hook::Suspend, Input::Empty).await.status, 200);
+    r.app.fail_resume.store(true, Ordering::SeqCst);
+    let a = r.lc.request(Hook::Resume, Input::Empty).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert_eq!(r.lc.status().state, State::Suspended);
+    let before = r.lc.status().activity.idle_for_ms;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.lc.status().activity.idle_for_ms, before);
+    r.app.fail_resume.store(false, Ordering::SeqCst);
+    assert_eq!(r.lc.request(Hook::Resume, Input::Empty).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(r.lc.status().activity.idle_for_ms >= before + 250);
+}
+
+#[tokio::test]
+async fn a_run_preempted_by_terminate_starts_no_timer() {
+    // The bug this guards: a /run that /terminate preempted still armed its
+    // maximum-duration timer (and idle reporter), which later fired on a dead VM.
+    let mut r = rig().await;
+    r.app.run_delay_ms.store(300, Ordering::SeqCst);
+    let a = r.lc.clone();
+    let run = tokio::spawn(async move {
+        a.request(Hook::Run, run_with(r#","maximumDurationInSeconds":1"#))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = r.lc.request(Hook::Terminate, Input::Empty).await;
+    assert_eq!(t.status, 200);
+    assert_eq!(run.await.unwrap().status, 409);
+    assert_eq!(r.power.recv().await.unwrap().reason, "Host.Terminate");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        r.power.try_recv().is_err(),
+        "no timer fired after the run lost"
+    );
+    assert_eq!(
+        r.lc.status().state_reason.as_deref(),
+        Some("Host.Terminate")
+    );
+}
+
+#[tokio::test]
+async fn a_settled_run_arms_its_maximum_duration() {
+    let mut r = rig().await;
+    let a =
+        r.lc.request(Hook::Run, run_with(r#","maximumDurationInSeconds":1"#))
+            .await;
+    assert_eq!(a.status, 200);
+    let p = tokio::time::timeout(Duration::from_secs(5), r.power.recv())
+        .await
+        .unwrap();
+    assert_eq!(p.unwrap().reason, "MaximumDuration.Exceeded");
+    assert_eq!(r.lc.status().state, State::Terminated);
 }
 
 #[tokio::test]
