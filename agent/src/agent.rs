@@ -39,6 +39,10 @@ impl Startup {
         std::panic::set_hook(Box::new(move |info| {
             tracing::error!("agent panicked: {info}");
             eprintln!("microvm-agent panicked: {info}");
+            if !role.is_pid1() {
+                // Under another init a panic is a failure, and says so in the status.
+                std::process::exit(101);
+            }
             power::power_off(role, "Agent.Panic");
         }));
         let boot = if role.is_pid1() {
@@ -149,8 +153,12 @@ async fn serve(args: Args, role: Role, boot: BootReport, announce_port: Option<u
     // Ingress is not vital: without it the host can still run and terminate the VM.
     match bind(&args.ingress, "ingress").await {
         Ok(l) => {
-            let borders =
-                crate::ingress::Borders::new(config.as_ref().ok().map(|c| c.hooks.port()));
+            let hooks_port = config
+                .as_ref()
+                .ok()
+                .filter(|c| c.hooks.any_enabled())
+                .map(|c| c.hooks.port());
+            let borders = crate::ingress::Borders::new(hooks_port);
             tokio::spawn(crate::ingress::serve(l, activity.clone(), borders));
         }
         Err(e) => tracing::error!("ingress on {} unavailable: {e}", args.ingress),

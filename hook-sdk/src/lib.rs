@@ -38,6 +38,8 @@ pub use microvm_protocol::RunHookBody as RunRequest;
 pub use microvm_protocol::{Hook, HOOK_PATH_PREFIX};
 /// The `/run` body is at most a 16,384-byte payload plus its envelope.
 const MAX_BODY: usize = 128 * 1024;
+/// The most of a refused request's body read (and discarded) before answering.
+const DRAIN_LIMIT: usize = 1024 * 1024;
 /// Pause after a failed accept (EMFILE and the like) before accepting again.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -48,8 +50,20 @@ where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let limited = Limited::new(body, MAX_BODY).collect();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), limited).await;
+    use hyper::body::Buf;
+    // Dropped piece by piece: a refused request costs no memory.
+    let discard = async {
+        let mut body = std::pin::pin!(body);
+        let mut read = 0usize;
+        while read < DRAIN_LIMIT {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(2), body.frame());
+            match next.await {
+                Ok(Some(Ok(frame))) => read += frame.data_ref().map_or(0, |d| d.remaining()),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), discard).await;
 }
 
 /// What a hook answers.

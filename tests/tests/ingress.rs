@@ -8,13 +8,21 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 fn echo_guest(name: &str, idle_env: bool) -> Guest {
+    echo_guest_with(name, idle_env, json!({}))
+}
+
+/// The echo app on 8080, 8081 and 9090, with `extra` merged into its image config.
+fn echo_guest_with(name: &str, idle_env: bool, extra: Value) -> Guest {
     let dir = scratch(name);
-    let cfg = json!({
+    let mut cfg = json!({
         "imageName": "ingress-test",
         "command": [bins().echo.display().to_string()],
         "env": {"ECHO_PORTS": "8080,8081,9090"},
         "logs": {"mirrorToConsole": true},
     });
+    if let (Value::Object(c), Value::Object(e)) = (&mut cfg, extra) {
+        c.extend(e);
+    }
     let mut env = vec![];
     if idle_env {
         // The test-only setting that lowers the 60 s minimum idle duration.
@@ -397,13 +405,17 @@ fn no_idle_policy_reports_nothing() {
 #[test]
 fn ingress_never_reaches_the_hooks_or_the_agents_ports() {
     require_root!();
-    let g = echo_guest("borders", false);
+    // The image enables a hook on 9090, a port the echo app serves (it would answer).
+    let hooks = json!({"hooks": {"port": 9090, "microvmHooks": {"terminate": "ENABLED"}}});
+    let g = echo_guest_with("borders", false, hooks);
     // The hook paths, on any port and in any spelling: a forged /run or /terminate
     // must never reach the application (the echo app would answer 200).
     for (path, port) in [
         ("/aws/lambda-microvms/runtime/v1/run", "8080"),
         ("//aws//lambda-microvms/runtime/v1/terminate", "8081"),
-        ("/AWS/lambda-microvms/runtime/v1/suspend", "9090"),
+        ("/AWS/lambda-microvms/runtime/v1/suspend", "8081"),
+        ("/aws/./lambda-microvms/x/../runtime/v1/run", "8080"),
+        ("/aws;v=1/lambda-microvms%252Fruntime/v1/run", "8080"),
         ("/%61ws/lambda-microvms/runtime/v1/resume", "8080"),
     ] {
         let mut s = ingress(&g);
@@ -418,7 +430,7 @@ fn ingress_never_reaches_the_hooks_or_the_agents_ports() {
         );
     }
     // The image's hooks port and the keep-awake lease port.
-    for port in ["9000", "9001"] {
+    for port in ["9090", "9001"] {
         let mut s = ingress(&g);
         s.write_all(
             request("/", &[("X-aws-proxy-port", port), ("Connection", "close")]).as_bytes(),
@@ -429,8 +441,9 @@ fn ingress_never_reaches_the_hooks_or_the_agents_ports() {
         assert!(String::from_utf8_lossy(&r.body).contains(&format!("port {port}")));
     }
     assert_eq!(g.status()["activity"]["busy"], false, "no lease was taken");
-    // Ordinary traffic still flows.
+    // Ordinary traffic still flows, to any other port.
     assert_eq!(get(&g, "/fine", &[]).0, 200);
+    assert_eq!(get(&g, "/fine", &[("X-aws-proxy-port", "8081")]).0, 200);
 }
 
 #[test]

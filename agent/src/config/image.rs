@@ -118,6 +118,13 @@ impl Hooks {
         (t, Duration::from_secs(s))
     }
 
+    /// Whether the agent calls the application for any hook at all.
+    pub fn any_enabled(&self) -> bool {
+        Hook::ALL
+            .into_iter()
+            .any(|h| self.setting(h).0 == Toggle::Enabled)
+    }
+
     pub fn port(&self) -> u16 {
         // validate() guarantees the range; the fallback is never taken for a valid config.
         u16::try_from(self.port).unwrap_or(microvm_protocol::ports::DEFAULT_HOOKS)

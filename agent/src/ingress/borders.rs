@@ -15,7 +15,8 @@ pub struct Borders {
 }
 
 impl Borders {
-    /// `hooks_port`: the image's `hooks.port`. It is refused unless it is also the
+    /// `hooks_port`: the image's `hooks.port` when the image enables a hook (an image
+    /// without hooks may serve anything there). It is refused unless it is also the
     /// default application port, where requests are still checked path by path.
     pub fn new(hooks_port: Option<u16>) -> Self {
         let mut refused_ports = vec![LEASE];
@@ -51,17 +52,35 @@ impl Borders {
     }
 }
 
-/// Any spelling of a hook path: percent-escapes decoded, case and repeated slashes
-/// ignored, since the application's server may normalise what we do not.
+/// Any spelling of a hook path: the path as a server inside the guest may normalise
+/// it (percent-escapes decoded, repeatedly; backslashes as slashes; `;parameters`,
+/// empty and `.` segments dropped; `..` resolved; case ignored) contains the
+/// segments `aws/lambda-microvms/runtime`.
 fn is_hook_path(path: &str) -> bool {
-    let decoded = percent_decode(path).to_ascii_lowercase();
-    let mut collapsed = String::with_capacity(decoded.len());
-    for c in decoded.chars() {
-        if !(c == '/' && collapsed.ends_with('/')) {
-            collapsed.push(c);
+    let mut decoded = path.to_string();
+    // Double (and deeper) encoding: decode until nothing changes, a few rounds at most.
+    for _ in 0..4 {
+        let next = percent_decode(&decoded);
+        if next == decoded {
+            break;
+        }
+        decoded = next;
+    }
+    let decoded = decoded.to_ascii_lowercase().replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        let seg = seg.split(';').next().unwrap_or("");
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
         }
     }
-    collapsed.contains("/aws/lambda-microvms/runtime")
+    segments
+        .windows(3)
+        .any(|w| w == ["aws", "lambda-microvms", "runtime"])
 }
 
 fn percent_decode(s: &str) -> String {
@@ -102,12 +121,26 @@ mod tests {
             "/AWS/Lambda-MicroVMs/Runtime/v1/run",
             "/%61ws/lambda-microvms%2Fruntime/v1/run",
             "/app/../aws/lambda-microvms/runtime/v1/suspend",
+            "/aws/./lambda-microvms/runtime/v1/terminate",
+            "/aws/x/../lambda-microvms/runtime/v1/run",
+            "/aws/%2e/lambda-microvms/runtime/v1/run",
+            "/aws;x/lambda-microvms/runtime/v1/run",
+            "/aws\\lambda-microvms\\runtime/v1/run",
+            "/aws%252Flambda-microvms%252Fruntime/v1/run",
+            "http://mvm.example/aws/lambda-microvms/runtime/v1/run",
         ] {
             for port in [8080, 8081, 3000] {
                 assert!(b.refusal(path, port).is_some(), "{path} on {port}");
             }
         }
-        for path in ["/", "/aws/other", "/lambda-microvms", "/runtime/v1/run"] {
+        for path in [
+            "/",
+            "/aws/other",
+            "/lambda-microvms",
+            "/runtime/v1/run",
+            "/docs/aws-lambda-microvms-runtime",
+            "/aws/lambda-microvms/../../runtime",
+        ] {
             assert_eq!(b.refusal(path, 8080), None, "{path}");
         }
     }

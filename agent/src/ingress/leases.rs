@@ -16,8 +16,14 @@ pub async fn serve_leases(activity: Arc<Activity>) {
         }
     };
     loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
+        let mut s = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors (EMFILE): pause instead of spinning on the error.
+                tracing::warn!("keep-awake lease accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let busy = activity.busy();
         tokio::spawn(async move {

@@ -17,9 +17,14 @@ pub enum Kind {
 }
 
 pub fn sniff(b: &[u8]) -> Kind {
-    if b.is_empty() {
-        return Kind::Unknown;
-    }
+    // HTTP/1 servers skip empty lines before a request line (RFC 9112 section 2.2),
+    // so a request that starts with some must still be treated as HTTP.
+    let start = b.iter().position(|c| !matches!(c, b'\r' | b'\n'));
+    let b = match start {
+        Some(i) => &b[i..],
+        None if b.len() > 16 => return Kind::Raw,
+        None => return Kind::Unknown,
+    };
     let n = b.len().min(H2_PREFACE.len());
     if b[..n] == H2_PREFACE[..n] {
         return if n == H2_PREFACE.len() {
@@ -53,5 +58,8 @@ mod tests {
         assert_eq!(sniff(b"hello"), Kind::Raw);
         assert_eq!(sniff(b"ABCDEFGHIJ"), Kind::Raw);
         assert_eq!(sniff(b"SSH-2.0-OpenSSH"), Kind::Raw);
+        assert_eq!(sniff(b"\r\nGET / HTTP/1.1\r\n"), Kind::Http1);
+        assert_eq!(sniff(b"\r\n\r\n"), Kind::Unknown);
+        assert_eq!(sniff(&[b'\n'; 17]), Kind::Raw);
     }
 }

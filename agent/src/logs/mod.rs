@@ -77,6 +77,9 @@ pub struct Logs {
     settings: LogsSettings,
     /// New events, a flush request, or a new destination or credentials.
     wake_sender: Notify,
+    /// A new destination or credentials only: what cuts a retry pause short (new
+    /// events must not, or a chatty application would defeat the backoff).
+    sink_changed: Notify,
     /// Buffer space freed or events resolved.
     progress: Notify,
     readers: Mutex<Vec<Arc<Reader>>>,
@@ -101,6 +104,7 @@ impl Logs {
             }),
             settings,
             wake_sender: Notify::new(),
+            sink_changed: Notify::new(),
             progress: Notify::new(),
             readers: Mutex::new(Vec::new()),
             sinks,
@@ -121,27 +125,49 @@ impl Logs {
         st.sink = sink;
         drop(st);
         self.wake_sender.notify_one();
+        self.sink_changed.notify_one();
     }
 
     /// New credentials (a /resume, or a refreshed set): rebuild the sink, retry now.
     pub fn update_credentials(&self, c: &Credentials) {
+        let destination = self.lock().destination.clone();
+        if !matches!(destination, Destination::CloudWatch { .. }) {
+            return;
+        }
+        // Building a client sets up TLS: not under the lock capture and status share.
+        let sink = (self.sinks)(&destination, Some(c));
         let mut st = self.lock();
-        if matches!(st.destination, Destination::CloudWatch { .. }) {
-            st.sink = (self.sinks)(&st.destination, Some(c));
+        if st.destination == destination {
+            st.sink = sink;
             st.last_error = None;
         }
         drop(st);
         self.wake_sender.notify_one();
+        self.sink_changed.notify_one();
     }
 
-    /// Send or drop everything captured up to now, within `deadline`. True if done.
+    /// Send or drop everything captured up to now, within `deadline`. True only if
+    /// done: whatever blocks (a full buffer under `block`, a stuck sink), the answer
+    /// comes by the deadline, so /suspend and /terminate never wait longer.
     pub async fn flush(&self, deadline: Duration) -> bool {
         let until = Instant::now() + deadline;
+        tokio::time::timeout_at(until.into(), self.flush_until(until))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn flush_until(&self, until: Instant) -> bool {
         // 1. The pipes are drained and every byte read has become an event.
         let readers: Vec<Arc<Reader>> = self.readers.lock().map(|r| r.clone()).unwrap_or_default();
-        while readers.iter().any(|r| r.busy()) && Instant::now() < until {
+        while readers.iter().any(|r| r.busy()) {
+            if Instant::now() >= until {
+                // Bytes still in a pipe or in a reader's hands: not everything
+                // written before the request is an event yet.
+                return false;
+            }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        // Every reader is idle in its read: its partial line is the newest output.
         for r in &readers {
             self.flush_partial(r).await;
         }

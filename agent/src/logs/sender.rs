@@ -54,7 +54,7 @@ impl Logs {
                         let attempt = backoff.attempts();
                         tracing::warn!(attempt, "PutLogEvents: {e}; retrying in {pause:?}");
                         // New credentials or a new destination cut the wait short.
-                        let _ = tokio::time::timeout(pause, self.wake_sender.notified()).await;
+                        let _ = tokio::time::timeout(pause, self.sink_changed.notified()).await;
                         let current = self.lock().sink.clone();
                         match current {
                             // The same batch, through the current sink (new credentials,

@@ -65,8 +65,8 @@ impl Sink for Shared {
     }
 }
 
-/// The real clocks plus offsets the test moves: the wall clock either way, the
-/// monotonic one forward.
+/// The real wall clock plus an offset the test moves either way, and a monotonic
+/// clock that stands still until the test moves it forward.
 #[derive(Default)]
 struct TestClock {
     wall: AtomicI64,
@@ -78,7 +78,8 @@ impl Clock for TestClock {
         crate::clock::SystemClock.unix_ms() + self.wall.load(Ordering::SeqCst)
     }
     fn mono_ms(&self) -> u64 {
-        crate::clock::SystemClock.mono_ms() + self.mono.load(Ordering::SeqCst) as u64
+        // Moved by the test alone: batch ages never depend on how loaded the machine is.
+        self.mono.load(Ordering::SeqCst) as u64
     }
 }
 
@@ -190,12 +191,17 @@ async fn drop_oldest_counts_what_it_drops_and_flush_waits_for_the_batch_in_fligh
         tokio::time::sleep(Duration::from_millis(5)).await;
         r.logs.flush(Duration::ZERO).await;
     }
+    // A flush asked now covers the five the sink holds; the lines that follow evict
+    // queued ones, which must not count as resolving the batch in flight.
+    let logs = r.logs.clone();
+    let early = tokio::spawn(async move { logs.flush(Duration::from_millis(400)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
     r.logs.push(lines(5..100)).await;
     balanced(&r.logs);
     let s = r.logs.status();
     assert!(s.counters.dropped_by_reason["BufferFull"] > 0, "{s:?}");
     // Not done while the sink holds a batch: neither sent nor counted yet.
-    assert!(!r.logs.flush(Duration::from_millis(200)).await);
+    assert!(!early.await.unwrap(), "the held batch is not flushed");
     r.sink.stall(false);
     assert!(r.logs.flush(5 * SECOND).await);
     let s = r.logs.status();
@@ -276,4 +282,40 @@ async fn a_batch_waits_for_its_age_unless_someone_flushes() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(r.sink.delivered(), [0, 1, 2]);
+}
+
+#[tokio::test]
+async fn flush_answers_by_its_deadline_even_when_capture_is_blocked() {
+    // The bug this guards: with the buffer full under `block` and the sink stuck, the
+    // flush pushed the partial last line and waited for room without limit, so
+    // /terminate never answered and the VM never powered off.
+    let r = rig(10 * 40, WhenFull::Block);
+    r.logs.configure(cloudwatch(), None);
+    r.sink.stall(true);
+    let fd = r.logs.pipe().unwrap();
+    let mut out = std::fs::File::from(fd);
+    use std::io::Write;
+    let mut text = String::new();
+    for l in lines(0..100) {
+        text.push_str(&l);
+        text.push('\n');
+    }
+    text.push_str("a partial last line");
+    out.write_all(text.as_bytes()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    let done = tokio::time::timeout(5 * SECOND, r.logs.flush(Duration::from_millis(300)))
+        .await
+        .expect("flush must answer by its deadline");
+    assert!(!done, "nothing could be sent: not flushed");
+    assert!(t0.elapsed() < SECOND, "{:?}", t0.elapsed());
+    r.sink.stall(false);
+    assert!(r.logs.flush(10 * SECOND).await);
+    let delivered = r.sink.delivered();
+    assert_eq!(
+        delivered,
+        (0..101).collect::<Vec<u64>>(),
+        "in order, tail last"
+    );
+    balanced(&r.logs);
 }

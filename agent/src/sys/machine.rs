@@ -201,10 +201,14 @@ pub mod fake {
 
         fn sync_storage(&self, final_: bool) -> std::io::Result<()> {
             self.calls.lock().unwrap().push(Call::Sync { final_ });
-            let mut stalled = self.stall_sync.lock().unwrap();
-            while *stalled {
-                stalled = self.released.wait(stalled).unwrap();
-            }
+            // Bounded even if a test fails before releasing it: a test binary must
+            // fail, not hang on a blocking thread the runtime waits for.
+            let stalled = self.stall_sync.lock().unwrap();
+            let limit = std::time::Duration::from_secs(30);
+            let (stalled, _) = self
+                .released
+                .wait_timeout_while(stalled, limit, |s| *s)
+                .unwrap();
             drop(stalled);
             Self::fail(&self.fail_sync, "sync")
         }

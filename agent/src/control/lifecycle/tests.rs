@@ -206,7 +206,8 @@ async fn a_run_preempted_by_terminate_starts_no_timer() {
     // The bug this guards: a /run that /terminate preempted still armed its
     // maximum-duration timer (and idle reporter), which later fired on a dead VM.
     let mut r = rig().await;
-    r.app.run_delay_ms.store(300, Ordering::SeqCst);
+    // The app takes a second to answer /run; /terminate comes well before that.
+    r.app.run_delay_ms.store(1000, Ordering::SeqCst);
     let a = r.lc.clone();
     let run = tokio::spawn(async move {
         a.request(Hook::Run, run_with(r#","maximumDurationInSeconds":1"#))
