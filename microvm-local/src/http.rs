@@ -20,10 +20,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Longest a request may take, connection to last body byte. The agent answers
-/// every hook within its own timeouts (at most an hour for image-build hooks, which
-/// the runner polls); two minutes is generous for everything the host asks.
+/// Longest a request may take, connection to last body byte: generous for everything
+/// the host asks that is not a hook call.
 pub const TIMEOUT: Duration = Duration::from_secs(120);
+/// For a hook call: the agent answers within the hook's own timeout, up to an hour for
+/// the image-build hooks, plus what a `/terminate` does after its hook (grace period,
+/// log flush, sync).
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(3600 + 120);
 
 /// An answer, whole.
 #[derive(Debug, Clone)]
@@ -74,14 +77,26 @@ pub fn send(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<Reply> {
+    send_within(TIMEOUT, stream, method, path, headers, body)
+}
+
+/// [`send`] with its own bound on the whole exchange.
+pub fn send_within(
+    timeout: Duration,
+    stream: impl Into<Stream>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<Reply> {
     let request = build(method, path, headers, body)?;
     let stream = stream.into();
     block_on(async move {
-        match tokio::time::timeout(TIMEOUT, exchange(stream, request)).await {
+        match tokio::time::timeout(timeout, exchange(stream, request)).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("no complete answer within {TIMEOUT:?}"),
+                format!("no complete answer within {timeout:?}"),
             )),
         }
     })?

@@ -215,8 +215,23 @@ fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image_path: &str) -> i
 
 fn interactive(host: &Arc<Host>) {
     eprintln!("microvm-local: commands: suspend, resume, terminate, status, sleep=N, quit");
-    for line in std::io::stdin().lock().lines() {
-        let Ok(line) = line else { break };
+    // stdin is read on a thread of its own: a signal must end the session even while
+    // nobody types (reads restart after the handler, so the loop would not notice).
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !signals::stopping() => continue,
+            Err(_) => break,
+        };
         let cmd = line.trim();
         if cmd == "quit" || signals::stopping() {
             break;

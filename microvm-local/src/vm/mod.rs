@@ -62,6 +62,9 @@ pub struct Vm {
 /// QEMU or backend may outlive its runner.
 fn die_with_parent(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
+    // A process group of its own: Ctrl-C in the terminal reaches the runner only,
+    // which terminates the MicroVM cleanly; QEMU must not quit under the agent.
+    cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
@@ -149,6 +152,9 @@ impl Vm {
                     "qemu exited during boot ({st}); serial:\n{}",
                     vm.serial()
                 ));
+            }
+            if crate::signals::stopping() {
+                return Err("stopped during boot".into());
             }
             if vm.started.elapsed() > opts.boot_timeout {
                 return Err(format!(

@@ -31,7 +31,7 @@ impl Vm {
                 }
             }
             if line.starts_with(b"OK ") {
-                s.set_read_timeout(Some(http::TIMEOUT))?;
+                s.set_read_timeout(Some(http::HOOK_TIMEOUT))?;
                 return Ok(s);
             }
             if line.is_empty() && started.elapsed() >= CONNECT_TIMEOUT {
@@ -60,7 +60,15 @@ impl Vm {
             // Not a hook: still sent, so a caller can see the agent's 404.
             None => format!("{}{hook}", microvm_protocol::HOOK_PATH_PREFIX),
         };
-        self.request("POST", &path, body.as_bytes())
+        let stream = self.connect(ports::CONTROL)?;
+        http::send_within(
+            http::HOOK_TIMEOUT,
+            stream,
+            "POST",
+            &path,
+            &[],
+            body.as_bytes(),
+        )
     }
 
     /// `GET /v1/status`, as JSON.
