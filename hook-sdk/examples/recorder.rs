@@ -240,7 +240,11 @@ fn vsock_probe(port: u32) -> serde_json::Value {
         }
     };
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-    let _ = s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n");
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+        microvm_protocol::paths::STATUS
+    );
+    let _ = s.write_all(req.as_bytes());
     let mut buf = Vec::new();
     let read = s.read_to_end(&mut buf);
     serde_json::json!({"vsockProbe": {

@@ -36,8 +36,9 @@ use std::sync::Arc;
 /// The body of `/run`: who this MicroVM is and what the caller of run-microvm passed.
 pub use microvm_protocol::RunHookBody as RunRequest;
 pub use microvm_protocol::{Hook, HOOK_PATH_PREFIX};
-/// The `/run` body is at most a 16,384-byte payload plus its envelope.
-const MAX_BODY: usize = 128 * 1024;
+/// The `/run` body: at most a maximal payload JSON-escaped six-fold, plus its
+/// envelope (the same bound as the agent's control channel).
+const MAX_BODY: usize = microvm_protocol::limits::MAX_CONTROL_BODY;
 /// The most of a refused request's body read (and discarded) before answering.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 /// Pause after a failed accept (EMFILE and the like) before accepting again.

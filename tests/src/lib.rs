@@ -350,7 +350,7 @@ impl Guest {
     fn wait_ready(&self) {
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
-            if let Ok(r) = http(&self.sock, "GET", "/v1/status", b"") {
+            if let Ok(r) = http(&self.sock, "GET", microvm_protocol::paths::STATUS, b"") {
                 if r.status == 200 {
                     return;
                 }
@@ -374,7 +374,8 @@ impl Guest {
     }
 
     pub fn status(&self) -> Value {
-        self.request("GET", "/v1/status", b"").json()
+        self.request("GET", microvm_protocol::paths::STATUS, b"")
+            .json()
     }
 
     /// Poll status until `pred` holds, or panic after `timeout`.

@@ -69,6 +69,9 @@ pub mod limits {
     pub const EVENTS_MAX_WAIT_SECONDS: u64 = 60;
 }
 
+/// The log group of a run whose `logging` names none: this prefix and the image name.
+pub const DEFAULT_LOG_GROUP_PREFIX: &str = "/aws/lambda-microvms/";
+
 /// Control-channel paths besides the hook paths.
 pub mod paths {
     pub const STATUS: &str = "/v1/status";

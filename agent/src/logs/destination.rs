@@ -2,6 +2,7 @@
 
 use microvm_protocol::run::Logging;
 pub use microvm_protocol::status::Destination;
+use microvm_protocol::DEFAULT_LOG_GROUP_PREFIX;
 
 /// The effective logging union: the run's, else the image's, else CloudWatch defaults.
 pub fn effective(run: Option<&Logging>, image: Option<&Logging>) -> Logging {
@@ -31,7 +32,7 @@ pub fn destination(
                 log_group: cw
                     .log_group
                     .clone()
-                    .unwrap_or_else(|| format!("/aws/lambda-microvms/{image_name}")),
+                    .unwrap_or_else(|| format!("{DEFAULT_LOG_GROUP_PREFIX}{image_name}")),
                 log_stream: cw
                     .log_stream
                     .clone()
