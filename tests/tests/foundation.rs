@@ -572,4 +572,22 @@ fn status_events_and_errors_are_the_typed_contract() {
     let r = g.request("GET", "/nowhere", b"");
     let e: ApiError = serde_json::from_slice(&r.body).expect("errors parse as ApiError");
     assert_eq!((r.status, e.error), (404, ErrorCode::NotFound));
+    use microvm_protocol::status::{HookAnswer, HookOutcome, State, TerminateAnswer};
+    let r = g.hook("run", r#"{"microvmId":"mvm-typed"}"#);
+    let a: HookAnswer = serde_json::from_slice(&r.body).expect("a hook answer");
+    assert_eq!(r.status, 200);
+    assert!(matches!(
+        a.outcome,
+        HookOutcome::Ok {
+            application_status: 200
+        }
+    ));
+    assert_eq!(a.microvm_id.as_deref(), Some("mvm-typed"));
+    assert_eq!(a.state, Some(State::Running));
+    let r = g.hook("terminate", "");
+    let t: TerminateAnswer = serde_json::from_slice(&r.body).expect("a terminate answer");
+    assert_eq!(
+        (t.state_reason.as_str(), t.state),
+        ("Host.Terminate", Some(State::Terminated))
+    );
 }

@@ -79,13 +79,15 @@ pub enum HookOutcome {
     /// No answer within the hook's timeout.
     #[serde(rename_all = "camelCase")]
     Timeout { timeout_ms: u64 },
+    /// The image leaves this hook DISABLED: the application was not called.
+    Disabled,
 }
 
 impl HookOutcome {
     /// The control channel's status for a hook answer with this outcome.
     pub fn http_status(&self) -> u16 {
         match self {
-            HookOutcome::Ok { .. } => 200,
+            HookOutcome::Ok { .. } | HookOutcome::Disabled => 200,
             HookOutcome::NotReady => 503,
             HookOutcome::Failed { .. } | HookOutcome::Unreachable { .. } => 502,
             HookOutcome::Timeout { .. } => 504,
@@ -94,8 +96,49 @@ impl HookOutcome {
 
     /// Whether the hook did what it was asked (or said "not yet", which is no fault).
     pub fn is_fault(&self) -> bool {
-        !matches!(self, HookOutcome::Ok { .. } | HookOutcome::NotReady)
+        !matches!(
+            self,
+            HookOutcome::Ok { .. } | HookOutcome::NotReady | HookOutcome::Disabled
+        )
     }
+}
+
+/// The answer to a lifecycle request (`/ready`, `/validate`, `/run`, `/suspend`,
+/// `/resume`): which hook, what the application did, and the state after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HookAnswer {
+    pub hook: Hook,
+    #[serde(flatten)]
+    pub outcome: HookOutcome,
+    /// `/run`: the MicroVM that runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub microvm_id: Option<String>,
+    /// `/suspend`: whether everything the application wrote before it was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_flushed: Option<bool>,
+    /// The state once the request settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+}
+
+/// The answer to `/terminate` (always 200: the application cannot stop it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminateAnswer {
+    /// The application's `/terminate` hook, when it was running to be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<HookAnswer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application_exit: Option<Exit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs_flushed: Option<bool>,
+    /// The final sync or read-only remount failed (the power goes off regardless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
+    pub state_reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
 }
 
 /// The application as the host sees it.
@@ -285,6 +328,32 @@ mod tests {
         assert_eq!(v, serde_json::json!({"result":"timeout","timeoutMs":1000}));
         assert_eq!(HookOutcome::NotReady.http_status(), 503);
         assert!(!HookOutcome::NotReady.is_fault());
+    }
+
+    #[test]
+    fn hook_answers_flatten_the_outcome() {
+        let a = HookAnswer {
+            hook: Hook::Run,
+            outcome: HookOutcome::Ok {
+                application_status: 200,
+            },
+            microvm_id: Some("m".into()),
+            logs_flushed: None,
+            state: Some(State::Running),
+        };
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"hook":"run","result":"ok","applicationStatus":200,
+                               "microvmId":"m","state":"RUNNING"})
+        );
+        assert_eq!(serde_json::from_value::<HookAnswer>(v).unwrap(), a);
+        let d = serde_json::json!({"hook":"suspend","result":"disabled"});
+        let d: HookAnswer = serde_json::from_value(d).unwrap();
+        assert_eq!(
+            (d.outcome.http_status(), d.outcome.is_fault()),
+            (200, false)
+        );
     }
 
     #[test]

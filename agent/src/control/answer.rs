@@ -17,8 +17,13 @@ impl Answer {
 
     /// 200 with a typed body of the wire contract.
     pub fn ok<T: serde::Serialize>(body: &T) -> Self {
+        Self::typed(200, body)
+    }
+
+    /// `status` with a typed body of the wire contract.
+    pub fn typed<T: serde::Serialize>(status: u16, body: &T) -> Self {
         match serde_json::to_value(body) {
-            Ok(v) => Answer::new(200, v),
+            Ok(v) => Answer::new(status, v),
             Err(e) => ApiError::new(ErrorCode::InternalError, format!("encoding: {e}")).into(),
         }
     }

@@ -8,17 +8,17 @@ use crate::control::answer::Answer;
 use crate::events::EventType;
 use crate::hooks;
 use crate::supervisor::state_reason;
-use microvm_protocol::status::{Exit, HookOutcome, RunInfo};
+use microvm_protocol::status::{Exit, HookAnswer, HookOutcome, RunInfo, TerminateAnswer};
 use microvm_protocol::{ApiError, ErrorCode, Hook};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl Lifecycle {
     pub(super) async fn execute(self: &Arc<Self>, op: Hook, input: Input) -> Answer {
         match (op, input) {
-            (Hook::Ready, _) => self.call_hook(Hook::Ready, b"{}".to_vec()).await,
-            (Hook::Validate, _) => self.call_hook(Hook::Validate, b"{}".to_vec()).await,
+            (Hook::Ready, _) => answer(self.call_hook(Hook::Ready, b"{}".to_vec()).await),
+            (Hook::Validate, _) => answer(self.call_hook(Hook::Validate, b"{}".to_vec()).await),
             (Hook::Run, Input::Run(run)) => self.run(*run).await,
             (Hook::Suspend, _) => self.suspend().await,
             (Hook::Resume, input) => {
@@ -29,7 +29,7 @@ impl Lifecycle {
                 if let Err(a) = self.refresh(fresh) {
                     return a;
                 }
-                let answer = self.call_hook(Hook::Resume, b"{}".to_vec()).await;
+                let answer = answer(self.call_hook(Hook::Resume, b"{}".to_vec()).await);
                 // Idle time counts again only once the guest really runs: a failed
                 // resume leaves it SUSPENDED, and suspended time is never idle time.
                 if answer.status == 200 {
@@ -78,13 +78,14 @@ impl Lifecycle {
         if let Err(a) = self.configure_logs(&run) {
             return a;
         }
-        let mut answer = self.call_hook(Hook::Run, run.app_body()).await;
-        if answer.status == 200 {
-            if let Value::Object(m) = &mut answer.body {
-                m.insert("microvmId".into(), json!(run.microvm_id));
-            }
+        let mut hook = match self.call_hook(Hook::Run, run.app_body()).await {
+            Ok(h) => h,
+            Err(e) => return e,
+        };
+        if hook.outcome.http_status() == 200 {
+            hook.microvm_id = Some(run.microvm_id.clone());
         }
-        answer
+        answer(Ok(hook))
     }
 
     /// Once a run has settled as RUNNING (not when /terminate preempted it): the idle
@@ -164,14 +165,17 @@ impl Lifecycle {
         Ok(())
     }
 
-    async fn call_hook(&self, hook: Hook, body: Vec<u8>) -> Answer {
+    /// Call the application's `hook` (unless the image disables it) and record it.
+    async fn call_hook(&self, hook: Hook, body: Vec<u8>) -> Result<HookAnswer, Answer> {
         let Ok(cfg) = &self.ctx.config else {
-            return ApiError::new(ErrorCode::ImageConfigInvalid, "no valid image config").into();
+            return Err(
+                ApiError::new(ErrorCode::ImageConfigInvalid, "no valid image config").into(),
+            );
         };
         let (toggle, timeout) = cfg.hooks.setting(hook);
         if toggle == Toggle::Disabled {
             self.record(hook, None, None);
-            return Answer::new(200, json!({"hook": hook, "result": "disabled"}));
+            return Ok(hook_answer(hook, HookOutcome::Disabled));
         }
         let sup = self.ctx.supervisor.clone();
         let alive = move || sup.as_ref().is_some_and(|s| s.is_running());
@@ -191,12 +195,7 @@ impl Lifecycle {
                 json!({"hook": hook, "outcome": outcome}),
             );
         }
-        let status = outcome.http_status();
-        let mut body = json!({"hook": hook});
-        if let (Value::Object(m), Value::Object(o)) = (&mut body, json!(outcome)) {
-            m.extend(o);
-        }
-        Answer::new(status, body)
+        Ok(hook_answer(hook, outcome))
     }
 
     fn record(&self, hook: Hook, outcome: Option<HookOutcome>, took: Option<Duration>) {
@@ -212,23 +211,18 @@ impl Lifecycle {
 
     async fn terminate(self: &Arc<Self>, input: Input) -> Answer {
         let app_running = self.ctx.supervisor.as_ref().is_some_and(|s| s.is_running());
-        let mut body = json!({});
-        if app_running && self.ctx.config.is_ok() {
-            // The app's answer is reported, but it cannot stop the termination.
-            let hook = self.call_hook(Hook::Terminate, b"{}".to_vec()).await;
-            body["hook"] = hook.body;
-        }
-        if let Some(sup) = &self.ctx.supervisor {
-            if let Some(exit) = sup.stop(STOP_GRACE).await {
-                body["applicationExit"] = json!(exit);
-            }
-        }
-        if let Some(flushed) = self.flush_logs().await {
-            body["logsFlushed"] = json!(flushed);
-        }
-        if let Err(e) = self.sync_storage(true).await {
-            body["storageError"] = json!(e);
-        }
+        // The app's answer is reported, but it cannot stop the termination.
+        let hook = if app_running && self.ctx.config.is_ok() {
+            self.call_hook(Hook::Terminate, b"{}".to_vec()).await.ok()
+        } else {
+            None
+        };
+        let application_exit = match &self.ctx.supervisor {
+            Some(sup) => sup.stop(STOP_GRACE).await,
+            None => None,
+        };
+        let logs_flushed = self.flush_logs().await;
+        let storage_error = self.sync_storage(true).await.err();
         let reason = match input {
             Input::SelfTerminate(r) => r,
             _ => "Host.Terminate".to_string(),
@@ -237,35 +231,45 @@ impl Lifecycle {
             let mut g = self.lock();
             g.state_reason.get_or_insert(reason).clone()
         };
-        body["stateReason"] = json!(reason);
-        Answer::new(200, body)
+        Answer::typed(
+            200,
+            &TerminateAnswer {
+                hook,
+                application_exit,
+                logs_flushed,
+                storage_error,
+                state_reason: reason,
+                state: None,
+            },
+        )
     }
 
     /// The app's hook first (it may write state), then make the guest safe to snapshot:
     /// nothing dirty in the page cache that a restore elsewhere would miss.
     async fn suspend(&self) -> Answer {
-        let mut answer = self.call_hook(Hook::Suspend, b"{}".to_vec()).await;
-        if answer.status == 200 {
-            if let Some(flushed) = self.flush_logs().await {
-                answer.body["logsFlushed"] = json!(flushed);
-            }
-            if let Err(e) = self.sync_storage(false).await {
-                // The app believes it is suspended while the VM stays RUNNING: tell it
-                // to resume, so both agree, and say whether it did.
-                let resumed = self.call_hook(Hook::Resume, b"{}".to_vec()).await;
-                let mut failed: Answer = ApiError::new(
-                    ErrorCode::QuiesceFailed,
-                    format!("{e}; the application was asked to resume"),
-                )
-                .into();
-                failed.body["applicationResumed"] = json!(resumed.status == 200);
-                answer = failed;
-            } else {
-                // From here until /resume, time does not count as idle.
-                self.ctx.activity.suspend();
-            }
+        let mut hook = match self.call_hook(Hook::Suspend, b"{}".to_vec()).await {
+            Ok(h) if h.outcome.http_status() == 200 => h,
+            other => return answer(other),
+        };
+        hook.logs_flushed = self.flush_logs().await;
+        if let Err(e) = self.sync_storage(false).await {
+            // The app believes it is suspended while the VM stays RUNNING: tell it to
+            // resume, so both agree, and say what became of that.
+            let resumed = match self.call_hook(Hook::Resume, b"{}".to_vec()).await {
+                Ok(h) => match h.outcome {
+                    HookOutcome::Disabled => "its resume hook is disabled".to_string(),
+                    o if !o.is_fault() => "it was resumed".to_string(),
+                    o => format!("resuming it failed: {}", json!(o)),
+                },
+                Err(a) => format!("resuming it failed: {}", a.body),
+            };
+            let msg =
+                format!("{e}; the guest stays RUNNING and the application was told so: {resumed}");
+            return ApiError::new(ErrorCode::QuiesceFailed, msg).into();
         }
-        answer
+        // From here until /resume, time does not count as idle.
+        self.ctx.activity.suspend();
+        answer(Ok(hook))
     }
 
     /// Bounded: a wedged disk must not wedge the lifecycle.
@@ -310,5 +314,23 @@ impl Lifecycle {
             json!({"stateReason": reason, "exit": exit}),
         );
         self.self_terminate(reason).await;
+    }
+}
+
+fn hook_answer(hook: Hook, outcome: HookOutcome) -> HookAnswer {
+    HookAnswer {
+        hook,
+        outcome,
+        microvm_id: None,
+        logs_flushed: None,
+        state: None,
+    }
+}
+
+/// A hook's answer to the host, with the status its outcome calls for.
+fn answer(hook: Result<HookAnswer, Answer>) -> Answer {
+    match hook {
+        Ok(h) => Answer::typed(h.outcome.http_status(), &h),
+        Err(e) => e,
     }
 }

@@ -174,7 +174,14 @@ async fn a_failed_quiesce_is_an_error_and_the_application_is_resumed() {
     let a = r.lc.request(Hook::Suspend, Input::Empty).await;
     assert_eq!(a.status, 500);
     assert_eq!(a.body["error"], "QuiesceFailed");
-    assert_eq!(a.body["applicationResumed"], true);
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("it was resumed"),
+        "{}",
+        a.body
+    );
     assert_eq!(
         *r.app.calls.lock().unwrap(),
         [Hook::Run, Hook::Suspend, Hook::Resume]
