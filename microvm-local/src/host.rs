@@ -31,9 +31,12 @@ pub fn clock() -> Clock {
 
 fn random(n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
-    // /dev/urandom never blocks and never runs dry once the host has booted; a host
-    // without it has bigger problems than a weak reseed of one guest.
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    // Zeros sent as "fresh" entropy would make every restored copy of a snapshot share
+    // one random stream: with no randomness to give, the runner stops instead.
+    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
+        eprintln!("microvm-local: cannot read /dev/urandom for the guest's entropy: {e}");
+        std::process::exit(255);
+    }
     b
 }
 

@@ -266,5 +266,9 @@ impl Drop for Vm {
         }
         let _ = self.backend.kill();
         let _ = self.backend.wait();
+        // Sockets and logs of a VM that is gone; kept when the caller asked for them.
+        if std::env::var_os("MICROVM_LOCAL_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
