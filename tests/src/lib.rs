@@ -55,29 +55,20 @@ pub struct Bins {
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new(cargo)
-            .current_dir(&ws)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "microvm-agent",
-                "-p",
-                "hook-sdk",
-                "--bin",
-                "microvm-agent",
-                "--example",
-                "recorder",
-                "--example",
-                "http_app",
-                "--example",
-                "echo",
-            ])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the agent and recorder failed");
+        cargo_build(&[
+            "-p",
+            "microvm-agent",
+            "-p",
+            "hook-sdk",
+            "--bin",
+            "microvm-agent",
+            "--example",
+            "recorder",
+            "--example",
+            "http_app",
+            "--example",
+            "echo",
+        ]);
         let built = target_dir().join("debug");
         // The app is started after the agent mounted /tmp: keep binaries outside it.
         let d = outside_tmp().join("debug");
@@ -108,23 +99,22 @@ pub fn bins() -> &'static Bins {
 pub fn runner() -> &'static Path {
     static RUNNER: OnceLock<PathBuf> = OnceLock::new();
     RUNNER.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new(cargo)
-            .current_dir(&ws)
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "microvm-local",
-                "--bin",
-                "microvm-local",
-            ])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building microvm-local failed");
+        cargo_build(&["-p", "microvm-local", "--bin", "microvm-local"]);
         target_dir().join("debug").join("microvm-local")
     })
+}
+
+/// `cargo build -q ARGS` in the workspace (debug), or the test fails saying so.
+fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(cargo)
+        .current_dir(&ws)
+        .args(["build", "-q"])
+        .args(args)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {args:?} failed");
 }
 
 /// Raise this process's soft descriptor limit to the hard one (tests open many).
