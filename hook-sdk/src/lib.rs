@@ -39,14 +39,18 @@ pub use microvm_protocol::{Hook, HOOK_PATH_PREFIX};
 /// The `/run` body: at most a maximal payload JSON-escaped six-fold, plus its
 /// envelope (the same bound as the agent's control channel).
 const MAX_BODY: usize = microvm_protocol::limits::MAX_CONTROL_BODY;
-/// The most of a refused request's body read (and discarded) before answering.
-const DRAIN_LIMIT: usize = 1024 * 1024;
+/// The most of a refused request's body [`drain`] reads (and discards).
+pub const DRAIN_LIMIT: usize = 1024 * 1024;
 /// Pause after a failed accept (EMFILE and the like) before accepting again.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Read (and discard) what is left of a request body before an error answer, bounded:
-/// a client that sends its body after the headers must see the answer, not a reset.
-async fn drain<B>(body: B)
+/// Read and discard what is left of a request body before an error answer: at most
+/// [`DRAIN_LIMIT`] bytes, giving up after 2 s without a byte and 10 s in all. A server
+/// that answers and closes while the client is still sending makes the kernel reset
+/// the connection, and a client that sends its body after the headers (Python's
+/// `http.client` does) then sees a broken pipe instead of the status it was given.
+/// [`handle`] does this itself; call it in your own server's error paths too.
+pub async fn drain<B>(body: B)
 where
     B: Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
