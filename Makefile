@@ -5,6 +5,8 @@ AGENT := target/$(MUSL)/release/microvm-agent
 CARGO ?= cargo
 
 IMAGE := build/example
+# The example plus what only tests want (the recorder probes vsock from inside).
+TEST_IMAGE := build/test
 APP := target/$(MUSL)/release/examples/recorder
 
 .PHONY: help setup build app rootfs test lint run bench clean
@@ -32,7 +34,8 @@ app:
 	$(CARGO) build --release --target $(MUSL) -p hook-sdk --example recorder
 
 rootfs: build app
-	rootfs/build.sh $(AGENT) $(APP) rootfs/example/image.json $(IMAGE)
+	KERNEL_CACHE=build/kernel rootfs/build.sh $(AGENT) $(APP) rootfs/example/image.json $(IMAGE)
+	KERNEL_CACHE=build/kernel rootfs/build.sh $(AGENT) $(APP) rootfs/test/image.json $(TEST_IMAGE)
 
 # The real-guest suite needs the image: a test run never skips it for want of one.
 test: rootfs

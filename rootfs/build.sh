@@ -24,7 +24,8 @@ MODULES=(
 )
 
 mkdir -p "$out"
-kdir=$out/kernel/$KERNEL_PKG
+# Images built side by side share one extracted kernel package.
+kdir=${KERNEL_CACHE:-$out/kernel}/$KERNEL_PKG
 if [ ! -f "$kdir/.extracted" ]; then
   rm -rf "$kdir" && mkdir -p "$kdir"
   if ! (cd "$kdir" && apt-get download "$KERNEL_PKG" >/dev/null 2>&1); then
