@@ -281,6 +281,8 @@ pub struct GuestOpts {
     pub env: Vec<(String, String)>,
     /// Serve ingress on `<dir>/ingress.sock` instead of vsock.
     pub ingress: bool,
+    /// Run the agent under this descriptor limit (soft and hard, with prlimit).
+    pub nofile: Option<u64>,
 }
 
 /// The agent running as PID 1 in its own namespaces.
@@ -311,7 +313,15 @@ impl Guest {
             ns.push("--net");
         }
         ns.push("--mount-proc");
-        let child = Command::new("unshare")
+        let mut cmd = match opts.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("unshare");
+                c
+            }
+            None => Command::new("unshare"),
+        };
+        let child = cmd
             .args(&ns)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .arg(&bins().agent)

@@ -13,6 +13,10 @@ fn echo_guest(name: &str, idle_env: bool) -> Guest {
 
 /// The echo app on 8080, 8081 and 9090, with `extra` merged into its image config.
 fn echo_guest_with(name: &str, idle_env: bool, extra: Value) -> Guest {
+    echo_guest_opts(name, idle_env, extra, None)
+}
+
+fn echo_guest_opts(name: &str, idle_env: bool, extra: Value, nofile: Option<u64>) -> Guest {
     let dir = scratch(name);
     let mut cfg = json!({
         "imageName": "ingress-test",
@@ -37,6 +41,7 @@ fn echo_guest_with(name: &str, idle_env: bool, extra: Value) -> Guest {
         &GuestOpts {
             ingress: true,
             env,
+            nofile,
             ..Default::default()
         },
     );
@@ -459,4 +464,58 @@ fn ingress_errors_reach_a_client_that_sends_its_body_late() {
             .unwrap_or_else(|e| panic!("{headers:?}: no answer: {e}"));
         assert_eq!(r.status, want, "{headers:?}");
     }
+}
+
+#[test]
+fn a_flood_of_clients_cannot_take_the_hosts_control_channel() {
+    // The bug this guards: ingress accepted without a cap and shares the descriptor
+    // table with the control channel, so a flood of clients could make the host's
+    // /terminate impossible (EMFILE on the control socket).
+    require_root!();
+    raise_nofile();
+    let mut g = echo_guest_opts("flood", false, json!({}), Some(256));
+    let sock = g.dir.join("ingress.sock");
+    let (tx, opened) = std::sync::mpsc::channel();
+    // Clients past the cap wait in the listen backlog, then in connect: each gets a
+    // thread of its own, ended when the guest goes.
+    for _ in 0..300 {
+        let (sock, tx) = (sock.clone(), tx.clone());
+        std::thread::spawn(move || {
+            if let Ok(mut s) = UnixStream::connect(&sock) {
+                // Half a request: the connection stays open and busy.
+                let _ = s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n");
+                let _ = tx.send(());
+                let mut sink = [0u8; 64];
+                let _ = s.read(&mut sink);
+            }
+        });
+    }
+    let t0 = Instant::now();
+    let mut n = 0;
+    while n < 200 && t0.elapsed() < Duration::from_secs(30) {
+        if opened.recv_timeout(Duration::from_millis(500)).is_ok() {
+            n += 1;
+        }
+    }
+    assert!(n >= 200, "only {n} clients connected");
+    std::thread::sleep(Duration::from_millis(500));
+    // Well before the flood's half-requests time out (30 s) and free anything.
+    let asked = Instant::now();
+    let s = g.status();
+    assert_eq!(s["state"], "PENDING", "{s}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "status took {:?}",
+        asked.elapsed()
+    );
+    assert!(g.console().contains("ingress connections at most"));
+    let asked = Instant::now();
+    let r = g.hook("terminate", "");
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "terminate took {:?}",
+        asked.elapsed()
+    );
+    g.wait_gone(Duration::from_secs(30));
 }
