@@ -58,8 +58,9 @@ fn the_whole_machine() {
     let twin = std::thread::spawn(move || {
         http(&sock, "POST", &format!("{HOOK_PREFIX}suspend"), b"").unwrap()
     });
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(g.status()["state"], "SUSPENDING");
+    // Once the first suspend is in flight (its app hook takes 300 ms), not after a
+    // fixed sleep a loaded machine may outlast.
+    g.wait_status(Duration::from_secs(5), |s| s["state"] == "SUSPENDING");
     assert_409(&g, "resume", "", "SUSPENDING");
     let r = g.hook("suspend", "");
     assert_eq!(r.status, 200);
@@ -95,8 +96,13 @@ fn the_whole_machine() {
         )
         .unwrap()
     });
-    let during = g.wait_status(Duration::from_secs(2), |s| {
-        s["hooks"]["resume"].is_null() && s["inFlight"] == "resume"
+    // Polled until the steps show while the app's hook (delayed 400 ms) has not
+    // answered: a poll that lands between the request's start and its steps would
+    // prove nothing either way.
+    let during = g.wait_status(Duration::from_secs(5), |s| {
+        s["hooks"]["resume"].is_null()
+            && s["inFlight"] == "resume"
+            && s["machine"]["clockSteps"] == 1
     });
     // The app's hook has not answered yet, and the steps are already done.
     assert_eq!(during["machine"]["clockSteps"], 1);
