@@ -5,14 +5,16 @@ use crate::cli::Args;
 use crate::config::ImageConfig;
 use crate::control::{self, announce, lifecycle};
 use crate::logs::Logs;
+use crate::supervisor::cgroup::{self, AppCgroup};
 use crate::supervisor::{self, AppSpec, Reaper, Supervisor};
 use crate::sys::boot::{self, BootReport};
 use crate::sys::cmdline::{self, Cmdline};
-use crate::sys::machine::{detect_role, Machine, Real, Role};
+use crate::sys::machine::{Machine, Real, Role};
 use crate::sys::{guest, modules, power};
-use crate::transport;
-use microvm_protocol::events::Announce;
+use crate::{sdkconfig, transport};
+use microvm_protocol::events::{Announce, EventType};
 use microvm_protocol::PROTOCOL_VERSION;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
@@ -33,18 +35,9 @@ pub struct Startup {
 }
 
 impl Startup {
-    pub fn begin() -> Startup {
-        let role = detect_role();
-        // First of all: whatever fails from here on ends in a logged power-off.
-        std::panic::set_hook(Box::new(move |info| {
-            tracing::error!("agent panicked: {info}");
-            eprintln!("microvm-agent panicked: {info}");
-            if !role.is_pid1() {
-                // Under another init a panic is a failure, and says so in the status.
-                std::process::exit(101);
-            }
-            power::power_off(role, "Agent.Panic");
-        }));
+    /// Boot duties for `role`; the panic hook is installed already
+    /// ([`crate::panic::install`]).
+    pub fn begin(role: Role) -> Startup {
         let boot = if role.is_pid1() {
             boot::init_pid1()
         } else {
@@ -98,7 +91,12 @@ impl Startup {
             .build()
         {
             Ok(rt) => {
-                let reason = rt.block_on(serve(args, role, boot, cmdline.announce));
+                let serving = std::panic::AssertUnwindSafe(|| {
+                    rt.block_on(serve(args, role, boot, cmdline.announce))
+                });
+                // A panic that unwinds out of the runtime must not drop it unbounded.
+                let reason =
+                    std::panic::catch_unwind(serving).unwrap_or_else(|_| crate::panic::unwound());
                 // Dropping a runtime waits for its blocking tasks without limit (a
                 // sync(2) on wedged storage); power-off must not.
                 rt.shutdown_timeout(RUNTIME_SHUTDOWN);
@@ -134,7 +132,7 @@ fn apply_cmdline(cmdline: &Cmdline, args: &mut Args) {
 }
 
 /// Run the agent's services; returns the reason to power off with.
-async fn serve(args: Args, role: Role, boot: BootReport, announce_port: Option<u32>) -> String {
+async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Option<u32>) -> String {
     let machine: Arc<dyn Machine> = Arc::new(Real::new(role));
     let reaper = Arc::new(Reaper::default());
     tokio::spawn(reaper.clone().run());
@@ -180,6 +178,20 @@ async fn serve(args: Args, role: Role, boot: BootReport, announce_port: Option<u
         })
     };
     let (stdout, stderr) = (pipe(&logs), pipe(&logs));
+    // Not PID 1, /run is the machine's: the agent writes nothing there.
+    let sdk_config_file = role.is_pid1()
+        && config
+            .as_ref()
+            .is_ok_and(|c| !c.env.contains_key(sdkconfig::ENV));
+    let metadata = config.as_ref().ok().map(|cfg| {
+        let md = crate::metadata::Metadata::new(cfg.metadata, &cfg.image_name);
+        tokio::spawn(crate::metadata::serve(md.clone(), role));
+        md
+    });
+    let cgroup = match (&config, role) {
+        (Ok(cfg), Role::Guest) => app_cgroup(cfg, &mut boot),
+        _ => None,
+    };
     let supervisor = config.as_ref().ok().map(|cfg| {
         let mut env: Vec<(String, String)> = ["PATH", "HOME", "TERM"]
             .iter()
@@ -187,6 +199,9 @@ async fn serve(args: Args, role: Role, boot: BootReport, announce_port: Option<u
             .collect();
         if !env.iter().any(|(k, _)| k == "HOME") {
             env.push(("HOME".into(), "/".into()));
+        }
+        if sdk_config_file {
+            env.push((sdkconfig::ENV.into(), sdkconfig::PATH.into()));
         }
         env.retain(|(k, _)| !cfg.env.contains_key(k));
         env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -196,30 +211,53 @@ async fn serve(args: Args, role: Role, boot: BootReport, announce_port: Option<u
             working_dir: cfg.working_dir.clone(),
             stdout,
             stderr,
+            cgroup: cgroup.clone(),
         };
         Supervisor::new(reaper.clone(), spec, cfg.on_application_exit)
     });
 
+    let memory_limit_mib = config.as_ref().ok().and_then(|c| c.memory_limit_mib);
     let (power_tx, mut power_rx) = mpsc::unbounded_channel();
     let lc = lifecycle::Lifecycle::new(lifecycle::Context {
         config,
         supervisor: supervisor.clone(),
         logs,
         activity,
-        events,
+        events: events.clone(),
         machine: machine.clone(),
         power: power_tx,
         role,
         boot,
+        metadata,
+        sdk_config_file,
     });
 
     if let Some(sup) = supervisor {
         tokio::spawn(supervisor::signals::forward_signals(sup.clone()));
         let lc = lc.clone();
         tokio::spawn(async move {
-            if let Some(exit) = sup.run().await {
-                lc.application_exited(exit).await;
+            if let Some((exit, reason)) = sup.run().await {
+                lc.application_exited(exit, reason).await;
             }
+        });
+    }
+    if let Some(cg) = cgroup {
+        let (events, limit) = (events.clone(), memory_limit_mib);
+        tokio::spawn(supervisor::cgroup::watch_oom_kills(cg, move |total| {
+            tracing::warn!(total, "the OOM killer struck the application");
+            events.emit(
+                EventType::ApplicationOutOfMemory,
+                serde_json::json!({"oomKills": total, "memoryLimitMiB": limit}),
+            );
+        }));
+    }
+
+    // A panic in any task: terminate in order, as /terminate would, with its reason.
+    {
+        let lc = lc.clone();
+        tokio::spawn(async move {
+            let reason = crate::panic::panicked().await;
+            lc.self_terminate(reason).await;
         });
     }
 
@@ -264,6 +302,26 @@ async fn serve(args: Args, role: Role, boot: BootReport, announce_port: Option<u
     shutdown.notify_one();
     let _ = tokio::time::timeout(control::DRAIN_TIMEOUT * 2, server).await;
     reason
+}
+
+/// A real guest: the agent out of the OOM killer's reach, the application in a cgroup
+/// of its own (with the image's memory limit). Failures are boot failures, not fatal.
+fn app_cgroup(cfg: &ImageConfig, boot: &mut BootReport) -> Option<Arc<AppCgroup>> {
+    if let Err(e) = cgroup::protect_agent() {
+        boot.failures
+            .push(format!("oom_score_adj -1000 for the agent: {e}"));
+    }
+    let limit = cfg.memory_limit_mib.map(|m| m << 20);
+    match AppCgroup::create(Path::new(cgroup::ROOT), limit) {
+        Ok(cg) => Some(Arc::new(cg)),
+        Err(e) => {
+            boot.failures.push(format!(
+                "application cgroup under {}: {e}; no memory limit, OOM kills unreported",
+                cgroup::ROOT
+            ));
+            None
+        }
+    }
 }
 
 async fn bind(addr: &transport::Addr, role: &'static str) -> std::io::Result<transport::Listener> {

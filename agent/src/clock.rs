@@ -28,3 +28,8 @@ impl Clock for SystemClock {
         START.get_or_init(Instant::now).elapsed().as_millis() as u64
     }
 }
+
+/// Wall time in whole seconds since the Unix epoch (0 before it).
+pub fn unix_secs() -> i64 {
+    SystemClock.unix_ms() / 1000
+}

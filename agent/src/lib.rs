@@ -8,8 +8,12 @@
 //! - [`hooks`]: delivery of hooks to the application;
 //! - [`logs`]: the application's output to CloudWatch Logs or nowhere;
 //! - [`ingress`], [`activity`], [`events`]: traffic, idleness and what the host hears;
+//! - [`metadata`], [`sdkconfig`]: what the application's AWS SDK finds (IMDSv2, region);
 //! - [`config`]: the image config and the host's request bodies;
 //! - [`transport`]: vsock or Unix listeners for the host's links;
+//! - [`console`]: the console, written off the runtime thread, never waited for;
+//! - [`panic`]: a panic anywhere ends in an orderly, bounded power-off;
+//! - [`faults`]: faults on demand, only in the test suites' build;
 //! - [`agent`]: the wiring of all of the above.
 
 pub mod activity;
@@ -18,13 +22,18 @@ pub mod backoff;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod events;
+pub mod faults;
 pub mod hooks;
 pub mod http;
 pub mod ingress;
 pub mod log;
 pub mod logs;
+pub mod metadata;
+pub mod panic;
+pub mod sdkconfig;
 pub mod supervisor;
 pub mod sys;
 pub mod transport;

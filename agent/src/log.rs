@@ -1,4 +1,4 @@
-//! The agent's own log: to the console (stderr), stamped with the guest's boot clock
+//! The agent's own log: to the console (through [`crate::console`]'s queue), stamped with the guest's boot clock
 //! like the kernel's, so a reader can line it up with dmesg and measure boot; and to
 //! journald as well when its socket exists (an image that runs one). Never into the
 //! application's log stream.
@@ -27,7 +27,7 @@ pub fn init(level: Option<&str>) {
     use tracing_subscriber::filter::LevelFilter;
     use tracing_subscriber::prelude::*;
     let console = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(crate::console::LogWriter)
         .with_timer(BootClock)
         .with_ansi(false)
         .with_target(false);

@@ -1,32 +1,49 @@
-//! microvm-agent: PID 1 of a MicroVM guest. Boot first (mounts, the agent's log),
-//! then the command line, then the agent until it powers off.
+//! microvm-agent: PID 1 of a MicroVM guest. The panic hook first, then boot (mounts,
+//! the agent's log), then the command line, then the agent until it powers off.
 
 use microvm_agent::agent::Startup;
-use microvm_agent::cli;
+use microvm_agent::sys::{machine, power};
+use microvm_agent::{cli, panic};
+
+/// Before Rust's start-up code, which aborts when PID 1 has no console (see
+/// `boot::early_console`).
+#[used]
+#[link_section = ".init_array"]
+static EARLY_CONSOLE: extern "C" fn() = microvm_agent::sys::boot::early_console;
 
 fn main() {
-    let start = Startup::begin();
-    let args = match cli::parse(std::env::args().skip(1)) {
-        Ok(a) if a.help && !start.role.is_pid1() => {
-            println!("{}", cli::USAGE);
-            return;
-        }
-        Ok(a) => {
-            if a.help {
-                // PID 1 cannot leave: a `--help` from the kernel command line is noise.
-                tracing::warn!("--help ignored: running as PID 1");
+    let role = machine::detect_role();
+    // First of all: whatever fails from here on ends in a logged power-off.
+    panic::install(role);
+    let body = std::panic::catch_unwind(|| {
+        let start = Startup::begin(role);
+        let args = match cli::parse(std::env::args().skip(1)) {
+            Ok(a) if a.help && !role.is_pid1() => {
+                println!("{}", cli::USAGE);
+                return;
             }
-            a
-        }
-        Err(e) if !start.role.is_pid1() => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-        Err(e) => {
-            // PID 1 cannot refuse to start: a bad command line keeps the defaults.
-            tracing::error!("{e}; using defaults");
-            cli::Args::default()
-        }
-    };
-    start.run(args)
+            Ok(a) => {
+                if a.help {
+                    // PID 1 cannot leave: a `--help` from the kernel command line is noise.
+                    tracing::warn!("--help ignored: running as PID 1");
+                }
+                a
+            }
+            Err(e) if !role.is_pid1() => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+            Err(e) => {
+                // PID 1 cannot refuse to start: a bad command line keeps the defaults.
+                tracing::error!("{e}; using defaults");
+                cli::Args::default()
+            }
+        };
+        start.run(args)
+    });
+    // `run` never returns: only `--help` (not PID 1) ends well; a panic that unwound
+    // this far ends in power-off (the hook already exited, were we not PID 1).
+    if body.is_err() {
+        power::power_off(role, &panic::unwound())
+    }
 }

@@ -8,11 +8,14 @@
 //! - `RECORDER_HANG=hook,...`: those hooks never answer
 //! - `RECORDER_NO_LISTEN=1`: never open the hooks port
 //! - `RECORDER_CONTROL=path`: read at every hook call; lines `fail HOOK`, `hang HOOK`,
-//!   `delay HOOK MS` change behaviour while the application runs
+//!   `delay HOOK MS` change behaviour while the application runs; a call's record
+//!   lists those that applied to it (`"with": ["fail"]`)
 //!
 //! - `RECORDER_HTTP_PORTS=8080,...`: also serve the echo ingress target on those ports
 //! - `RECORDER_VSOCK_PROBE=port`: inside a guest, connect to the agent's control port
 //!   from the loopback CID (1), i.e. not from the host, and record whether it answered
+//! - `RECORDER_ALLOCATE_ON=word`: a `/run` whose payload is `word` answers, then
+//!   allocates and touches memory, 4 MiB at a time, until the kernel kills it
 //!
 //! Every record carries `t`, this process's wall clock in Unix milliseconds, and is
 //! also printed to stdout as `recorder: {json}` so a guest's console carries it.
@@ -53,8 +56,9 @@ impl Recorder {
     }
 
     async fn answer(&self, hook: &str) -> HookResponse {
-        self.record(serde_json::json!({"hook": hook}));
-        self.behave(hook).await
+        let directives = self.directives(hook);
+        self.record(with(serde_json::json!({"hook": hook}), &directives));
+        self.behave(hook, directives).await
     }
 
     /// Directives (`fail`, `hang`, `delay MS`) that apply to `hook` right now.
@@ -87,9 +91,9 @@ impl Recorder {
         out
     }
 
-    async fn behave(&self, hook: &str) -> HookResponse {
+    async fn behave(&self, hook: &str, directives: Vec<(String, u64)>) -> HookResponse {
         let mut response = HookResponse::Ok;
-        for (what, n) in self.directives(hook) {
+        for (what, n) in directives {
             match what.as_str() {
                 "hang" => std::future::pending::<()>().await,
                 "delay" => tokio::time::sleep(std::time::Duration::from_millis(n)).await,
@@ -115,12 +119,19 @@ impl Hooks for Recorder {
         self.answer("validate").await
     }
     async fn run(&self, req: RunRequest) -> HookResponse {
-        self.record(serde_json::json!({
+        let directives = self.directives("run");
+        let call = serde_json::json!({
             "hook": "run",
             "microvmId": req.microvm_id,
             "runHookPayload": req.run_hook_payload,
-        }));
-        self.behave("run").await
+        });
+        self.record(with(call, &directives));
+        if std::env::var("RECORDER_ALLOCATE_ON").ok() == Some(req.run_hook_payload.clone())
+            && !req.run_hook_payload.is_empty()
+        {
+            std::thread::spawn(allocate_until_killed);
+        }
+        self.behave("run", directives).await
     }
     async fn resume(&self) -> HookResponse {
         self.answer("resume").await
@@ -131,6 +142,37 @@ impl Hooks for Recorder {
     async fn terminate(&self) -> HookResponse {
         self.answer("terminate").await
     }
+}
+
+/// Grow the heap until the OOM killer ends the process, logging progress.
+fn allocate_until_killed() {
+    // Let the /run answer go out first.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Non-zero bytes: every page is really touched, none stays shared with zero.
+        held.push(vec![0x5a; 4 << 20]);
+        if held.len() % 8 == 0 {
+            println!("recorder: allocated {} MiB", held.len() * 4);
+        }
+    }
+}
+
+/// A call's record names the directives that decided its answer (`"with": ["delay
+/// 200"]`), so a test that changes them while requests are under way knows what each
+/// call did; a call without any is recorded as before.
+fn with(mut call: serde_json::Value, directives: &[(String, u64)]) -> serde_json::Value {
+    if !directives.is_empty() {
+        let d: Vec<String> = directives
+            .iter()
+            .map(|(what, n)| match what.as_str() {
+                "delay" => format!("delay {n}"),
+                _ => what.clone(),
+            })
+            .collect();
+        call["with"] = d.into();
+    }
+    call
 }
 
 fn list(var: &str) -> Vec<String> {

@@ -118,6 +118,9 @@ pub enum Mode {
     Throttle = 1,
     /// Close the connection at once, like a server that is gone.
     Down = 2,
+    /// Answer 400 ExpiredTokenException to every request: credentials the service
+    /// no longer accepts.
+    Expired = 3,
 }
 
 /// An HTTP/1.1 proxy in front of moto that can throttle or drop, one request per
@@ -235,6 +238,15 @@ fn serve_one(
             dropped.fetch_add(1, Ordering::SeqCst);
             let _ = client.shutdown(std::net::Shutdown::Both);
             Ok(())
+        }
+        3 => {
+            throttled.fetch_add(1, Ordering::SeqCst);
+            let b = r#"{"__type":"ExpiredTokenException","message":"The security token included in the request is expired"}"#;
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\nx-amzn-ErrorType: ExpiredTokenException\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                b.len()
+            );
+            client.write_all(resp.as_bytes())
         }
         _ => {
             let mut up = TcpStream::connect(("127.0.0.1", upstream))?;

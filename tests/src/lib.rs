@@ -60,6 +60,9 @@ pub fn bins() -> &'static Bins {
             "microvm-agent",
             "-p",
             "hook-sdk",
+            // Faults on demand (MICROVM_TEST_FAULT_*): only in the suites' build.
+            "--features",
+            "microvm-agent/test-faults",
             "--bin",
             "microvm-agent",
             "--example",
@@ -115,6 +118,23 @@ fn cargo_build(args: &[&str]) {
         .status()
         .expect("run cargo build");
     assert!(status.success(), "cargo build {args:?} failed");
+}
+
+/// A pipe (read end, write end), both close-on-exec in this process.
+fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array, which is ours and large
+    // enough; on success each is owned by exactly one OwnedFd below.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
 }
 
 /// Raise this process's soft descriptor limit to the hard one (tests open many).
@@ -283,6 +303,11 @@ pub struct GuestOpts {
     pub ingress: bool,
     /// Run the agent under this descriptor limit (soft and hard, with prlimit).
     pub nofile: Option<u64>,
+    /// The agent's stdout and stderr are a pipe the test never reads (a console that
+    /// has stopped draining); `console()` is then empty.
+    pub stuck_console: bool,
+    /// Environment for the agent that only a `test-faults` build acts on.
+    pub faults: Vec<(String, String)>,
 }
 
 /// The agent running as PID 1 in its own namespaces.
@@ -290,6 +315,8 @@ pub struct Guest {
     pub dir: PathBuf,
     pub sock: PathBuf,
     child: Child,
+    /// The read end of a stuck console, held open and never read.
+    _stuck_console: Option<std::os::fd::OwnedFd>,
 }
 
 impl Guest {
@@ -307,7 +334,14 @@ impl Guest {
         let cfg = dir.join("image.json");
         std::fs::write(&cfg, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let sock = dir.join("control.sock");
-        let console = std::fs::File::create(dir.join("console.log")).unwrap();
+        let (console_out, console_err, stuck): (Stdio, Stdio, _) = if opts.stuck_console {
+            let (read, write) = pipe();
+            let write2 = write.try_clone().unwrap();
+            (write.into(), write2.into(), Some(read))
+        } else {
+            let console = std::fs::File::create(dir.join("console.log")).unwrap();
+            (console.try_clone().unwrap().into(), console.into(), None)
+        };
         let mut ns = vec!["--pid", "--fork", "--kill-child", "--mount", "--uts"];
         if !opts.share_net {
             ns.push("--net");
@@ -324,6 +358,7 @@ impl Guest {
         let child = cmd
             .args(&ns)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
+            .envs(opts.faults.iter().map(|(k, v)| (k, v)))
             .arg(&bins().agent)
             .arg("--control")
             .arg(format!("unix:{}", sock.display()))
@@ -338,11 +373,16 @@ impl Guest {
                 vec![]
             })
             .stdin(Stdio::null())
-            .stdout(console.try_clone().unwrap())
-            .stderr(console)
+            .stdout(console_out)
+            .stderr(console_err)
             .spawn()
             .expect("spawn unshare");
-        let g = Guest { dir, sock, child };
+        let g = Guest {
+            dir,
+            sock,
+            child,
+            _stuck_console: stuck,
+        };
         g.wait_ready();
         g
     }

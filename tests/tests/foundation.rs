@@ -115,15 +115,26 @@ fn a_thousand_orphans_leave_no_zombie() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The last orphans exit 0.2 s after the burst; one second after that, none may linger.
-    std::thread::sleep(Duration::from_millis(1200));
-    let zombies: Vec<_> = g
-        .processes(agent)
-        .into_iter()
-        .filter(|(_, s)| *s == 'Z')
-        .collect();
-    assert!(zombies.is_empty(), "zombies: {zombies:?}");
-    assert_eq!(g.status()["application"]["orphansReaped"], 1000);
+    // The last orphans exit 0.2 s after the burst (later on a loaded machine, where a
+    // thousand sleeps take a while to be scheduled at all); then every one is reaped
+    // and none lingers as a zombie.
+    let t0 = Instant::now();
+    loop {
+        let zombies: Vec<_> = g
+            .processes(agent)
+            .into_iter()
+            .filter(|(_, s)| *s == 'Z')
+            .collect();
+        let reaped = g.status()["application"]["orphansReaped"].clone();
+        if zombies.is_empty() && reaped == 1000 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "reaped {reaped}, zombies: {zombies:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -135,14 +146,14 @@ fn sigterm_to_the_agent_reaches_the_application() {
     let agent = g.agent_pid();
     // SAFETY: kill has no memory preconditions; the pid is our guest's PID 1.
     assert_eq!(unsafe { libc::kill(agent, libc::SIGTERM) }, 0);
-    let s = g.wait_status(Duration::from_secs(5), |s| {
+    let s = g.wait_status(Duration::from_secs(20), |s| {
         s["application"]["running"] == false
     });
     assert!(g.recorded().iter().any(|v| v["signal"] == "SIGTERM"));
     assert_eq!(s["application"]["lastExit"], json!({"code": 0}));
     assert_eq!(s["stateReason"], "Application.ExitCode.0");
-    // Default policy: the VM ends with its application.
-    let st = g.wait_gone(Duration::from_secs(20));
+    // Default policy: the VM ends with its application (after the 5 s report window).
+    let st = g.wait_gone(Duration::from_secs(30));
     assert_eq!(
         st.signal(),
         Some(libc::SIGINT),
@@ -155,19 +166,38 @@ fn exit_reported(name: &str, script: &str, exit: Value, reason: &str) {
     let mut cfg = recorder_config(&dir, json!({}), &[]);
     cfg["command"] = json!(["/bin/sh", "-c", script]);
     let mut g = Guest::start_in(dir, &cfg);
-    let s = g.wait_status(Duration::from_secs(5), |s| {
-        s["application"]["lastExit"] != Value::Null
-    });
+    // Read status until TERMINATED, remembering when the last read that did not see it
+    // was sent: the VM settled after that moment, so without the host's
+    // acknowledgement it would power off no sooner than the 5 s report window later.
+    let t0 = Instant::now();
+    let mut not_yet = None;
+    let s = loop {
+        let asked = Instant::now();
+        let s = g.status();
+        if s["state"] == "TERMINATED" {
+            break s;
+        }
+        not_yet = Some(asked);
+        assert!(t0.elapsed() < Duration::from_secs(20), "{s:#}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(s["application"]["lastExit"], exit);
     assert_eq!(s["application"]["stateReason"], reason);
-    let s = g.wait_status(Duration::from_secs(10), |s| s["state"] == "TERMINATED");
     assert_eq!(s["stateReason"], reason);
     // The host acknowledging with /terminate ends the report window at once.
     let r = g.hook("terminate", "");
     assert_eq!(r.status, 200);
-    let t0 = Instant::now();
-    g.wait_gone(Duration::from_secs(5));
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    g.wait_gone(Duration::from_secs(30));
+    match not_yet {
+        Some(t) => assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "gone {:?} after the VM settled: the report window ran out, the \
+             acknowledgement did not end it",
+            t.elapsed()
+        ),
+        // Only on a machine so slow that the exit beat the first read.
+        None => eprintln!("the first status read saw TERMINATED: no bound to check"),
+    }
 }
 
 #[test]
@@ -238,30 +268,35 @@ fn a_client_sending_one_byte_per_second_blocks_nobody() {
     let dir = scratch("slowloris");
     let g = Guest::start_in(dir.clone(), &recorder_config(&dir, run_only(5), &[]));
     let sock = g.sock.clone();
+    let (started, first_byte) = std::sync::mpsc::channel();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let others_done = done.clone();
+    // One byte a second until the others are done, for at most 9 s (the agent cuts a
+    // request whose headers take 10 s); says whether it was still dribbling then.
     let slow = std::thread::spawn(move || {
         let mut s = UnixStream::connect(&sock).unwrap();
         let req = b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n";
-        let mut sent = 0;
-        for b in req.iter().take(5) {
-            if s.write_all(&[*b]).is_err() {
-                break;
+        for (i, b) in req.iter().take(9).enumerate() {
+            if others_done.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(i);
             }
-            sent += 1;
+            s.write_all(&[*b]).map_err(|e| format!("byte {i}: {e}"))?;
+            if i == 0 {
+                started.send(()).unwrap();
+            }
             std::thread::sleep(Duration::from_secs(1));
         }
-        sent
+        Err("the others were not done after 9 s".to_string())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    first_byte.recv().unwrap();
     // While the slow client is mid-request, others are served.
     for _ in 0..20 {
         assert_eq!(g.request("GET", "/v1/status", b"").status, 200);
     }
     assert_eq!(g.hook("run", &run_body("fast")).status, 200);
-    assert!(
-        !slow.is_finished(),
-        "slow client still dribbling while others were served"
-    );
-    assert_eq!(slow.join().unwrap(), 5);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = slow.join().unwrap().expect("slow client still dribbling");
+    assert!(sent >= 1, "{sent}");
 }
 
 #[test]
@@ -317,8 +352,11 @@ fn a_hanging_hook_gives_504_within_its_timeout() {
     let took = t0.elapsed();
     assert_eq!(r.status, 504);
     assert_eq!(r.json()["result"], "timeout");
+    // Its own 1 s timeout, not the 5 s default: named in the answer, waited for in
+    // full, then answered (the upper bound is liveness, still under the default).
+    assert_eq!(r.json()["timeoutMs"], 1000);
     assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_millis(1500),
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
         "took {took:?}"
     );
     assert_eq!(g.calls("run").len(), 1);
@@ -385,7 +423,7 @@ fn terminate_powers_off_and_leaves_nothing_running() {
     assert_eq!(r.json()["state"], "TERMINATED");
     assert_eq!(r.json()["stateReason"], "Host.Terminate");
     assert_eq!(r.json()["applicationExit"], json!({"code": 0}));
-    let st = g.wait_gone(Duration::from_secs(10));
+    let st = g.wait_gone(Duration::from_secs(30));
     assert_eq!(
         st.signal(),
         Some(libc::SIGINT),
@@ -424,7 +462,7 @@ fn an_invalid_image_config_is_reported_not_fatal() {
     assert_eq!(r.status, 500);
     assert_eq!(r.json()["error"], "ImageConfigInvalid");
     assert_eq!(g.hook("terminate", "").status, 200);
-    g.wait_gone(Duration::from_secs(10));
+    g.wait_gone(Duration::from_secs(30));
 }
 
 #[test]
@@ -479,7 +517,7 @@ fn agent_logs_reach_journald_when_its_socket_exists() {
             m.get("MESSAGE")
                 .is_some_and(|v| v == "control channel ready")
         });
-        if ready || t0.elapsed() > Duration::from_secs(10) {
+        if ready || t0.elapsed() > Duration::from_secs(30) {
             break e;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -92,6 +92,12 @@ fn a_real_guest_runs_suspends_resumes_and_powers_off() {
         s["boot"]["failures"].as_array().unwrap().is_empty(),
         "{s:#}"
     );
+    // devtmpfs makes no /dev/fd or /dev/std* (udev would): the agent does.
+    assert_eq!(
+        s["boot"]["created"],
+        json!(["/dev/fd", "/dev/stdin", "/dev/stdout", "/dev/stderr"]),
+        "{s:#}"
+    );
 
     // Image build hooks, then /run with a payload that must arrive byte-exact.
     let t0 = Instant::now();
@@ -505,4 +511,61 @@ fn zero_suspended_duration_terminates_the_vm_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(st.success());
+}
+
+/// Events of the guest from `after` on, as one page (`GET /v1/events`).
+fn events(vm: &Vm) -> Vec<Value> {
+    let r = vm.request("GET", "/v1/events?after=0", b"").unwrap();
+    assert_eq!(r.status, 200);
+    r.json()["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// The application allocates until the kernel kills it (the test image limits it to
+/// 48 MiB, `memoryLimitMiB`, in a cgroup of its own): the agent survives (it is the
+/// OOM killer's last choice), reports the kill as an event and as the state reason
+/// `Application.OutOfMemory`, and powers the VM off in order.
+#[test]
+fn an_application_out_of_memory_is_killed_reported_and_the_agent_survives() {
+    let Some(vm) = boot("oom") else {
+        return;
+    };
+    let s = vm.status().unwrap();
+    assert!(
+        s["boot"]["failures"].as_array().unwrap().is_empty(),
+        "{s:#}"
+    );
+    let run = json!({"microvmId": "mvm-oom", "runHookPayload": "allocate-until-killed"});
+    let r = vm.hook("run", &run.to_string()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    let t0 = Instant::now();
+    let (oom, exited) = loop {
+        let ev = events(&vm);
+        let find = |t: &str| ev.iter().find(|e| e["type"] == t).cloned();
+        if let (Some(o), Some(x)) = (find("applicationOutOfMemory"), find("applicationExited")) {
+            break (o, x);
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no OOM events: {ev:#?}\nserial:\n{}",
+            vm.serial()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(oom["oomKills"].as_u64().unwrap() >= 1, "{oom}");
+    assert_eq!(oom["memoryLimitMiB"], 48);
+    assert_eq!(exited["stateReason"], "Application.OutOfMemory", "{exited}");
+    // The agent answers while the VM reports, then powers off on its own.
+    let s = vm.status().unwrap();
+    assert_eq!(s["stateReason"], "Application.OutOfMemory", "{s:#}");
+    assert!(s["application"]["oomKills"].as_u64().unwrap() >= 1, "{s:#}");
+    assert!(vm.wait_exit(Duration::from_secs(30)), "QEMU did not exit");
+    let serial = vm.serial();
+    assert!(serial.contains("recorder: allocated"), "{serial}");
+    assert!(serial.contains("Memory cgroup out of memory"), "{serial}");
+    assert!(
+        serial.contains("powering off: Application.OutOfMemory"),
+        "{serial}"
+    );
+    assert!(serial.contains("reboot: Power down"), "{serial}");
+    assert!(!serial.contains("Kernel panic"), "{serial}");
 }

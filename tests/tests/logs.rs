@@ -353,3 +353,147 @@ fn lines_before_run_go_to_the_run_stream_with_custom_names() {
     assert_eq!(g.hook("suspend", "").status, 200);
     assert_eq!(m.messages(GROUP, "custom"), ["early", "late"]);
 }
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in bytes.
+fn rss(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `bufferBytes` bounds memory, not payload: an application writing 1-byte lines as
+/// fast as it can before `/run` (nothing leaves the buffer) fills an 8 MiB buffer,
+/// and the agent's peak RSS stays under its idle RSS plus twice the buffer. Counting
+/// payload plus 26 bytes, the buffer held 310,689 such lines and the peak was 23.7 MB
+/// over idle (measured, debug build); counting memory, 74,898 lines and 7.1 MB.
+#[test]
+fn a_full_buffer_of_short_lines_bounds_the_agents_memory() {
+    require_root!();
+    const BUFFER: u64 = 8 << 20;
+    let dir = scratch("rss");
+    let script = format!(
+        "while [ ! -e {0}/go ]; do sleep 0.05; done; exec yes",
+        dir.display()
+    );
+    let cfg = json!({
+        "imageName": "rss-test",
+        "command": ["/bin/sh", "-c", script],
+        "logs": {"bufferBytes": BUFFER, "whenFull": "block"},
+    });
+    let g = Guest::start_with(dir, &cfg, &GuestOpts::default());
+    let agent = g.agent_pid();
+    // Idle: serving, the app waiting, nothing captured yet.
+    std::thread::sleep(Duration::from_millis(500));
+    let (idle, _) = rss(agent);
+    std::fs::write(g.dir.join("go"), "").unwrap();
+    // Full: the count stops growing (the app blocks in write).
+    let mut last = 0;
+    let t0 = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let s = g.status();
+        let n = s["logs"]["counters"]["capturedEvents"].as_u64().unwrap();
+        if n > 0 && n == last {
+            assert_eq!(
+                s["logs"]["counters"]["droppedEvents"], 0,
+                "block drops nothing"
+            );
+            assert!(
+                s["logs"]["bufferedBytes"].as_u64().unwrap() <= BUFFER,
+                "{:#}",
+                s["logs"]
+            );
+            break;
+        }
+        last = n;
+        assert!(t0.elapsed() < Duration::from_secs(60), "never filled: {n}");
+    }
+    let (now, peak) = rss(agent);
+    eprintln!(
+        "idle {idle} B, full {now} B, peak {peak} B, {last} lines of 1 byte in an {BUFFER}-byte buffer"
+    );
+    assert!(last > 10_000, "{last}");
+    assert!(
+        peak < idle + 2 * BUFFER,
+        "peak RSS {peak} B > idle {idle} B + 2 x {BUFFER} B"
+    );
+}
+
+/// Credentials the service calls expired must never freeze the application: it writes
+/// far more than the 2 MiB buffer while every request is refused; within the grace it
+/// may wait, then the oldest lines are dropped (`CredentialsRefused`) and it finishes.
+/// A rotation (`POST /v1/credentials`) resumes delivery: what is written after it
+/// arrives, in order, and every captured line is sent or counted.
+#[test]
+fn expired_credentials_never_freeze_the_application_and_a_rotation_resumes_delivery() {
+    require_moto!();
+    let m = Moto::start();
+    let p = FaultProxy::start(m.port);
+    p.set(Mode::Expired);
+    let g = guest(
+        "expired",
+        "yes 'an old line that may be dropped while the credentials are refused' | head -n 100000; \
+         touch $DIR/done; while [ ! -e $DIR/go ]; do sleep 0.05; done; \
+         seq -f 'after rotation %g' 1 100; exec sleep 1000",
+        &p.url(),
+        json!({"logs": {"bufferBytes": 2 * 1024 * 1024, "whenFull": "block"}}),
+    );
+    run(&g, "mvm-expired", json!({}));
+    // 7 MB through a 2 MiB buffer while nothing can be delivered: the app finishes.
+    wait_marker(&g.dir, "done");
+    let c = counters(&g);
+    assert!(
+        c["droppedByReason"]["CredentialsRefused"].as_u64().unwrap() > 0,
+        "{c:#}"
+    );
+    assert_eq!(c["sentEvents"], 0);
+    let s = g.status()["logs"].clone();
+    assert!(
+        s["lastError"].as_str().unwrap().contains("ExpiredToken"),
+        "{s:#}"
+    );
+    // Rotation: new credentials, and the service accepts again.
+    p.set(Mode::Forward);
+    let r = g.request(
+        "POST",
+        microvm_protocol::paths::CREDENTIALS,
+        json!({"accessKeyId": "AKIDROTATED", "secretAccessKey": "secret2"})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.json());
+    std::fs::write(g.dir.join("go"), "").unwrap();
+    let t0 = Instant::now();
+    loop {
+        let got = m.messages(GROUP, "mvm-expired");
+        let after: Vec<&String> = got
+            .iter()
+            .filter(|l| l.starts_with("after rotation"))
+            .collect();
+        if after.len() == 100 {
+            let want: Vec<String> = (1..=100).map(|i| format!("after rotation {i}")).collect();
+            assert_eq!(after, want.iter().collect::<Vec<_>>());
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "delivery never resumed: {} lines; {:#}",
+            got.len(),
+            counters(&g)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let c = counters(&g);
+    assert_eq!(
+        c["capturedEvents"].as_u64().unwrap(),
+        c["sentEvents"].as_u64().unwrap() + c["droppedEvents"].as_u64().unwrap(),
+        "nothing vanished uncounted: {c:#}"
+    );
+}

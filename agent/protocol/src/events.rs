@@ -20,6 +20,13 @@ pub enum EventType {
     ApplicationExited,
     /// A hook call failed (`hook`, `outcome`).
     HookFailed,
+    /// The kernel's OOM killer struck the application's cgroup (`oomKills`, the
+    /// total so far; `memoryLimitMiB` when the image sets one).
+    ApplicationOutOfMemory,
+    /// The credentials expire within 20 minutes (`expiration`, `accessKeyId`): the
+    /// host should rotate them (`POST /v1/credentials`) before the SDKs, which
+    /// refresh 15 minutes ahead, find them stale.
+    CredentialsExpiring,
 }
 
 /// One event: the common fields plus the type's own.

@@ -76,4 +76,6 @@ pub const DEFAULT_LOG_GROUP_PREFIX: &str = "/aws/lambda-microvms/";
 pub mod paths {
     pub const STATUS: &str = "/v1/status";
     pub const EVENTS: &str = "/v1/events";
+    /// `POST` new credentials (the `/run` envelope's `credentials` object).
+    pub const CREDENTIALS: &str = "/v1/credentials";
 }

@@ -156,6 +156,9 @@ pub struct AppStatus {
     pub restart_backoff_ms: Option<u64>,
     #[serde(default)]
     pub orphans_reaped: u64,
+    /// OOM kills the kernel counted in the application's cgroup (a real guest).
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 /// Per hook: how often the application was called and how the last call went.
@@ -264,6 +267,9 @@ pub struct MachineSteps {
 #[serde(rename_all = "camelCase")]
 pub struct BootReport {
     pub mounted: Vec<String>,
+    /// What boot had to make: the console, `/dev` links.
+    #[serde(default)]
+    pub created: Vec<String>,
     pub failures: Vec<String>,
 }
 
@@ -273,6 +279,73 @@ pub struct ActivityStatus {
     pub ingress_bytes: u64,
     pub busy: bool,
     pub idle_for_ms: u64,
+}
+
+/// `metadata` in the image config, mirroring EC2's `MetadataOptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetadataOptions {
+    #[serde(default)]
+    pub http_endpoint: HttpEndpoint,
+    #[serde(default)]
+    pub http_tokens: HttpTokens,
+    /// Accepted (1-64) and reported. On EC2 it is the IP TTL of the token answer, so
+    /// a container behind a forwarding hop cannot fetch a token; a service in the
+    /// guest's own kernel is reached with no hop, so it changes nothing here.
+    #[serde(default = "default_hop_limit")]
+    pub http_put_response_hop_limit: u8,
+}
+
+fn default_hop_limit() -> u8 {
+    1
+}
+
+impl Default for MetadataOptions {
+    fn default() -> Self {
+        MetadataOptions {
+            http_endpoint: HttpEndpoint::Enabled,
+            http_tokens: HttpTokens::Required,
+            http_put_response_hop_limit: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpEndpoint {
+    #[default]
+    Enabled,
+    Disabled,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpTokens {
+    #[default]
+    Required,
+    Optional,
+}
+
+/// The metadata service as `/v1/status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataStatus {
+    /// `http://169.254.169.254` when serving; None when not (and `why` says so).
+    pub endpoint: Option<String>,
+    pub options: MetadataOptions,
+    pub tokens_issued: u64,
+    pub requests: u64,
+    pub why: Option<String>,
+}
+
+/// The agent's console writer: what it wrote, and what it dropped because the console
+/// (a serial port, a pipe) could not keep up or failed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsoleStatus {
+    pub written_lines: u64,
+    pub dropped_lines: u64,
+    pub dropped_bytes: u64,
 }
 
 /// Facts only a real guest has.
@@ -306,6 +379,8 @@ pub struct Status {
     pub role: Role,
     pub guest: Option<GuestInfo>,
     pub boot: BootReport,
+    pub console: ConsoleStatus,
+    pub metadata: Option<MetadataStatus>,
     pub uptime_ms: u64,
 }
 

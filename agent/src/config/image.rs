@@ -191,7 +191,9 @@ pub fn validate_logging(logging: &Logging, at: &str) -> Result<(), FieldError> {
             }
         }
         if let Some(s) = &cw.log_stream {
-            let ok = (1..=512).contains(&s.len()) && !s.contains([':', '*']);
+            // The service counts characters, not bytes (a found property case: 512
+            // non-ASCII characters were refused).
+            let ok = (1..=512).contains(&s.chars().count()) && !s.contains([':', '*']);
             if !ok {
                 return Err(FieldError::new(
                     format!("{at}.cloudWatch.logStream"),
@@ -261,6 +263,14 @@ pub struct ImageConfig {
     pub on_application_exit: ExitPolicy,
     #[serde(default)]
     pub logs: LogsSettings,
+    /// The application's memory limit (its cgroup's `memory.max`), in MiB. Without
+    /// it the application may use the guest's memory, and the OOM killer, when it
+    /// must kill, kills the application and never the agent.
+    #[serde(rename = "memoryLimitMiB")]
+    pub memory_limit_mib: Option<u64>,
+    /// The metadata service, like EC2's `MetadataOptions`.
+    #[serde(default)]
+    pub metadata: microvm_protocol::status::MetadataOptions,
 }
 
 impl ImageConfig {
@@ -282,6 +292,23 @@ impl ImageConfig {
     }
 
     fn validate(&self) -> Result<(), FieldError> {
+        use crate::supervisor::cgroup::MIN_LIMIT_MIB;
+        let hops = self.metadata.http_put_response_hop_limit;
+        if !(1..=64).contains(&hops) {
+            return Err(FieldError::new(
+                "metadata.httpPutResponseHopLimit",
+                format!("must be 1-64, got {hops}"),
+            ));
+        }
+        if let Some(m) = self.memory_limit_mib {
+            // Shifted into bytes for memory.max: keep it far from overflow.
+            if !(MIN_LIMIT_MIB..=1 << 30).contains(&m) {
+                return Err(FieldError::new(
+                    "memoryLimitMiB",
+                    format!("must be {MIN_LIMIT_MIB}-{} MiB, got {m}", 1u64 << 30),
+                ));
+            }
+        }
         // The name becomes part of the default log group, so it follows that alphabet.
         let name_ok = (1..=128).contains(&self.image_name.len())
             && self
@@ -621,5 +648,54 @@ mod tests {
             err_field(&format!(r#"{base}"reboot"}}"#)),
             "onApplicationExit"
         );
+    }
+
+    #[test]
+    fn memory_limit() {
+        let cfg = img(r#"{"imageName":"i","command":["/a"],"memoryLimitMiB":64}"#).unwrap();
+        assert_eq!(cfg.memory_limit_mib, Some(64));
+        let cfg = img(r#"{"imageName":"i","command":["/a"]}"#).unwrap();
+        assert_eq!(cfg.memory_limit_mib, None);
+        for bad in ["0", "7", "1073741825", "-1", "\"64\""] {
+            assert_eq!(
+                err_field(&format!(
+                    r#"{{"imageName":"i","command":["/a"],"memoryLimitMiB":{bad}}}"#
+                )),
+                "memoryLimitMiB",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn metadata_options() {
+        use microvm_protocol::status::{HttpEndpoint, HttpTokens};
+        let cfg = img(r#"{"imageName":"i","command":["/a"]}"#).unwrap();
+        assert_eq!(cfg.metadata.http_endpoint, HttpEndpoint::Enabled);
+        assert_eq!(cfg.metadata.http_tokens, HttpTokens::Required);
+        assert_eq!(cfg.metadata.http_put_response_hop_limit, 1);
+        let cfg = img(r#"{"imageName":"i","command":["/a"],"metadata":{"httpEndpoint":"disabled","httpTokens":"optional","httpPutResponseHopLimit":64}}"#).unwrap();
+        assert_eq!(cfg.metadata.http_endpoint, HttpEndpoint::Disabled);
+        assert_eq!(cfg.metadata.http_tokens, HttpTokens::Optional);
+        for (bad, field) in [
+            (
+                r#"{"httpPutResponseHopLimit":0}"#,
+                "metadata.httpPutResponseHopLimit",
+            ),
+            (
+                r#"{"httpPutResponseHopLimit":65}"#,
+                "metadata.httpPutResponseHopLimit",
+            ),
+            (r#"{"httpTokens":"maybe"}"#, "metadata.httpTokens"),
+            (r#"{"hops":1}"#, "metadata.hops"),
+        ] {
+            assert_eq!(
+                err_field(&format!(
+                    r#"{{"imageName":"i","command":["/a"],"metadata":{bad}}}"#
+                )),
+                field,
+                "{bad}"
+            );
+        }
     }
 }

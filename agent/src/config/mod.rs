@@ -3,6 +3,8 @@
 
 pub mod image;
 pub mod json;
+#[cfg(test)]
+mod props;
 pub mod run;
 
 pub use image::{ExitPolicy, ImageConfig, LogsSettings, Toggle};

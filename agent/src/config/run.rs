@@ -117,8 +117,15 @@ impl RunRequest {
                 .into());
             }
         }
-        if matches!(&raw.region, Some(r) if r.is_empty()) {
-            return Err(FieldError::new("region", "must not be empty").into());
+        if let Some(r) = &raw.region {
+            if !valid_region(r) {
+                return Err(FieldError::new(
+                    "region",
+                    "must be an AWS region name such as us-east-1 (1-63 of [a-z0-9-], \
+                     starting and ending with a letter or digit)",
+                )
+                .into());
+            }
         }
         Ok(RunRequest {
             microvm_id,
@@ -161,10 +168,53 @@ pub fn parse_empty(body: &[u8]) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// An AWS region name: a DNS label of lowercase letters, digits and hyphens (the
+/// SDKs put it in host names). Nothing else gets through: the region is written into
+/// places the application's SDK reads, where a newline or a `;` would be an injection.
+pub fn valid_region(r: &str) -> bool {
+    let b = r.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn regions_are_dns_labels_and_nothing_else() {
+        for ok in [
+            "us-east-1",
+            "us-gov-west-1",
+            "cn-north-1",
+            "eu-central-2",
+            "local",
+        ] {
+            assert!(valid_region(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "us-east-1; rm -rf /",
+            "us-east-1\ncredential_process = /bin/sh",
+            "US-EAST-1",
+            "-us",
+            "us-",
+            "us east",
+            "us_east_1",
+            &"a".repeat(64),
+        ] {
+            assert!(!valid_region(bad), "{bad:?}");
+        }
+        let body = r#"{"microvmId":"m","region":"us-east-1; rm -rf /"}"#;
+        assert!(matches!(
+            RunRequest::parse(body.as_bytes()),
+            Err(RequestError::Invalid(f)) if f.field == "region"
+        ));
+    }
 
     #[test]
     fn run_request_payload_limit_counts_utf8_bytes() {

@@ -8,7 +8,9 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{header, Method, Request, Response, StatusCode};
 use microvm_protocol::limits::MAX_CONTROL_BODY as MAX_BODY;
-use microvm_protocol::paths::{EVENTS as EVENTS_PATH, STATUS as STATUS_PATH};
+use microvm_protocol::paths::{
+    CREDENTIALS as CREDENTIALS_PATH, EVENTS as EVENTS_PATH, STATUS as STATUS_PATH,
+};
 use microvm_protocol::{ApiError, ErrorCode, Hook, HOOK_PATH_PREFIX};
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,6 +24,7 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Route {
     Status,
     Events,
+    Credentials,
     Hook(Hook),
     NotFound,
 }
@@ -32,6 +35,9 @@ pub fn route(path: &str) -> Route {
     }
     if path == EVENTS_PATH {
         return Route::Events;
+    }
+    if path == CREDENTIALS_PATH {
+        return Route::Credentials;
     }
     match Hook::from_path(path) {
         Some(h) => Route::Hook(h),
@@ -102,11 +108,21 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
+    if crate::faults::active("PANIC_ON_EVENTS") && route(parts.uri.path()) == Route::Events {
+        panic!("test fault: panic while serving {EVENTS_PATH}");
+    }
     let (answer, allow) = match (route(parts.uri.path()), &parts.method) {
         (Route::Hook(hook), &Method::POST) => {
             return Ok(respond(hook_request(&lc, hook, &parts.headers, body).await, None));
         }
         (Route::Status, &Method::GET) => (Answer::ok(&lc.status()), None),
+        (Route::Credentials, &Method::POST) => {
+            return Ok(respond(credentials_request(&lc, body).await, None));
+        }
+        (Route::Credentials, _) => (
+            ApiError::new(ErrorCode::MethodNotAllowed, "use POST").into(),
+            Some("POST"),
+        ),
         (Route::Events, &Method::GET) => match crate::events::parse_query(parts.uri.query()) {
             Ok((after, wait)) => (Answer::ok(&lc.events(after, wait).await), None),
             Err(e) => (ApiError::new(ErrorCode::BadRequest, e).into(), None),
@@ -123,7 +139,7 @@ pub async fn handle(
             ApiError::new(
                 ErrorCode::NotFound,
                 format!(
-                    "no such path; use {STATUS_PATH}, {EVENTS_PATH} or {HOOK_PATH_PREFIX}{{ready,validate,run,resume,suspend,terminate}}"
+                    "no such path; use {STATUS_PATH}, {EVENTS_PATH}, {CREDENTIALS_PATH} or {HOOK_PATH_PREFIX}{{ready,validate,run,resume,suspend,terminate}}"
                 ),
             )
             .into(),
@@ -132,6 +148,32 @@ pub async fn handle(
     };
     drain(body).await;
     Ok(respond(answer, allow))
+}
+
+/// New credentials from the host (the `/run` envelope's `credentials` object): the
+/// metadata service and the agent's own CloudWatch client switch at once.
+async fn credentials_request(lc: &Arc<Lifecycle>, body: Incoming) -> Answer {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(a) => return a,
+    };
+    match config::json::from_json::<microvm_protocol::run::Credentials>(&body) {
+        Err(e) => request_error(RequestError::Invalid(e)),
+        Ok(c) if c.access_key_id.is_empty() || c.secret_access_key.is_empty() => ApiError::new(
+            ErrorCode::BadRequest,
+            "accessKeyId and secretAccessKey must not be empty",
+        )
+        .with_field("accessKeyId")
+        .into(),
+        Ok(c) => {
+            let info = microvm_protocol::status::CredentialsInfo {
+                access_key_id: c.access_key_id.clone(),
+                expiration: c.expiration.clone(),
+            };
+            lc.set_credentials(c);
+            Answer::ok(&serde_json::json!({ "credentials": info }))
+        }
+    }
 }
 
 /// A hook request: its body within the limits, parsed, then the lifecycle.
@@ -170,6 +212,7 @@ mod tests {
     fn routes() {
         assert_eq!(route("/v1/status"), Route::Status);
         assert_eq!(route("/v1/events"), Route::Events);
+        assert_eq!(route("/v1/credentials"), Route::Credentials);
         for h in Hook::ALL {
             assert_eq!(
                 route(&format!("{HOOK_PATH_PREFIX}{}", h.name())),

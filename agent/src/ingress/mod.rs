@@ -13,6 +13,8 @@
 
 mod borders;
 mod leases;
+#[cfg(test)]
+mod props;
 mod proxy;
 mod route;
 mod sniff;

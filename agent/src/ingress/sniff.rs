@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The longest method token waited for: the longest registered method,
+/// UPDATEREDIRECTREF, has 17 bytes.
+const MAX_METHOD: usize = 20;
 /// How long a client may take to send enough bytes to tell its protocol.
 pub const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,11 +36,20 @@ pub fn sniff(b: &[u8]) -> Kind {
             Kind::Unknown
         };
     }
-    // An HTTP/1 request line starts with a method token: upper-case letters, a space.
-    match b.iter().position(|c| !c.is_ascii_uppercase()) {
-        Some(i) if i > 0 && b[i] == b' ' => Kind::Http1,
+    // An HTTP/1 request line starts with a method token: upper-case letters (and `-`,
+    // as in VERSION-CONTROL), a space. Until the space comes, how the bytes were cut
+    // into reads must not decide: a token waits up to the longest method.
+    let token = match b[0].is_ascii_uppercase() {
+        true => b
+            .iter()
+            .take_while(|c| c.is_ascii_uppercase() || **c == b'-')
+            .count(),
+        false => 0,
+    };
+    match b.get(token) {
+        Some(b' ') if token > 0 && token <= MAX_METHOD => Kind::Http1,
         Some(_) => Kind::Raw,
-        None if b.len() < 8 => Kind::Unknown,
+        None if token <= MAX_METHOD => Kind::Unknown,
         None => Kind::Raw,
     }
 }
@@ -56,7 +68,15 @@ mod tests {
         assert_eq!(sniff(b""), Kind::Unknown);
         assert_eq!(sniff(b"\x16\x03\x01"), Kind::Raw);
         assert_eq!(sniff(b"hello"), Kind::Raw);
-        assert_eq!(sniff(b"ABCDEFGHIJ"), Kind::Raw);
+        assert_eq!(sniff(b"PROPFIND"), Kind::Unknown, "8 bytes of a method");
+        assert_eq!(sniff(b"PROPFIND / HTTP/1.1"), Kind::Http1);
+        assert_eq!(sniff(b"VERSION-CONTROL / HTTP/1.1"), Kind::Http1);
+        assert_eq!(
+            sniff(b"ABCDEFGHIJKLMNOPQRSTU"),
+            Kind::Raw,
+            "longer than any method"
+        );
+        assert_eq!(sniff(b"ABCDEFGHIJKLMNOPQRSTU / HTTP/1.1"), Kind::Raw);
         assert_eq!(sniff(b"SSH-2.0-OpenSSH"), Kind::Raw);
         assert_eq!(sniff(b"\r\nGET / HTTP/1.1\r\n"), Kind::Http1);
         assert_eq!(sniff(b"\r\n\r\n"), Kind::Unknown);

@@ -22,7 +22,8 @@ struct InFlight {
 #[derive(Debug)]
 pub struct Buffer {
     queue: VecDeque<Event>,
-    /// What the queued events count for against the limit.
+    /// What the queued events take in memory ([`lines::memory_cost`]), against the
+    /// limit.
     queued_bytes: usize,
     limit: usize,
     when_full: WhenFull,
@@ -66,17 +67,33 @@ impl Buffer {
     /// which is what blocks the application's write. Under `dropOldest` the oldest
     /// queued events make room and are counted as dropped.
     pub fn admit(&mut self, message: String, now_ms: i64, mono_ms: u64) -> Result<(), String> {
-        let cost = message.len() + lines::EVENT_OVERHEAD;
+        self.admit_as(message, now_ms, mono_ms, self.when_full, "BufferFull")
+    }
+
+    /// [`Buffer::admit`] under `when_full`, evictions counted under `reason` (the
+    /// pipeline stops blocking, for one, when only new credentials could free room).
+    pub fn admit_as(
+        &mut self,
+        message: String,
+        now_ms: i64,
+        mono_ms: u64,
+        when_full: WhenFull,
+        reason: &'static str,
+    ) -> Result<(), String> {
+        // A message keeps no spare capacity while it waits: memory is what is counted.
+        let mut message = message;
+        message.shrink_to_fit();
+        let cost = lines::memory_cost(&message);
         let full = self.queued_bytes + cost > self.limit && !self.queue.is_empty();
-        if full && self.when_full == WhenFull::Block {
+        if full && when_full == WhenFull::Block {
             return Err(message);
         }
         while self.queued_bytes + cost > self.limit {
             let Some(old) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= old.cost();
-            count_dropped(&mut self.counters, &old, "BufferFull");
+            self.queued_bytes -= old.memory();
+            count_dropped(&mut self.counters, &old, reason);
         }
         // Never backwards: a clock stepped back (a restored snapshot) must not make a
         // batch out of order, which would fail the whole PutLogEvents call.
@@ -133,7 +150,11 @@ impl Buffer {
         }
         let n = lines::next_batch(self.queue.iter());
         let batch: Vec<Event> = self.queue.drain(..n).collect();
-        self.queued_bytes -= batch.iter().map(Event::cost).sum::<usize>();
+        self.queued_bytes -= batch.iter().map(Event::memory).sum::<usize>();
+        // A queue that was long keeps its slots: give them back once it is short.
+        if self.queue.capacity() > 4 * self.queue.len().max(1024) {
+            self.queue.shrink_to(2 * self.queue.len().max(1024));
+        }
         // What stays queued is no older than the oldest that left: keeping its time
         // can only make the next batch go sooner, never later.
         if self.queue.is_empty() {
@@ -172,7 +193,7 @@ impl Buffer {
     /// An unsent batch goes back to the front, in order.
     pub fn requeue(&mut self, batch: Vec<Event>) {
         for e in batch.into_iter().rev() {
-            self.queued_bytes += e.cost();
+            self.queued_bytes += e.memory();
             self.queue.push_front(e);
         }
         // Their age is unknown here and at least a batch's: they go at once.
@@ -185,7 +206,7 @@ impl Buffer {
         self.queue.len() + self.in_flight.map_or(0, |f| f.events)
     }
 
-    /// What the queued events count for against the limit.
+    /// What the queued events take in memory, against the limit.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
     }
@@ -209,7 +230,9 @@ fn count_dropped(c: &mut LogCounters, e: &Event, reason: &str) {
 mod tests {
     use super::*;
 
-    const LIMIT: usize = 10 * (10 + lines::EVENT_OVERHEAD);
+    fn limit() -> usize {
+        10 * lines::memory_cost("message000")
+    }
 
     fn msg(i: usize) -> String {
         format!("message{i:03}")
@@ -229,7 +252,7 @@ mod tests {
 
     #[test]
     fn block_hands_the_message_back_when_full_and_loses_nothing() {
-        let mut b = Buffer::new(LIMIT, WhenFull::Block);
+        let mut b = Buffer::new(limit(), WhenFull::Block);
         for i in 0..10 {
             b.admit(msg(i), 1, 0).unwrap();
             balanced(&b);
@@ -247,7 +270,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_evicts_from_the_front_and_counts_it() {
-        let mut b = Buffer::new(LIMIT, WhenFull::DropOldest);
+        let mut b = Buffer::new(limit(), WhenFull::DropOldest);
         for i in 0..13 {
             b.admit(msg(i), 1, 0).unwrap();
             balanced(&b);
@@ -265,7 +288,7 @@ mod tests {
         // The bug this guards: evicting a queued event used to move the resolved mark
         // past it, over a batch the sink still held, so a flush reported success for
         // events that were neither sent nor counted.
-        let mut b = Buffer::new(LIMIT, WhenFull::DropOldest);
+        let mut b = Buffer::new(limit(), WhenFull::DropOldest);
         for i in 0..5 {
             b.admit(msg(i), 1, 0).unwrap();
         }

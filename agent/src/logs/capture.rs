@@ -3,14 +3,21 @@
 
 use super::lines::{self, LineSplitter};
 use super::{Logs, PARTIAL_LINE_FLUSH};
+use microvm_protocol::status::WhenFull;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
+
+/// How often a writer waiting for room looks again at the credentials' state.
+const CREDENTIALS_RECHECK: Duration = Duration::from_millis(500);
 
 /// A pipe being read, for drain detection.
 pub struct Reader {
-    fd: i32,
+    /// A duplicate of the read end (the tokio receiver owns the other), so asking how
+    /// much waits never names a descriptor that may have been closed and reused.
+    fd: OwnedFd,
     /// Bytes read from the pipe but not yet turned into events.
     unprocessed: AtomicU64,
     splitter: Mutex<LineSplitter>,
@@ -19,15 +26,16 @@ pub struct Reader {
 impl Reader {
     /// Bytes still in the pipe, or read and not yet events.
     pub fn busy(&self) -> bool {
-        pipe_pending(self.fd) > 0 || self.unprocessed.load(Ordering::SeqCst) > 0
+        pipe_pending(&self.fd) > 0 || self.unprocessed.load(Ordering::SeqCst) > 0
     }
 }
 
 /// Bytes waiting in a pipe (FIONREAD).
-fn pipe_pending(fd: i32) -> usize {
+fn pipe_pending(fd: &OwnedFd) -> usize {
     let mut n: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int through the pointer, which is valid and ours.
-    let r = unsafe { libc::ioctl(fd, libc::FIONREAD as _, &mut n) };
+    // SAFETY: FIONREAD on an open descriptor we own writes one int through the
+    // pointer, which is valid and ours.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD as _, &mut n) };
     if r < 0 {
         0
     } else {
@@ -40,7 +48,7 @@ impl Logs {
     pub fn pipe(self: &Arc<Self>) -> std::io::Result<OwnedFd> {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let reader = Arc::new(Reader {
-            fd: read.as_raw_fd(),
+            fd: read.try_clone()?,
             unprocessed: AtomicU64::new(0),
             splitter: Mutex::new(LineSplitter::new(lines::MAX_EVENT_BYTES)),
         });
@@ -97,7 +105,8 @@ impl Logs {
     pub(super) async fn push(&self, msgs: Vec<String>) {
         for message in msgs {
             if self.settings.mirror_to_console {
-                eprintln!("app| {message}");
+                // Queued, never waited for: a slow console must not slow the app.
+                crate::console::write(format!("app| {message}\n").as_bytes());
             }
             let mut pending = Some(message);
             while let Some(m) = pending.take() {
@@ -107,7 +116,16 @@ impl Logs {
                 let (wall, mono) = (self.clock.unix_ms(), self.clock.mono_ms());
                 let refused = {
                     let mut st = self.lock();
-                    let refused = st.buffer.admit(m, wall, mono).err();
+                    let stuck = st.credentials_refused_since.is_some_and(|t| {
+                        mono.saturating_sub(t) >= super::CREDENTIALS_GRACE.as_millis() as u64
+                    });
+                    let refused = if stuck {
+                        st.buffer
+                            .admit_as(m, wall, mono, WhenFull::DropOldest, "CredentialsRefused")
+                            .err()
+                    } else {
+                        st.buffer.admit(m, wall, mono).err()
+                    };
                     // A writer waits for room: what is queued goes now, not at its age.
                     st.flush_requested |= refused.is_some();
                     refused
@@ -115,7 +133,8 @@ impl Logs {
                 if let Some(m) = refused {
                     pending = Some(m);
                     self.wake_sender.notify_one();
-                    progress.await;
+                    // Room, or the credentials grace running out, whichever first.
+                    let _ = tokio::time::timeout(CREDENTIALS_RECHECK, progress).await;
                 }
             }
         }

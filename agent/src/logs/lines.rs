@@ -24,6 +24,24 @@ impl Event {
     pub fn cost(&self) -> usize {
         self.message.len() + EVENT_OVERHEAD
     }
+
+    /// What the event takes in memory while queued (see [`memory_cost`]).
+    pub fn memory(&self) -> usize {
+        memory_cost(&self.message)
+    }
+}
+
+/// What a queued message takes in memory, so `bufferBytes` bounds real memory and
+/// not only payload (a 1-byte line costs far more than a byte): its slot in the
+/// queue, counted twice because a growing queue doubles its slots, and the heap
+/// block that holds the text, with the allocator's header and 16-byte rounding
+/// (glibc's and musl's smallest blocks are 32 bytes).
+pub fn memory_cost(message: &str) -> usize {
+    let heap = match message.len() {
+        0 => 0,
+        n => (n + 16).next_multiple_of(16).max(32),
+    };
+    2 * std::mem::size_of::<Event>() + heap
 }
 
 /// Splits a byte stream into messages. Invalid UTF-8 becomes U+FFFD; a line longer

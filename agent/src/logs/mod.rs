@@ -15,6 +15,8 @@ mod buffer;
 mod capture;
 pub mod destination;
 pub mod lines;
+#[cfg(test)]
+mod props;
 mod sender;
 pub mod sink;
 #[cfg(test)]
@@ -36,6 +38,11 @@ use tokio::sync::Notify;
 pub const PARTIAL_LINE_FLUSH: Duration = Duration::from_millis(250);
 /// Oldest an event may wait before its batch is sent.
 pub const MAX_BATCH_AGE: Duration = Duration::from_secs(1);
+/// Under `block`, how long the application may wait for room while the service
+/// refuses the credentials. Past it, only new credentials could free room, so the
+/// application is never made to wait on the host: the oldest events are dropped
+/// (counted as `CredentialsRefused`) until new credentials arrive.
+pub const CREDENTIALS_GRACE: Duration = Duration::from_secs(10);
 
 /// Builds the sink for a destination (with the run's credentials, if any). The agent
 /// uses [`real_sinks`]; tests plug in sinks that stall or fail on demand.
@@ -70,6 +77,9 @@ struct State {
     sink: Option<Arc<dyn Sink>>,
     last_error: Option<String>,
     flush_requested: bool,
+    /// Monotonic ms since the service first refused the current credentials; None
+    /// while they work (or since new ones arrived).
+    credentials_refused_since: Option<u64>,
 }
 
 pub struct Logs {
@@ -101,6 +111,7 @@ impl Logs {
                 sink: None,
                 last_error: None,
                 flush_requested: false,
+                credentials_refused_since: None,
             }),
             settings,
             wake_sender: Notify::new(),
@@ -140,6 +151,7 @@ impl Logs {
         if st.destination == destination {
             st.sink = sink;
             st.last_error = None;
+            st.credentials_refused_since = None;
         }
         drop(st);
         self.wake_sender.notify_one();

@@ -25,6 +25,7 @@ impl Logs {
                             let mut st = self.lock();
                             st.buffer.ack_sent(&batch, &rejected);
                             st.last_error = None;
+                            st.credentials_refused_since = None;
                         }
                         self.progress.notify_waiters();
                         break;
@@ -50,6 +51,10 @@ impl Logs {
                             let mut st = self.lock();
                             st.buffer.counters.retries += 1;
                             st.last_error = Some(e.to_string());
+                            if e.needs_credentials() {
+                                let now = self.clock.mono_ms();
+                                st.credentials_refused_since.get_or_insert(now);
+                            }
                         }
                         let attempt = backoff.attempts();
                         tracing::warn!(attempt, "PutLogEvents: {e}; retrying in {pause:?}");

@@ -15,6 +15,8 @@ struct TestSink {
     /// Transient failures still to answer before accepting.
     fail_next: AtomicU32,
     permanent: Mutex<bool>,
+    /// Refuse the credentials (expired) until cleared.
+    expired: Mutex<bool>,
     stalled: Mutex<bool>,
     release: Notify,
     calls: AtomicU32,
@@ -49,6 +51,9 @@ impl Sink for Shared {
             }
             if *s.permanent.lock().unwrap() {
                 return Err(PutError::permanent("invalid on purpose"));
+            }
+            if *s.expired.lock().unwrap() {
+                return Err(PutError::credentials("ExpiredTokenException on purpose"));
             }
             if s.fail_next
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -182,7 +187,10 @@ async fn block_stops_capture_while_full_and_loses_nothing() {
 
 #[tokio::test]
 async fn drop_oldest_counts_what_it_drops_and_flush_waits_for_the_batch_in_flight() {
-    let r = rig(10 * 40, WhenFull::DropOldest);
+    let r = rig(
+        10 * super::lines::memory_cost("line 000000"),
+        WhenFull::DropOldest,
+    );
     r.logs.configure(cloudwatch(), None);
     r.sink.stall(true);
     r.logs.push(lines(0..5)).await;
@@ -317,5 +325,66 @@ async fn flush_answers_by_its_deadline_even_when_capture_is_blocked() {
         (0..101).collect::<Vec<u64>>(),
         "in order, tail last"
     );
+    balanced(&r.logs);
+}
+
+/// Refused credentials never freeze the application: under `block`, once the service
+/// has refused them for the grace period, the oldest events are dropped (counted as
+/// `CredentialsRefused`) instead of blocking the writer; new credentials resume
+/// delivery, and nothing captured vanishes uncounted.
+#[tokio::test]
+async fn refused_credentials_drop_after_a_grace_instead_of_blocking() {
+    let limit = 10 * super::lines::memory_cost("line 000000");
+    let r = rig(limit, WhenFull::Block);
+    *r.sink.expired.lock().unwrap() = true;
+    r.logs.configure(cloudwatch(), None);
+    r.logs.push(lines(0..5)).await;
+    r.logs.flush(Duration::ZERO).await;
+    while r.logs.lock().credentials_refused_since.is_none() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Within the grace the writer waits (block, as usual).
+    let logs = r.logs.clone();
+    let writer = tokio::spawn(async move { logs.push(lines(5..100)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !writer.is_finished(),
+        "within the grace a full buffer blocks"
+    );
+    assert_eq!(r.logs.status().counters.dropped_events, 0);
+    // Past the grace it drops the oldest instead, and the writer finishes.
+    r.clock
+        .mono
+        .fetch_add(CREDENTIALS_GRACE.as_millis() as i64, Ordering::SeqCst);
+    tokio::time::timeout(5 * SECOND, writer)
+        .await
+        .unwrap()
+        .unwrap();
+    let s = r.logs.status();
+    assert!(
+        s.counters.dropped_by_reason["CredentialsRefused"] > 0,
+        "{s:?}"
+    );
+    balanced(&r.logs);
+    // New credentials: delivery resumes at once, blocking again when full.
+    *r.sink.expired.lock().unwrap() = false;
+    r.logs.update_credentials(&Credentials {
+        access_key_id: "AK2".into(),
+        secret_access_key: "SK2".into(),
+        session_token: None,
+        expiration: None,
+    });
+    assert!(r.logs.flush(5 * SECOND).await);
+    assert!(r.logs.lock().credentials_refused_since.is_none());
+    let s = r.logs.status();
+    assert_eq!(s.counters.captured_events, 100);
+    assert_eq!(s.counters.sent_events + s.counters.dropped_events, 100);
+    let delivered = r.sink.delivered();
+    assert_eq!(
+        &delivered[..5],
+        [0, 1, 2, 3, 4],
+        "the batch held went first"
+    );
+    assert_eq!(*delivered.last().unwrap(), 99, "the newest are kept");
     balanced(&r.logs);
 }

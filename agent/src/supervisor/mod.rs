@@ -1,6 +1,7 @@
 //! The application: one reaper that owns waitpid(2), the process and its exit policy,
-//! and the signals passed on to it.
+//! its cgroup and memory, and the signals passed on to it.
 
+pub mod cgroup;
 pub mod process;
 pub mod reaper;
 pub mod signals;

@@ -1,6 +1,7 @@
 //! The application's process: spawn through the reaper, exit policy with restart
 //! backoff, signal forwarding to its process group, and a bounded stop.
 
+use super::cgroup::AppCgroup;
 use super::reaper::Reaper;
 use crate::backoff::Backoff;
 use crate::config::ExitPolicy;
@@ -18,11 +19,23 @@ use tokio::sync::{watch, Notify};
 /// An EC2-style StateReason code for how the application ended: no whitespace,
 /// dotted, stable.
 pub fn state_reason(exit: Exit) -> String {
+    exit_reason(exit, false)
+}
+
+/// The state reason, knowing whether the kernel's OOM killer struck the application's
+/// cgroup during the run (then the exit, whatever it is, is a consequence).
+pub fn exit_reason(exit: Exit, oom_killed: bool) -> String {
+    if oom_killed {
+        return OUT_OF_MEMORY.into();
+    }
     match exit {
         Exit::Code(c) => format!("Application.ExitCode.{c}"),
         Exit::Signal(s) => format!("Application.Signal.{}", signal_name(s)),
     }
 }
+
+/// The state reason of an application the OOM killer struck.
+pub const OUT_OF_MEMORY: &str = "Application.OutOfMemory";
 
 pub fn signal_name(sig: i32) -> String {
     Signal::try_from(sig)
@@ -40,6 +53,8 @@ pub struct AppSpec {
     /// pipes, and so a flush can tell "drained" from the pipe itself (FIONREAD).
     pub stdout: Option<Arc<OwnedFd>>,
     pub stderr: Option<Arc<OwnedFd>>,
+    /// The cgroup it runs in (a real guest), with its OOM count.
+    pub cgroup: Option<Arc<AppCgroup>>,
 }
 
 fn output(fd: &Option<Arc<OwnedFd>>) -> std::io::Result<Stdio> {
@@ -62,6 +77,16 @@ impl AppSpec {
             .process_group(0);
         if let Some(dir) = &self.working_dir {
             cmd.current_dir(dir);
+        }
+        if let Some(cg) = self.cgroup.clone() {
+            // SAFETY: the closure runs in the child between fork and exec and makes
+            // only async-signal-safe calls (open, write, close), allocating nothing.
+            unsafe {
+                cmd.pre_exec(move || {
+                    cg.enter_in_child();
+                    Ok(())
+                });
+            }
         }
         Ok(cmd)
     }
@@ -118,14 +143,16 @@ impl Supervisor {
     }
 
     /// Start the application and keep it per the exit policy. Resolves with the exit
-    /// that ends supervision under the `terminate` policy (or None when stopped).
-    pub async fn run(self: Arc<Self>) -> Option<Exit> {
+    /// (and its state reason) that ends supervision under the `terminate` policy, or
+    /// None when stopped.
+    pub async fn run(self: Arc<Self>) -> Option<(Exit, String)> {
         let mut backoff = restart_backoff();
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return None;
             }
             let started = Instant::now();
+            let oom_before = self.oom_kills();
             let spawned = self
                 .spec
                 .command()
@@ -151,18 +178,20 @@ impl Supervisor {
                     Exit::Code(127)
                 }
             };
-            let reason = state_reason(exit);
+            let oom_kills = self.oom_kills();
+            let reason = exit_reason(exit, oom_kills > oom_before);
             tracing::warn!(?exit, reason, "application exited");
             self.status.send_modify(|s| {
+                s.oom_kills = oom_kills;
                 s.running = false;
                 s.last_exit = Some(exit);
-                s.state_reason = Some(reason);
+                s.state_reason = Some(reason.clone());
             });
             if self.stopping.load(Ordering::SeqCst) {
                 return None;
             }
             match self.policy {
-                ExitPolicy::Terminate => return Some(exit),
+                ExitPolicy::Terminate => return Some((exit, reason)),
                 ExitPolicy::Restart => {
                     let delay = restart_delay(&mut backoff, started.elapsed());
                     self.status.send_modify(|s| {
@@ -176,6 +205,10 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.spec.cgroup.as_ref().map_or(0, |c| c.oom_kills())
     }
 
     /// Pass a signal to the application's whole process group.
@@ -223,6 +256,15 @@ mod tests {
             "Application.Signal.SIGSEGV"
         );
         assert_eq!(state_reason(Exit::Signal(99)), "Application.Signal.99");
+        assert_eq!(
+            exit_reason(Exit::Signal(9), true),
+            "Application.OutOfMemory"
+        );
+        assert_eq!(exit_reason(Exit::Code(1), true), "Application.OutOfMemory");
+        assert_eq!(
+            exit_reason(Exit::Signal(9), false),
+            "Application.Signal.SIGKILL"
+        );
         for r in [Exit::Code(-1), Exit::Signal(9)].map(state_reason) {
             assert!(!r.chars().any(char::is_whitespace), "{r}");
         }

@@ -1,4 +1,5 @@
-//! Bringing up the guest when we are PID 1: mounts, console, hostname, loopback, PATH.
+//! Bringing up the guest when we are PID 1: console, mounts, /dev links, hostname,
+//! loopback, PATH.
 //!
 //! Every step is best effort: a guest whose /sys refuses to mount is still a guest the
 //! host must be able to talk to and power off, so failures are logged and boot goes on.
@@ -6,6 +7,7 @@
 use nix::mount::MsFlags;
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 pub const DEFAULT_HOSTNAME: &str = "microvm";
@@ -132,7 +134,8 @@ pub fn init_pid1() -> BootReport {
             Err(e) => report.failures.push(format!("mount {}: {e}", spec.target)),
         }
     }
-    ensure_console();
+    early_console_report(&mut report);
+    dev_links(&mut report);
     if let Err(e) = loopback_up() {
         report.failures.push(format!("bring lo up: {e}"));
     }
@@ -223,24 +226,104 @@ fn mount_one(spec: &MountSpec) -> nix::Result<()> {
     }
 }
 
-/// A kernel booted from a rootfs without /dev/console starts init with no stdio at all;
-/// once devtmpfs is up, point 0/1/2 at the console so our logs are seen.
-fn ensure_console() {
-    use std::os::fd::AsRawFd;
-    if nix::fcntl::fcntl(std::io::stderr(), nix::fcntl::FcntlArg::F_GETFD).is_ok() {
+/// What [`early_console`] found and did, for the boot report.
+static EARLY: AtomicU8 = AtomicU8::new(EARLY_NOTHING);
+const EARLY_NOTHING: u8 = 0;
+const EARLY_OPENED: u8 = 1;
+const EARLY_MOUNTED: u8 = 2;
+const EARLY_FAILED: u8 = 3;
+
+/// A kernel that finds no `/dev/console` on the root filesystem (an empty `/dev` and
+/// no devtmpfs mounted for us: `devtmpfs.mount=0`, or a kernel built without it)
+/// starts init with descriptors 0-2 closed. Rust's start-up code then opens
+/// `/dev/null` on them and aborts when it cannot: PID 1 dies before `main`, and the
+/// kernel panics. So the binary runs this from `.init_array`, before that start-up
+/// code: as PID 1 with a closed standard descriptor, mount devtmpfs if need be, open
+/// the console and put it on 0-2. Only libc and nix here: std is not started yet.
+pub extern "C" fn early_console() {
+    use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+    use nix::sys::stat::Mode;
+    use std::os::fd::BorrowedFd;
+    let closed = |fd: i32| {
+        // SAFETY: only asks the kernel about the number; a closed one is EBADF.
+        fcntl(unsafe { BorrowedFd::borrow_raw(fd) }, FcntlArg::F_GETFD).is_err()
+    };
+    if nix::unistd::getpid().as_raw() != 1 || !(0..=2).any(closed) {
         return;
     }
-    let Ok(console) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/console")
-    else {
+    let open_console = || {
+        open(
+            "/dev/console",
+            OFlag::O_RDWR | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )
+    };
+    let console = open_console().or_else(|_| {
+        let _ = nix::unistd::mkdir("/dev", Mode::from_bits_truncate(0o755));
+        nix::mount::mount(
+            Some("devtmpfs"),
+            "/dev",
+            Some("devtmpfs"),
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        )?;
+        EARLY.store(EARLY_MOUNTED, Ordering::Relaxed);
+        open_console()
+    });
+    let Ok(console) = console else {
+        EARLY.store(EARLY_FAILED, Ordering::Relaxed);
         return;
     };
-    for fd in 0..=2 {
-        // SAFETY: dup2 onto the standard descriptors, which are closed (checked above);
-        // `console` stays open for the duration of the call.
-        unsafe { libc::dup2(console.as_raw_fd(), fd) };
+    if EARLY.load(Ordering::Relaxed) == EARLY_NOTHING {
+        EARLY.store(EARLY_OPENED, Ordering::Relaxed);
+    }
+    // With 0-2 closed, open(2) returns one of them: that one is the console already
+    // and must stay open.
+    let console = std::os::fd::IntoRawFd::into_raw_fd(console);
+    for fd in (0..=2).filter(|fd| *fd != console && closed(*fd)) {
+        // SAFETY: dup2 onto a standard descriptor that is closed (checked above);
+        // `console` is open for the duration of the call.
+        unsafe { libc::dup2(console, fd) };
+    }
+    if console > 2 {
+        // SAFETY: `console` is ours (from open above) and used by nothing else.
+        unsafe { libc::close(console) };
+    }
+}
+
+/// The early console step, for the boot report.
+fn early_console_report(report: &mut BootReport) {
+    match EARLY.load(Ordering::Relaxed) {
+        EARLY_OPENED => report.created.push("console on descriptors 0-2".into()),
+        EARLY_MOUNTED => report
+            .created
+            .push("/dev (devtmpfs, before start-up) and console on descriptors 0-2".into()),
+        EARLY_FAILED => report
+            .failures
+            .push("no console: /dev/console could not be opened or created".into()),
+        _ => {}
+    }
+}
+
+/// Links a program expects in `/dev` that devtmpfs does not make (udev would).
+pub const DEV_LINKS: [(&str, &str); 4] = [
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+];
+
+fn dev_links(report: &mut BootReport) {
+    for (link, target) in DEV_LINKS {
+        if std::fs::symlink_metadata(link).is_ok() {
+            continue;
+        }
+        match std::os::unix::fs::symlink(target, link) {
+            Ok(()) => report.created.push(link.to_string()),
+            Err(e) => report
+                .failures
+                .push(format!("link {link} -> {target}: {e}")),
+        }
     }
 }
 

@@ -18,13 +18,40 @@ pub fn detect_role() -> Role {
     if std::process::id() != 1 {
         return Role::Process;
     }
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata("/proc/self/ns/pid") {
-        Ok(m) if m.ino() == INIT_PID_NS_INODE => Role::Guest,
-        Ok(_) => Role::Namespace,
-        // Without /proc we cannot be in a test namespace (the harness mounts it).
-        Err(_) => Role::Guest,
+    let ns_inode = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino())
+    };
+    // Without /proc the namespace cannot be told: mount it (boot would next anyway).
+    let inode = ns_inode().or_else(|_| {
+        mount_proc()?;
+        ns_inode()
+    });
+    role_of(inode.ok())
+}
+
+/// A guest only when the PID namespace is known to be the initial one. Unknown is a
+/// namespace: a real guest that cannot mount /proc loses the clock step, while the
+/// other mistake would step a developer's clock and remount their root read-only.
+pub fn role_of(pid_ns_inode: Option<u64>) -> Role {
+    match pid_ns_inode {
+        Some(INIT_PID_NS_INODE) => Role::Guest,
+        _ => Role::Namespace,
     }
+}
+
+fn mount_proc() -> std::io::Result<()> {
+    std::fs::create_dir_all("/proc")?;
+    nix::mount::mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// Clock, entropy and storage steps, as applied or recorded.
@@ -86,7 +113,7 @@ impl Machine for Real {
     }
 
     fn sync_storage(&self, final_: bool) -> std::io::Result<()> {
-        nix::unistd::sync();
+        crate::faults::sync();
         // Only a real guest owns its root filesystem; in a test namespace it is the
         // developer's, and a superblock remount would reach outside the namespace.
         let remount = final_ && self.role == Role::Guest;
@@ -237,6 +264,15 @@ mod tests {
         // cargo test is never PID 1; this guards the one thing that must not go wrong:
         // a developer's machine is never treated as our guest.
         assert_eq!(detect_role(), Role::Process);
+    }
+
+    #[test]
+    fn only_the_initial_pid_namespace_is_a_guest() {
+        assert_eq!(role_of(Some(INIT_PID_NS_INODE)), Role::Guest);
+        assert_eq!(role_of(Some(4026532301)), Role::Namespace);
+        // Unknown (no /proc) used to mean guest: a chrooted test agent then acted on
+        // the machine it ran on.
+        assert_eq!(role_of(None), Role::Namespace);
     }
 
     #[test]

@@ -6,6 +6,9 @@ use std::time::Duration;
 /// How long the last sync before power-off may take.
 pub const FINAL_SYNC_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long the console's queue may take to drain before the power-off line.
+const CONSOLE_FLUSH: Duration = Duration::from_secs(1);
+
 /// Run `work` on a thread of its own; true if it finished within `deadline`. The
 /// thread is abandoned otherwise (the machine is about to go).
 pub fn within(deadline: Duration, work: impl FnOnce() + Send + 'static) -> bool {
@@ -22,7 +25,10 @@ pub fn within(deadline: Duration, work: impl FnOnce() + Send + 'static) -> bool 
 /// The one way out: sync and power off, never returning. Also called from the panic
 /// hook, so it takes no locks.
 pub fn power_off(role: Role, reason: &str) -> ! {
-    tracing::warn!(reason, "powering off");
+    // What the agent logged last explains this: it gets a moment. The reason itself
+    // goes past the queue, so a reader of the console always sees why.
+    crate::console::flush(CONSOLE_FLUSH);
+    crate::console::critical(&format!("microvm-agent: powering off: {reason}"));
     if !role.is_pid1() {
         // Under another init: "power off" is leaving; the subreaper's children were
         // stopped by the terminate path already.
@@ -33,8 +39,10 @@ pub fn power_off(role: Role, reason: &str) -> ! {
     std::thread::sleep(Duration::from_millis(100));
     kill_all(nix::sys::signal::Signal::SIGKILL);
     // Wedged storage must not keep the power on: the final sync gets a deadline.
-    if !within(FINAL_SYNC_DEADLINE, nix::unistd::sync) {
-        tracing::error!("sync did not finish within {FINAL_SYNC_DEADLINE:?}; powering off anyway");
+    if !within(FINAL_SYNC_DEADLINE, crate::faults::sync) {
+        crate::console::critical(&format!(
+            "microvm-agent: sync did not finish within {FINAL_SYNC_DEADLINE:?}; powering off anyway"
+        ));
     }
     let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     // PID 1 must never exit (that is a kernel panic): if power-off failed, halt here.

@@ -38,6 +38,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 pub const LOG_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest we wait for sync(2) before answering anyway.
 pub const STORAGE_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// The host hears `credentialsExpiring` this long before the credentials expire.
+pub const CREDENTIALS_WARNING: Duration = Duration::from_secs(20 * 60);
 /// After the agent ended the VM itself (application exit, maximum duration), how long
 /// the host has to read `/v1/status` before power-off; a host `/terminate` cuts it short.
 pub const SELF_TERMINATE_REPORT_WINDOW: Duration = Duration::from_secs(5);
@@ -86,6 +88,11 @@ pub struct Context {
     pub power: mpsc::UnboundedSender<PowerRequest>,
     pub role: Role,
     pub boot: BootReport,
+    /// The metadata service's facts (None without a valid image config).
+    pub metadata: Option<Arc<crate::metadata::Metadata>>,
+    /// The agent owns the application's `AWS_CONFIG_FILE` (see `sdkconfig`) and
+    /// writes the run's region there.
+    pub sdk_config_file: bool,
 }
 
 pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

@@ -1,13 +1,15 @@
 //! The lifecycle operations themselves: what `/ready`, `/validate`, `/run`,
 //! `/suspend`, `/resume` and `/terminate` do, and the agent's own termination.
 
-use super::{Input, Lifecycle, LOG_FLUSH_DEADLINE, SELF_TERMINATE_REPORT_WINDOW};
+use super::{
+    Input, Lifecycle, CREDENTIALS_WARNING, LOG_FLUSH_DEADLINE, SELF_TERMINATE_REPORT_WINDOW,
+};
 use super::{STOP_GRACE, STORAGE_SYNC_TIMEOUT};
 use crate::config::{Freshness, RunRequest, Toggle};
 use crate::control::answer::Answer;
 use crate::events::EventType;
 use crate::hooks;
-use crate::supervisor::state_reason;
+use microvm_protocol::run::Credentials;
 use microvm_protocol::status::{Exit, HookAnswer, HookOutcome, RunInfo, TerminateAnswer};
 use microvm_protocol::{ApiError, ErrorCode, Hook};
 use serde_json::json;
@@ -71,6 +73,22 @@ impl Lifecycle {
                 idle_policy: run.idle_policy.clone(),
                 maximum_duration_in_seconds: run.maximum_duration.map(|d| d.as_secs()),
             });
+        }
+        if let Some(md) = &self.ctx.metadata {
+            md.set_run(
+                &run.microvm_id,
+                run.region.as_deref(),
+                &run.run_hook_payload,
+            );
+        }
+        if self.ctx.sdk_config_file {
+            // The region is validated (config::run::valid_region) before it gets here.
+            if let Err(e) = crate::sdkconfig::write(
+                std::path::Path::new(crate::sdkconfig::PATH),
+                run.region.as_deref(),
+            ) {
+                tracing::error!("writing {}: {e}", crate::sdkconfig::PATH);
+            }
         }
         if let Err(a) = self.refresh(run.fresh.clone()) {
             return a;
@@ -142,7 +160,7 @@ impl Lifecycle {
     /// Clock, entropy and credentials from the host, before the application hears of
     /// the run or the resume: a restored snapshot must not hand out stale time or a
     /// random stream that a sibling copy of the same snapshot also produces.
-    fn refresh(&self, fresh: Freshness) -> Result<(), Answer> {
+    fn refresh(self: &Arc<Self>, fresh: Freshness) -> Result<(), Answer> {
         if let Some(c) = fresh.clock {
             self.ctx.machine.set_clock(c.unix_time_nanos).map_err(|e| {
                 ApiError::new(ErrorCode::ClockStepFailed, format!("clock_settime: {e}"))
@@ -157,12 +175,43 @@ impl Lifecycle {
             })?;
         }
         if let Some(c) = fresh.credentials {
-            if let Some(logs) = &self.ctx.logs {
-                logs.update_credentials(&c);
-            }
-            self.lock().credentials = Some(c);
+            self.set_credentials(c);
         }
         Ok(())
+    }
+
+    /// New credentials for everyone at once: the agent's CloudWatch client, the
+    /// metadata service, the status; and the host is warned before they expire.
+    pub fn set_credentials(self: &Arc<Self>, c: Credentials) {
+        if let Some(logs) = &self.ctx.logs {
+            logs.update_credentials(&c);
+        }
+        if let Some(md) = &self.ctx.metadata {
+            md.set_credentials(&c);
+        }
+        self.lock().credentials = Some(c.clone());
+        let Some(expires) = c.expiration.as_deref().and_then(parse_rfc3339) else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let now = crate::clock::unix_secs();
+            let warn_at = expires - CREDENTIALS_WARNING.as_secs() as i64;
+            if warn_at > now {
+                tokio::time::sleep(Duration::from_secs((warn_at - now) as u64)).await;
+            }
+            // Replaced meanwhile: those have their own warning.
+            let current = this.lock().credentials.clone();
+            if current.as_ref().map(|k| (&k.access_key_id, &k.expiration))
+                != Some((&c.access_key_id, &c.expiration))
+            {
+                return;
+            }
+            this.ctx.events.emit(
+                EventType::CredentialsExpiring,
+                json!({"accessKeyId": c.access_key_id, "expiration": c.expiration}),
+            );
+        });
     }
 
     /// Call the application's `hook` (unless the image disables it) and record it.
@@ -307,14 +356,21 @@ impl Lifecycle {
     }
 
     /// The application exited and the policy says the VM ends with it.
-    pub async fn application_exited(self: Arc<Self>, exit: Exit) {
-        let reason = state_reason(exit);
+    pub async fn application_exited(self: Arc<Self>, exit: Exit, reason: String) {
         self.ctx.events.emit(
             EventType::ApplicationExited,
             json!({"stateReason": reason, "exit": exit}),
         );
         self.self_terminate(reason).await;
     }
+}
+
+/// Unix seconds of an RFC 3339 UTC time (`2026-11-22T16:00:00Z`).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    use aws_sdk_cloudwatchlogs::primitives::{DateTime, DateTimeFormat};
+    DateTime::from_str(s, DateTimeFormat::DateTime)
+        .ok()
+        .map(|d| d.secs())
 }
 
 fn hook_answer(hook: Hook, outcome: HookOutcome) -> HookAnswer {

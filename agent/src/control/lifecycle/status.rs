@@ -49,6 +49,8 @@ impl Lifecycle {
                 }
             }),
             boot: self.ctx.boot.clone(),
+            console: crate::console::status(),
+            metadata: self.ctx.metadata.as_ref().map(|m| m.status()),
             uptime_ms: self.started.elapsed().as_millis() as u64,
         }
     }

@@ -78,6 +78,8 @@ async fn rig() -> Rig {
         power: power_tx,
         role: Role::Namespace,
         boot: BootReport::default(),
+        metadata: None,
+        sdk_config_file: false,
     });
     Rig {
         lc,

@@ -33,21 +33,42 @@ fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, 
     format!("{}", DisplayErrorContext(e))
 }
 
-/// None when the error says the resource already exists; else its description.
-fn created_already<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: &SdkError<E, R>,
-    exists: impl Fn(&E) -> bool,
-) -> Option<String> {
+/// A failure worth telling the pipeline about: its description, and whether the
+/// service refused the credentials.
+struct Failure {
+    description: String,
+    credentials: bool,
+}
+
+/// None when the error says the resource already exists; else what failed.
+fn created_already<E, R>(e: &SdkError<E, R>, exists: impl Fn(&E) -> bool) -> Option<Failure>
+where
+    E: std::error::Error + aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata + 'static,
+    R: std::fmt::Debug,
+{
     match e.as_service_error() {
         Some(s) if exists(s) => None,
-        _ => Some(describe(e)),
+        _ => Some(Failure {
+            description: describe(e),
+            credentials: e
+                .as_service_error()
+                .and_then(|s| s.code())
+                .is_some_and(super::refuses_credentials),
+        }),
     }
 }
 
-fn tolerate(op: &str, name: &str, r: Result<(), Option<String>>) -> Result<(), PutError> {
+fn tolerate(op: &str, name: &str, r: Result<(), Option<Failure>>) -> Result<(), PutError> {
     match r {
         Ok(()) | Err(None) => Ok(()),
-        Err(Some(e)) => Err(PutError::transient(format!("{op} {name}: {e}"))),
+        Err(Some(f)) if f.credentials => Err(PutError::credentials(format!(
+            "{op} {name}: {}",
+            f.description
+        ))),
+        Err(Some(f)) => Err(PutError::transient(format!(
+            "{op} {name}: {}",
+            f.description
+        ))),
     }
 }
 
@@ -157,9 +178,12 @@ impl CloudWatch {
                     self.stream,
                     describe(&e)
                 );
+                let code = aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata::code(&e);
                 Err(
                     if service.is_some_and(|s| s.is_invalid_parameter_exception()) {
                         PutError::permanent(message)
+                    } else if code.is_some_and(super::refuses_credentials) {
+                        PutError::credentials(message)
                     } else {
                         PutError::transient(message)
                     },

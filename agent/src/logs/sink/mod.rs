@@ -48,20 +48,28 @@ impl Sink for Discard {
 }
 
 /// A failed put. Permanent ones (a batch the service calls invalid) are dropped and
-/// counted; everything else (throttling, 5xx, network, credentials) is retried.
+/// counted; everything else (throttling, 5xx, network, credentials) is retried, and a
+/// refusal of the credentials also tells the pipeline that only new ones will help.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct PutError {
     message: String,
-    permanent: bool,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Transient,
+    Permanent,
+    Credentials,
 }
 
 impl PutError {
-    /// Worth retrying: throttling, 5xx, network, credentials.
+    /// Worth retrying: throttling, 5xx, network.
     pub fn transient(message: impl Into<String>) -> Self {
         PutError {
             message: message.into(),
-            permanent: false,
+            kind: Kind::Transient,
         }
     }
 
@@ -69,13 +77,42 @@ impl PutError {
     pub fn permanent(message: impl Into<String>) -> Self {
         PutError {
             message: message.into(),
-            permanent: true,
+            kind: Kind::Permanent,
+        }
+    }
+
+    /// The service refuses the credentials (expired, unknown, denied): retried, but
+    /// delivery waits for the host's next credentials.
+    pub fn credentials(message: impl Into<String>) -> Self {
+        PutError {
+            message: message.into(),
+            kind: Kind::Credentials,
         }
     }
 
     pub fn is_permanent(&self) -> bool {
-        self.permanent
+        self.kind == Kind::Permanent
     }
+
+    pub fn needs_credentials(&self) -> bool {
+        self.kind == Kind::Credentials
+    }
+}
+
+/// AWS error codes that mean the request's credentials are refused, not the request.
+pub fn refuses_credentials(code: &str) -> bool {
+    matches!(
+        code,
+        "ExpiredTokenException"
+            | "ExpiredToken"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "InvalidSignatureException"
+            | "SignatureDoesNotMatch"
+            | "IncompleteSignature"
+            | "AccessDeniedException"
+            | "AccessDenied"
+    )
 }
 
 /// Events of an accepted batch that the service rejected one by one.
@@ -104,6 +141,28 @@ impl Rejected {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_refusals_are_told_apart() {
+        for c in [
+            "ExpiredTokenException",
+            "UnrecognizedClientException",
+            "AccessDeniedException",
+        ] {
+            assert!(refuses_credentials(c), "{c}");
+        }
+        for c in [
+            "ThrottlingException",
+            "ServiceUnavailableException",
+            "InvalidParameterException",
+            "",
+        ] {
+            assert!(!refuses_credentials(c), "{c}");
+        }
+        assert!(PutError::credentials("x").needs_credentials());
+        assert!(!PutError::credentials("x").is_permanent());
+        assert!(!PutError::transient("x").needs_credentials());
+    }
 
     #[test]
     fn rejected_indices() {

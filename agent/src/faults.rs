@@ -1,0 +1,37 @@
+//! Faults on demand for the test suites: a wedged disk, a panic. Compiled in only with
+//! the `test-faults` feature (the suites' build); in the shipped binary every check
+//! is a constant `false`, so no environment variable or request can trigger one.
+
+/// Is fault `name` switched on (`MICROVM_TEST_FAULT_<name>` set)?
+pub fn active(name: &str) -> bool {
+    #[cfg(feature = "test-faults")]
+    {
+        std::env::var_os(format!("MICROVM_TEST_FAULT_{name}")).is_some()
+    }
+    #[cfg(not(feature = "test-faults"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
+/// `WEDGED_SYNC`: every sync(2) blocks forever, as on storage that stopped answering.
+pub fn sync() {
+    if active("WEDGED_SYNC") {
+        tracing::warn!("test fault: sync wedged");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+    nix::unistd::sync();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn faults_are_off_unless_built_for_tests_and_asked_for() {
+        assert!(!super::active("NO_SUCH_FAULT"));
+        std::env::set_var("MICROVM_TEST_FAULT_UNIT_PROBE", "1");
+        assert_eq!(super::active("UNIT_PROBE"), cfg!(feature = "test-faults"));
+    }
+}

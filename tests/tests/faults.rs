@@ -1,0 +1,336 @@
+//! Faults real guests meet, against the real agent as PID 1 in namespaces: a console
+//! nobody drains, storage that never finishes a sync, a panic inside the agent. The
+//! last two are driven by test-only triggers (`MICROVM_TEST_FAULT_*`) that exist only
+//! in the suites' build of the agent (feature `test-faults`), never in `make build`.
+
+use microvm_tests::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn wait_marker(dir: &Path, name: &str) {
+    let t0 = Instant::now();
+    while !dir.join(name).exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{name} never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run(g: &Guest, id: &str, extra: Value) {
+    let mut body = json!({"microvmId": id});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            body[k] = v;
+        }
+    }
+    let r = g.hook("run", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.json());
+}
+
+fn faulty(name: &str, fault: &str) -> Guest {
+    let dir = scratch(name);
+    let cfg = recorder_config(&dir, all_hooks(5), &[]);
+    let opts = GuestOpts {
+        faults: vec![(format!("MICROVM_TEST_FAULT_{fault}"), "1".into())],
+        ..Default::default()
+    };
+    let g = Guest::start_with(dir, &cfg, &opts);
+    g.wait_app_started();
+    g
+}
+
+/// A console that stopped draining (the agent's stderr is a pipe nobody reads) while
+/// the application writes 20 MB with `mirrorToConsole`: mirrored lines are dropped and
+/// counted, never waited for, so the application finishes and the host's status and
+/// terminate answer. Before the console writer, the agent blocked in `eprintln!` after
+/// 64 KiB, and with it the application, the control channel and everything else.
+#[test]
+fn a_console_nobody_reads_blocks_neither_the_app_nor_the_host() {
+    require_root!();
+    let dir = scratch("stuck-console");
+    let script = format!(
+        "yes $(printf '%099d' 0) | head -n 200000; touch {}/done; exec sleep 1000",
+        dir.display()
+    );
+    let cfg = json!({
+        "imageName": "console-test",
+        "command": ["/bin/sh", "-c", script],
+        "logs": {"mirrorToConsole": true},
+    });
+    let opts = GuestOpts {
+        stuck_console: true,
+        ..Default::default()
+    };
+    let mut g = Guest::start_with(dir, &cfg, &opts);
+    run(&g, "mvm-console", json!({"logging": {"disabled": {}}}));
+    wait_marker(&g.dir, "done");
+    let t0 = Instant::now();
+    let s = g.status();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!(s["logs"]["counters"]["capturedEvents"], 200_000, "{s:#}");
+    // The pipe holds 64 KiB and the queue 256 KiB: at most a few thousand 100-byte
+    // lines were written; the rest were counted as dropped, with their bytes.
+    let dropped = s["console"]["droppedLines"].as_u64().unwrap();
+    assert!(dropped >= 190_000, "{:#}", s["console"]);
+    assert!(
+        s["console"]["droppedBytes"].as_u64().unwrap() >= dropped * 100,
+        "{:#}",
+        s["console"]
+    );
+    let t0 = Instant::now();
+    let r = g.hook("terminate", "");
+    assert_eq!(r.status, 200, "{}", r.json());
+    g.wait_gone(Duration::from_secs(30));
+    // Power-off waits for the stuck console only within its bounds (1 s of flushing,
+    // 2 s for the line that says why).
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+}
+
+/// Storage that never finishes a sync: `/terminate` still answers (saying the sync
+/// did not finish), and the agent still powers off, within the bounds it documents
+/// (10 s for the terminate's sync, 2 s for the runtime's shutdown, 5 s for the final
+/// sync). Before the bounds, the runtime's drop waited for the wedged sync forever.
+#[test]
+fn wedged_storage_never_keeps_the_power_on() {
+    require_root!();
+    let mut g = faulty("wedged-sync", "WEDGED_SYNC");
+    run(&g, "mvm-wedged", json!({}));
+    let t0 = Instant::now();
+    let r = g.hook("terminate", "");
+    assert_eq!(r.status, 200, "{}", r.json());
+    let storage = r.json()["storageError"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        storage.contains("did not finish within 10s"),
+        "{}",
+        r.json()
+    );
+    g.wait_gone(Duration::from_secs(60));
+    let took = t0.elapsed();
+    eprintln!("terminate to power-off with wedged storage: {took:?}");
+    assert!(took < Duration::from_secs(45), "{took:?}");
+    let console = g.console();
+    assert!(console.contains("test fault: sync wedged"), "{console}");
+    assert!(
+        console.contains("sync did not finish within 5s; powering off anyway"),
+        "{console}"
+    );
+    assert!(
+        console.contains("powering off: Host.Terminate"),
+        "{console}"
+    );
+    // The application was told, as in any terminate.
+    assert_eq!(g.calls("terminate").len(), 1);
+}
+
+/// A panic inside the agent as PID 1 (a request handler, through the test-only
+/// trigger): the agent says why on the console, terminates in order (the application
+/// hears /terminate, the host sees the reason in status), and powers off within its
+/// grace; it never exits silently and never leaves the namespace's processes behind.
+#[test]
+fn a_panic_as_pid_1_ends_in_an_orderly_power_off_with_the_reason() {
+    require_root!();
+    let mut g = faulty("panic", "PANIC_ON_EVENTS");
+    run(&g, "mvm-panic", json!({}));
+    let t0 = Instant::now();
+    let r = http(&g.sock, "GET", microvm_protocol::paths::EVENTS, b"");
+    assert!(r.is_err(), "the panicking handler answers nothing: {r:?}");
+    // While the report window lasts the host can read why.
+    let s = g.wait_status(Duration::from_secs(20), |s| {
+        s["stateReason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Agent.Panic"))
+    });
+    let reason = s["stateReason"].as_str().unwrap();
+    assert!(
+        reason.contains("test fault: panic while serving /v1/events"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("routes.rs"),
+        "the reason says where: {reason}"
+    );
+    g.wait_gone(Duration::from_secs(30));
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(25), "{took:?}");
+    let console = g.console();
+    assert!(console.contains("microvm-agent panicked"), "{console}");
+    assert!(console.contains("powering off: Agent.Panic"), "{console}");
+    assert_eq!(g.calls("terminate").len(), 1, "the app was told");
+}
+
+/// hook-sdk's server out of descriptors (EMFILE): a flood of connections beyond its
+/// limit does not end it; once the flood is gone it answers hooks again. Before, its
+/// accept loop returned on the first accept error and the application went deaf.
+#[test]
+fn the_sdk_server_serves_again_after_a_descriptor_flood() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut app = std::process::Command::new("prlimit")
+        .arg("--nofile=48:48")
+        .arg(&bins().recorder)
+        .env("RECORDER_PORT", port.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start the recorder under prlimit");
+    let ready = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "POST {}ready HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            microvm_protocol::HOOK_PATH_PREFIX
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    let t0 = Instant::now();
+    while ready()
+        .map(|r| !r.starts_with("HTTP/1.1 200"))
+        .unwrap_or(true)
+    {
+        assert!(t0.elapsed() < Duration::from_secs(20), "app never served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 150 idle connections: far past 48 descriptors, so accept(2) fails with EMFILE
+    // while they last (the rest wait in the listen backlog; once that is full a
+    // connect would wait for SYN retries, hence the timeout).
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let flood: Vec<TcpStream> = (0..150)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok())
+        .collect();
+    assert!(flood.len() > 48, "only {} connections", flood.len());
+    std::thread::sleep(Duration::from_secs(1));
+    drop(flood);
+    // The server pauses after a failed accept, then serves what is left and new calls.
+    let t0 = Instant::now();
+    let answer = loop {
+        match ready() {
+            Ok(r) if r.starts_with("HTTP/1.1 200") => break r,
+            other => assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the server never served again: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(app.try_wait().unwrap().is_none(), "the app is alive");
+    let _ = app.kill();
+    let _ = app.wait();
+}
+
+/// The shipped (static) agent, built by `make build` (which `make test` runs first).
+fn static_agent() -> Option<std::path::PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/x86_64-unknown-linux-musl/release/microvm-agent");
+    if p.exists() {
+        Some(p)
+    } else {
+        skip("the static agent is not built (make build)");
+        None
+    }
+}
+
+/// PID 1 started with descriptors 0-2 closed on a root whose `/dev` is empty (what a
+/// kernel does when it finds no `/dev/console`): Rust's start-up code would open
+/// `/dev/null` on them and abort, killing PID 1 before `main`. The agent's early step
+/// (before that code) mounts devtmpfs and opens the console, so it comes up and says
+/// so in `status.boot.created`. The agent runs chrooted into a directory holding only
+/// itself, its config and an empty `/dev` (its console is then this machine's
+/// console: the few lines it logs go there).
+#[test]
+fn pid_1_without_descriptors_on_an_empty_dev_still_comes_up() {
+    require_root!();
+    let Some(agent) = static_agent() else {
+        return;
+    };
+    let dir = scratch("empty-dev");
+    std::fs::create_dir_all(dir.join("dev")).unwrap();
+    assert_eq!(std::fs::read_dir(dir.join("dev")).unwrap().count(), 0);
+    std::fs::copy(&agent, dir.join("init")).unwrap();
+    let cfg = json!({"imageName": "empty-dev", "command": ["/no-such-app"],
+                     "onApplicationExit": "restart"});
+    std::fs::write(dir.join("image.json"), cfg.to_string()).unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "--mount",
+        "--uts",
+        "--net",
+    ])
+    .arg(format!("--root={}", dir.display()))
+    .args([
+        "/init",
+        "--control",
+        "unix:/control.sock",
+        "--image-config",
+        "/image.json",
+    ]);
+    // SAFETY: between fork and exec, close(2) only: async-signal-safe, no allocation.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            for fd in 0..=2 {
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    /// unshare ignores SIGTERM: SIGKILL it (and with it the namespace) however the
+    /// test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut guard = Killed(cmd.spawn().expect("spawn unshare"));
+    let child = &mut guard.0;
+    let sock = dir.join("control.sock");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Ok(r) = http(&sock, "GET", microvm_protocol::paths::STATUS, b"") {
+            break r.json();
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!("PID 1 died before its control channel came up: {exit}");
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no control channel");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let boot = &status["boot"];
+    assert_eq!(
+        boot["created"][0], "/dev (devtmpfs, before start-up) and console on descriptors 0-2",
+        "{boot:#}"
+    );
+    // Without /proc at start, the agent mounts it to tell a namespace from a guest
+    // (it used to assume a guest, and would have stepped this machine's clock).
+    assert_eq!(status["role"], "namespace");
+    let r = http(
+        &sock,
+        "POST",
+        &format!("{}terminate", microvm_protocol::HOOK_PATH_PREFIX),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,335 @@
+//! The metadata service (IMDSv2) and the application's SDK configuration, against the
+//! real agent as PID 1 in namespaces of its own: a real AWS SDK (boto3, from the test
+//! venv) run as the application, with the application's environment and no
+//! configuration of its own, finds the run's credentials and region, and the rotated
+//! credentials after `POST /v1/credentials`; a raw client checks every status code of
+//! the contract from inside the guest's network namespace (nsenter).
+
+use microvm_tests::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn python() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    if p.exists() {
+        Some(p)
+    } else {
+        skip("the test venv is not installed (make setup)");
+        None
+    }
+}
+
+const SDK: &str = r#"
+import boto3, json
+s = boto3.Session()
+c = s.get_credentials().get_frozen_credentials()
+print(json.dumps({"key": c.access_key, "secret": c.secret_key, "token": c.token,
+                  "region": s.region_name}))
+"#;
+
+/// The application: runs the SDK script once per `goN` marker, into `sdkN.json`.
+fn sdk_guest(name: &str, py: &Path, metadata: Value) -> Guest {
+    let dir = scratch(name);
+    std::fs::write(dir.join("sdk.py"), SDK).unwrap();
+    let d = dir.display();
+    let py = py.display();
+    let script = format!(
+        "while :; do for n in 1 2 3; do \
+           if [ -e {d}/go$n ] && [ ! -e {d}/sdk$n.json ]; then \
+             {py} {d}/sdk.py > {d}/sdk$n.tmp 2> {d}/sdk$n.err; mv {d}/sdk$n.tmp {d}/sdk$n.json; \
+           fi; done; sleep 0.05; done"
+    );
+    let cfg = json!({
+        "imageName": "metadata-test",
+        "command": ["/bin/sh", "-c", script],
+        // Keep the machine's own ~/.aws out of the SDK's view.
+        "env": {"HOME": dir.display().to_string()},
+        "metadata": metadata,
+    });
+    Guest::start_with(dir, &cfg, &GuestOpts::default())
+}
+
+fn sdk_run(g: &Guest, n: u32) -> Value {
+    std::fs::write(g.dir.join(format!("go{n}")), "").unwrap();
+    let out = g.dir.join(format!("sdk{n}.json"));
+    let t0 = Instant::now();
+    while !out.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the SDK never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|_| {
+        let err = std::fs::read_to_string(g.dir.join(format!("sdk{n}.err"))).unwrap_or_default();
+        panic!("SDK output {text:?}; stderr:\n{err}")
+    })
+}
+
+fn creds(key: &str, expiration: &str) -> Value {
+    json!({"accessKeyId": key, "secretAccessKey": format!("secret-{key}"),
+           "sessionToken": format!("token-{key}"), "expiration": expiration})
+}
+
+#[test]
+fn a_real_sdk_finds_credentials_and_region_with_no_configuration_and_sees_a_rotation() {
+    require_root!();
+    let Some(py) = python() else {
+        return;
+    };
+    let g = sdk_guest("sdk", &py, json!({}));
+    let s = g.status();
+    assert_eq!(s["metadata"]["endpoint"], "http://169.254.169.254", "{s:#}");
+    let run = json!({"microvmId": "mvm-md", "region": "eu-west-3",
+                     "credentials": creds("AKIDFIRST", "2099-01-01T00:00:00Z")});
+    assert_eq!(g.hook("run", &run.to_string()).status, 200);
+    let first = sdk_run(&g, 1);
+    assert_eq!(
+        first,
+        json!({"key": "AKIDFIRST", "secret": "secret-AKIDFIRST",
+               "token": "token-AKIDFIRST", "region": "eu-west-3"})
+    );
+    // Rotation: the next SDK session reads the new document.
+    let r = g.request(
+        "POST",
+        microvm_protocol::paths::CREDENTIALS,
+        creds("AKIDSECOND", "2099-01-01T00:00:00Z")
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["credentials"]["accessKeyId"], "AKIDSECOND");
+    assert_eq!(sdk_run(&g, 2)["key"], "AKIDSECOND");
+    assert_eq!(g.status()["credentials"]["accessKeyId"], "AKIDSECOND");
+    let md = g.status()["metadata"].clone();
+    assert!(md["tokensIssued"].as_u64().unwrap() >= 2, "{md:#}");
+    // Bad rotations are refused and change nothing.
+    for bad in [
+        &b"{}"[..],
+        b"not json",
+        br#"{"accessKeyId":"","secretAccessKey":"x"}"#,
+    ] {
+        let r = g.request("POST", microvm_protocol::paths::CREDENTIALS, bad);
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(bad));
+    }
+    assert_eq!(
+        g.request("GET", microvm_protocol::paths::CREDENTIALS, b"")
+            .status,
+        405
+    );
+    assert_eq!(sdk_run(&g, 3)["key"], "AKIDSECOND");
+}
+
+/// Raw requests from inside the guest's network namespace; answers as JSON lines.
+const RAW: &str = r#"
+import http.client, json, sys, time
+def ask(method, path, headers={}, body=None):
+    c = http.client.HTTPConnection("169.254.169.254", 80, timeout=5)
+    c.request(method, path, body=body, headers=headers)
+    r = c.getresponse()
+    out = {"status": r.status, "body": r.read().decode(), "ttl": r.getheader("X-aws-ec2-metadata-token-ttl-seconds")}
+    c.close()
+    return out
+T = "/latest/api/token"
+CRED = "/latest/meta-data/iam/security-credentials/execution_role"
+res = {}
+res["put_no_ttl"] = ask("PUT", T)
+res["put_ttl_0"] = ask("PUT", T, {"X-aws-ec2-metadata-token-ttl-seconds": "0"})
+res["put_ttl_big"] = ask("PUT", T, {"X-aws-ec2-metadata-token-ttl-seconds": "21601"})
+res["put_forwarded"] = ask("PUT", T, {"X-aws-ec2-metadata-token-ttl-seconds": "60", "X-Forwarded-For": "10.0.0.1"})
+res["get_token"] = ask("GET", T)
+tok = ask("PUT", T, {"X-aws-ec2-metadata-token-ttl-seconds": "2"})
+res["put_ok"] = tok
+h = {"X-aws-ec2-metadata-token": tok["body"]}
+res["cred_no_token"] = ask("GET", CRED)
+res["cred_bad_token"] = ask("GET", CRED, {"X-aws-ec2-metadata-token": "nope"})
+res["cred"] = ask("GET", CRED, h)
+res["roles"] = ask("GET", "/latest/meta-data/iam/security-credentials/", h)
+res["id"] = ask("GET", "/latest/meta-data/instance-id", h)
+res["region"] = ask("GET", "/latest/meta-data/placement/region", h)
+res["user_data"] = ask("GET", "/latest/user-data", h)
+res["listing"] = ask("GET", "/latest/meta-data/", h)
+res["identity"] = ask("GET", "/latest/dynamic/instance-identity/document", h)
+res["nowhere"] = ask("GET", "/latest/meta-data/nowhere", h)
+res["post"] = ask("POST", CRED, h, body=b"x" * 1000)
+time.sleep(2.5)
+res["cred_expired_token"] = ask("GET", CRED, h)
+print(json.dumps(res))
+"#;
+
+fn raw_checks(g: &Guest, py: &Path) -> Value {
+    let out = Command::new("nsenter")
+        .arg("-t")
+        .arg(g.agent_pid().to_string())
+        .arg("-n")
+        .arg(py)
+        .arg("-c")
+        .arg(RAW)
+        .output()
+        .expect("nsenter");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn plain_guest(name: &str, metadata: Value) -> Guest {
+    let dir = scratch(name);
+    let cfg = json!({"imageName": "metadata-raw", "command": ["/bin/sleep", "1000"],
+                     "metadata": metadata});
+    Guest::start_with(dir, &cfg, &GuestOpts::default())
+}
+
+#[test]
+fn every_status_code_of_the_contract_from_a_raw_client() {
+    require_root!();
+    let Some(py) = python() else {
+        return;
+    };
+    let g = plain_guest("raw", json!({}));
+    let run = json!({"microvmId": "mvm-raw", "region": "us-west-2", "runHookPayload": "hello",
+                     "credentials": creds("AKIDRAW", "2099-01-01T00:00:00Z")});
+    assert_eq!(g.hook("run", &run.to_string()).status, 200);
+    let r = raw_checks(&g, &py);
+    let st = |k: &str| r[k]["status"].as_u64().unwrap();
+    let body = |k: &str| r[k]["body"].as_str().unwrap().to_string();
+    assert_eq!(st("put_no_ttl"), 400, "{r:#}");
+    assert_eq!(st("put_ttl_0"), 400);
+    assert_eq!(st("put_ttl_big"), 400);
+    assert_eq!(st("put_forwarded"), 403);
+    assert_eq!(st("get_token"), 405);
+    assert_eq!(st("put_ok"), 200);
+    assert_eq!(r["put_ok"]["ttl"], "2", "the TTL is echoed");
+    assert_eq!(body("put_ok").len(), 64);
+    assert_eq!(st("cred_no_token"), 401);
+    assert_eq!(st("cred_bad_token"), 401);
+    assert_eq!(st("cred"), 200);
+    let doc: Value = serde_json::from_str(&body("cred")).unwrap();
+    assert_eq!(doc["Code"], "Success");
+    assert_eq!(doc["Type"], "AWS-HMAC");
+    assert_eq!(doc["AccessKeyId"], "AKIDRAW");
+    assert_eq!(doc["SecretAccessKey"], "secret-AKIDRAW");
+    assert_eq!(doc["Token"], "token-AKIDRAW");
+    assert_eq!(doc["Expiration"], "2099-01-01T00:00:00Z");
+    assert_eq!(body("roles"), "execution_role");
+    assert_eq!(body("id"), "mvm-raw");
+    assert_eq!(body("region"), "us-west-2");
+    assert_eq!(body("user_data"), "hello");
+    assert_eq!(body("listing"), "instance-id\nplacement/\niam/");
+    let ident: Value = serde_json::from_str(&body("identity")).unwrap();
+    assert_eq!(ident["instanceId"], "mvm-raw");
+    assert_eq!(ident["imageId"], "metadata-raw");
+    assert_eq!(st("nowhere"), 404);
+    assert_eq!(st("post"), 405);
+    assert_eq!(st("cred_expired_token"), 401, "a 2 s token expires on time");
+}
+
+#[test]
+fn optional_tokens_a_disabled_endpoint_and_a_shared_network() {
+    require_root!();
+    let Some(py) = python() else {
+        return;
+    };
+    let probe = |g: &Guest| -> Value {
+        let script = r#"
+import http.client, json
+c = http.client.HTTPConnection("169.254.169.254", 80, timeout=5)
+c.request("GET", "/latest/meta-data/instance-id")
+r = c.getresponse()
+print(json.dumps({"status": r.status, "body": r.read().decode()}))
+"#;
+        let out = Command::new("nsenter")
+            .arg("-t")
+            .arg(g.agent_pid().to_string())
+            .arg("-n")
+            .arg(py.as_path())
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("nsenter");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    let g = plain_guest("optional", json!({"httpTokens": "optional"}));
+    assert_eq!(g.hook("run", r#"{"microvmId":"mvm-opt"}"#).status, 200);
+    assert_eq!(probe(&g), json!({"status": 200, "body": "mvm-opt"}));
+    let g = plain_guest("disabled", json!({"httpEndpoint": "disabled"}));
+    assert_eq!(g.hook("run", r#"{"microvmId":"mvm-off"}"#).status, 200);
+    assert_eq!(probe(&g)["status"], 403);
+    assert_eq!(
+        g.status()["metadata"]["options"]["httpEndpoint"],
+        "disabled"
+    );
+
+    // On the machine's own network the agent adds no address and serves nothing.
+    let dir = scratch("shared-net");
+    let cfg = json!({"imageName": "metadata-shared", "command": ["/bin/sleep", "1000"]});
+    let opts = GuestOpts {
+        share_net: true,
+        ..Default::default()
+    };
+    let g = Guest::start_with(dir, &cfg, &opts);
+    let t0 = Instant::now();
+    let md = loop {
+        let md = g.status()["metadata"].clone();
+        if md["why"] != "starting" {
+            break md;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(md["endpoint"], Value::Null, "{md:#}");
+    assert!(md["why"].as_str().unwrap().contains("shared"), "{md:#}");
+    let addrs = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    assert!(
+        !addrs.contains("169.254.169.254"),
+        "the host's network was touched"
+    );
+}
+
+/// The host hears `credentialsExpiring` 20 minutes before the credentials expire.
+#[test]
+fn the_host_is_warned_before_the_credentials_expire() {
+    require_root!();
+    let g = plain_guest("expiring", json!({}));
+    let soon = std::time::SystemTime::now() + Duration::from_secs(20 * 60 + 3);
+    let secs = soon
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiration = {
+        let out = Command::new("date")
+            .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let run = json!({"microvmId": "mvm-exp", "region": "us-east-1",
+                     "credentials": creds("AKIDEXP", &expiration)});
+    assert_eq!(g.hook("run", &run.to_string()).status, 200);
+    let t0 = Instant::now();
+    let event = loop {
+        let page = g
+            .request("GET", "/v1/events?after=0&waitSeconds=2", b"")
+            .json();
+        if let Some(e) = page["events"].as_array().and_then(|v| {
+            v.iter()
+                .find(|e| e["type"] == "credentialsExpiring")
+                .cloned()
+        }) {
+            break e;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no warning: {page:#}"
+        );
+    };
+    let took = t0.elapsed();
+    assert_eq!(event["accessKeyId"], "AKIDEXP");
+    assert_eq!(event["expiration"], expiration.as_str());
+    assert!(took >= Duration::from_secs(1), "too early: {took:?}");
+}
