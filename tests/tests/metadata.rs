@@ -1,7 +1,7 @@
 //! The metadata service (IMDSv2) and the application's SDK configuration, against the
 //! real agent as PID 1 in namespaces of its own: a real AWS SDK (boto3, from the test
-//! venv) run as the application, with the application's environment and no
-//! configuration of its own, finds the run's credentials and region, and the rotated
+//! venv) run with the application's environment (read from /proc) in the guest's
+//! network namespace, with no configuration of its own, finds the run's credentials and region, and the rotated
 //! credentials after `POST /v1/credentials`; a raw client checks every status code of
 //! the contract from inside the guest's network namespace (nsenter).
 
@@ -29,44 +29,70 @@ print(json.dumps({"key": c.access_key, "secret": c.secret_key, "token": c.token,
                   "region": s.region_name}))
 "#;
 
-/// The application: runs the SDK script once per `goN` marker, into `sdkN.json`.
-fn sdk_guest(name: &str, py: &Path, metadata: Value) -> Guest {
+/// A guest whose application just waits: the SDK runs beside it (below).
+fn sdk_guest(name: &str, metadata: Value) -> Guest {
     let dir = scratch(name);
     std::fs::write(dir.join("sdk.py"), SDK).unwrap();
-    let d = dir.display();
-    let py = py.display();
-    let script = format!(
-        "while :; do for n in 1 2 3; do \
-           if [ -e {d}/go$n ] && [ ! -e {d}/sdk$n.json ]; then \
-             {py} {d}/sdk.py > {d}/sdk$n.tmp 2> {d}/sdk$n.err; mv {d}/sdk$n.tmp {d}/sdk$n.json; \
-           fi; done; sleep 0.05; done"
-    );
     let cfg = json!({
         "imageName": "metadata-test",
-        "command": ["/bin/sh", "-c", script],
-        // Keep the machine's own ~/.aws out of the SDK's view.
-        "env": {"HOME": dir.display().to_string()},
+        "command": ["/bin/sleep", "1000"],
         "metadata": metadata,
     });
     Guest::start_with(dir, &cfg, &GuestOpts::default())
 }
 
-fn sdk_run(g: &Guest, n: u32) -> Value {
-    std::fs::write(g.dir.join(format!("go{n}")), "").unwrap();
-    let out = g.dir.join(format!("sdk{n}.json"));
-    let t0 = Instant::now();
-    while !out.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "the SDK never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+/// The application's environment, as the agent gave it (from /proc).
+fn app_env(g: &Guest) -> Vec<(String, String)> {
+    let agent = g.agent_pid();
+    let app = g
+        .processes(agent)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .find(|p| *p != agent)
+        .expect("the application runs");
+    std::fs::read(format!("/proc/{app}/environ"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Run boto3 with the application's environment in the guest's network namespace.
+/// The venv may live under /tmp, which the agent mounts fresh for the application,
+/// so the SDK runs from the host's mount view, and the application's config file is
+/// read through the agent's root (`/proc/<agent>/root`), the same file.
+fn sdk_run(g: &Guest, py: &Path) -> Value {
+    let agent = g.agent_pid();
+    let mut env = app_env(g);
+    for (k, v) in env.iter_mut() {
+        if k == "AWS_CONFIG_FILE" {
+            *v = format!("/proc/{agent}/root{v}");
+        }
+        if k == "HOME" {
+            // Keep the machine's own ~/.aws out of the SDK's view.
+            *v = g.dir.display().to_string();
+        }
     }
-    let text = std::fs::read_to_string(&out).unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|_| {
-        let err = std::fs::read_to_string(g.dir.join(format!("sdk{n}.err"))).unwrap_or_default();
-        panic!("SDK output {text:?}; stderr:\n{err}")
-    })
+    let out = Command::new("nsenter")
+        .arg("-t")
+        .arg(agent.to_string())
+        .arg("-n")
+        .arg(py)
+        .arg(g.dir.join("sdk.py"))
+        .env_clear()
+        .envs(env)
+        .output()
+        .expect("nsenter");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn creds(key: &str, expiration: &str) -> Value {
@@ -80,13 +106,23 @@ fn a_real_sdk_finds_credentials_and_region_with_no_configuration_and_sees_a_rota
     let Some(py) = python() else {
         return;
     };
-    let g = sdk_guest("sdk", &py, json!({}));
+    let g = sdk_guest("sdk", json!({}));
+    let env = app_env(&g);
+    assert!(
+        env.contains(&("AWS_CONFIG_FILE".into(), "/run/microvm/aws/config".into())),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter()
+            .any(|(k, _)| k.starts_with("AWS_") && k != "AWS_CONFIG_FILE"),
+        "no other AWS configuration: {env:?}"
+    );
     let s = g.status();
     assert_eq!(s["metadata"]["endpoint"], "http://169.254.169.254", "{s:#}");
     let run = json!({"microvmId": "mvm-md", "region": "eu-west-3",
                      "credentials": creds("AKIDFIRST", "2099-01-01T00:00:00Z")});
     assert_eq!(g.hook("run", &run.to_string()).status, 200);
-    let first = sdk_run(&g, 1);
+    let first = sdk_run(&g, &py);
     assert_eq!(
         first,
         json!({"key": "AKIDFIRST", "secret": "secret-AKIDFIRST",
@@ -102,7 +138,7 @@ fn a_real_sdk_finds_credentials_and_region_with_no_configuration_and_sees_a_rota
     );
     assert_eq!(r.status, 200, "{}", r.json());
     assert_eq!(r.json()["credentials"]["accessKeyId"], "AKIDSECOND");
-    assert_eq!(sdk_run(&g, 2)["key"], "AKIDSECOND");
+    assert_eq!(sdk_run(&g, &py)["key"], "AKIDSECOND");
     assert_eq!(g.status()["credentials"]["accessKeyId"], "AKIDSECOND");
     let md = g.status()["metadata"].clone();
     assert!(md["tokensIssued"].as_u64().unwrap() >= 2, "{md:#}");
@@ -120,7 +156,7 @@ fn a_real_sdk_finds_credentials_and_region_with_no_configuration_and_sees_a_rota
             .status,
         405
     );
-    assert_eq!(sdk_run(&g, 3)["key"], "AKIDSECOND");
+    assert_eq!(sdk_run(&g, &py)["key"], "AKIDSECOND");
 }
 
 /// Raw requests from inside the guest's network namespace; answers as JSON lines.
