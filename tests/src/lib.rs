@@ -120,6 +120,18 @@ fn cargo_build(args: &[&str]) {
     assert!(status.success(), "cargo build {args:?} failed");
 }
 
+/// Wait (up to 60 s) for the file `name` in `dir`, which a test application touches.
+pub fn wait_marker(dir: &Path, name: &str) {
+    let t0 = Instant::now();
+    while !dir.join(name).exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{name} never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A pipe (read end, write end), both close-on-exec in this process.
 fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     use std::os::fd::FromRawFd;

@@ -8,17 +8,6 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn wait_marker(dir: &Path, name: &str) {
-    let t0 = Instant::now();
-    while !dir.join(name).exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{name} never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn run(g: &Guest, id: &str, extra: Value) {
     let mut body = json!({"microvmId": id});
     if let Value::Object(m) = extra {

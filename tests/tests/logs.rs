@@ -5,7 +5,6 @@
 use microvm_tests::cw::{FaultProxy, Mode, Moto};
 use microvm_tests::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 const GROUP: &str = "/aws/lambda-microvms/log-test";
@@ -55,17 +54,6 @@ fn run(g: &Guest, id: &str, extra: Value) -> Reply {
     let r = g.hook("run", &body.to_string());
     assert_eq!(r.status, 200, "{}", r.json());
     r
-}
-
-fn wait_marker(dir: &Path, name: &str) {
-    let t0 = Instant::now();
-    while !dir.join(name).exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "{name} never appeared"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Poll GetLogEvents until `n` messages are there (or time runs out), then return them.

@@ -77,22 +77,32 @@ fn sdk_run(g: &Guest, py: &Path) -> Value {
             *v = g.dir.display().to_string();
         }
     }
-    let out = Command::new("nsenter")
-        .arg("-t")
-        .arg(agent.to_string())
+    in_guest_net(g, py, &[g.dir.join("sdk.py").as_os_str()], Some(env))
+}
+
+/// `python ARGS` in the guest's network namespace; its stdout as JSON.
+fn in_guest_net(
+    g: &Guest,
+    py: &Path,
+    args: &[&std::ffi::OsStr],
+    env: Option<Vec<(String, String)>>,
+) -> Value {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg("-t")
+        .arg(g.agent_pid().to_string())
         .arg("-n")
         .arg(py)
-        .arg(g.dir.join("sdk.py"))
-        .env_clear()
-        .envs(env)
-        .output()
-        .expect("nsenter");
+        .args(args);
+    if let Some(env) = env {
+        cmd.env_clear().envs(env);
+    }
+    let out = cmd.output().expect("nsenter");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
 fn creds(key: &str, expiration: &str) -> Value {
@@ -197,21 +207,7 @@ print(json.dumps(res))
 "#;
 
 fn raw_checks(g: &Guest, py: &Path) -> Value {
-    let out = Command::new("nsenter")
-        .arg("-t")
-        .arg(g.agent_pid().to_string())
-        .arg("-n")
-        .arg(py)
-        .arg("-c")
-        .arg(RAW)
-        .output()
-        .expect("nsenter");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    in_guest_net(g, py, &["-c".as_ref(), RAW.as_ref()], None)
 }
 
 fn plain_guest(name: &str, metadata: Value) -> Guest {
@@ -279,16 +275,7 @@ c.request("GET", "/latest/meta-data/instance-id")
 r = c.getresponse()
 print(json.dumps({"status": r.status, "body": r.read().decode()}))
 "#;
-        let out = Command::new("nsenter")
-            .arg("-t")
-            .arg(g.agent_pid().to_string())
-            .arg("-n")
-            .arg(py.as_path())
-            .arg("-c")
-            .arg(script)
-            .output()
-            .expect("nsenter");
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        in_guest_net(g, &py, &["-c".as_ref(), script.as_ref()], None)
     };
     let g = plain_guest("optional", json!({"httpTokens": "optional"}));
     assert_eq!(g.hook("run", r#"{"microvmId":"mvm-opt"}"#).status, 200);

@@ -144,36 +144,10 @@ pub fn network_is_ours(role: Role) -> Result<(), String> {
 
 /// Add [`ADDRESS`]/32 to `lo` (as the alias `lo:imds`).
 fn add_address() -> std::io::Result<()> {
-    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-    use std::os::fd::AsRawFd;
-    let sock = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let set = |request: libc::c_ulong, addr: Ipv4Addr| -> std::io::Result<()> {
-        // SAFETY: ifreq is plain old data; all-zero is a valid value.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo:imds\0") {
-            *dst = *src as libc::c_char;
-        }
-        // SAFETY: sockaddr_in is plain old data, and fits the ifreq's address union
-        // member (a sockaddr); all-zero then filled is a valid value.
-        unsafe {
-            let sin = &mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr as *mut libc::sockaddr_in;
-            (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
-            (*sin).sin_addr.s_addr = u32::from(addr).to_be();
-        }
-        // SAFETY: SIOCSIFADDR/SIOCSIFNETMASK read `req`, a valid ifreq naming an alias
-        // of lo with an AF_INET address, through a socket we own.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &req) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    set(libc::SIOCSIFADDR, ADDRESS)?;
-    set(libc::SIOCSIFNETMASK, Ipv4Addr::BROADCAST)
+    use crate::sys::netdev;
+    let sock = netdev::control_socket()?;
+    netdev::set_inet(&sock, "lo:imds", libc::SIOCSIFADDR, ADDRESS)?;
+    netdev::set_inet(&sock, "lo:imds", libc::SIOCSIFNETMASK, Ipv4Addr::BROADCAST)
 }
 
 /// Serve the metadata service for the life of the agent (or say why not, in status).

@@ -7,4 +7,5 @@ pub mod cmdline;
 pub mod guest;
 pub mod machine;
 pub mod modules;
+pub mod netdev;
 pub mod power;
