@@ -144,6 +144,9 @@ pub fn parse_query(q: Option<&str>) -> Result<(u64, Duration), String> {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;

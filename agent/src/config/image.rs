@@ -1,6 +1,6 @@
 //! The image config (DESIGN.md contract 1): `/etc/microvm/image.json`.
 
-use super::json::{from_json, ConfigError, FieldError};
+use super::json::{from_json_objects, ConfigError, FieldError};
 use microvm_protocol::limits;
 use microvm_protocol::run::Logging;
 use microvm_protocol::status::WhenFull;
@@ -275,7 +275,7 @@ pub struct ImageConfig {
 
 impl ImageConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, FieldError> {
-        let cfg: ImageConfig = from_json(bytes)?;
+        let cfg: ImageConfig = from_json_objects(bytes, &["command"])?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -54,3 +54,83 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
         FieldError::new(field, msg)
     })
 }
+
+/// [`from_json`] for documents made of objects: serde's derived structs also take a
+/// JSON array, field by field in declaration order (`[null, null, "..."]` would be a
+/// `/resume` with entropy), so an array anywhere but at the `arrays` paths (like
+/// `command`) is refused, naming where it is.
+pub fn from_json_objects<T: DeserializeOwned>(
+    bytes: &[u8],
+    arrays: &[&str],
+) -> Result<T, FieldError> {
+    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        if let Some(at) = misplaced_array(&doc, None, arrays) {
+            let field = at.unwrap_or_else(|| "(body)".to_string());
+            return Err(FieldError::new(field, "must be an object, not an array"));
+        }
+    }
+    from_json(bytes)
+}
+
+/// Where the first array not at an allowed path is: Some(None) for the document
+/// itself, Some(Some(path)) below it (paths spelled as serde_path_to_error does).
+fn misplaced_array(
+    v: &serde_json::Value,
+    path: Option<&str>,
+    arrays: &[&str],
+) -> Option<Option<String>> {
+    use serde_json::Value;
+    match v {
+        Value::Array(items) if path.is_some_and(|p| arrays.contains(&p)) => {
+            let p = path.unwrap_or_default();
+            items
+                .iter()
+                .enumerate()
+                .find_map(|(i, x)| misplaced_array(x, Some(&format!("{p}[{i}]")), arrays))
+        }
+        Value::Array(_) => Some(path.map(str::to_string)),
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let p = match path {
+                None => k.clone(),
+                Some(p) => format!("{p}.{k}"),
+            };
+            misplaced_array(x, Some(&p), arrays)
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Doc {
+        a: Option<Inner>,
+        list: Option<Vec<String>>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        x: Option<u32>,
+    }
+
+    #[test]
+    fn arrays_are_objects_nowhere_but_where_allowed() {
+        // What serde alone accepts: a struct as an array.
+        assert!(from_json::<Doc>(br#"[null, ["a"]]"#).is_ok());
+        let err = |b: &[u8]| from_json_objects::<Doc>(b, &["list"]).unwrap_err().field;
+        assert_eq!(err(br#"[null, ["a"]]"#), "(body)");
+        assert_eq!(err(br#"{"a": [5]}"#), "a");
+        assert_eq!(err(br#"{"list": [["nested"]]}"#), "list[0]");
+        assert_eq!(err(br#"{"": {"a": []}}"#), ".a");
+        assert!(from_json_objects::<Doc>(br#"{"a": {"x": 1}, "list": ["a"]}"#, &["list"]).is_ok());
+        // Not JSON at all: the usual error.
+        assert_eq!(
+            from_json_objects::<Doc>(b"nope", &[]).unwrap_err().field,
+            "(body)"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! `/run`, `/resume`, and the hooks that take no fields.
 
 use super::image::validate_logging;
-use super::json::{from_json, FieldError};
+use super::json::{from_json_objects, FieldError};
 use microvm_protocol::limits::{
     MAX_DURATION_SECONDS, MAX_MICROVM_ID, MAX_RUN_HOOK_PAYLOAD, MIN_ENTROPY_BYTES,
 };
@@ -75,13 +75,13 @@ fn body_or_empty(body: &[u8]) -> &[u8] {
 
 impl RunRequest {
     pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
-        let raw: RunEnvelope = from_json(body)?;
+        let raw: RunEnvelope = from_json_objects(body, &[])?;
         let microvm_id = match raw.microvm_id {
             None => return Err(FieldError::new("microvmId", "is required").into()),
             Some(id) if id.is_empty() || id.len() > MAX_MICROVM_ID => {
                 return Err(FieldError::new(
                     "microvmId",
-                    format!("must be 1-{MAX_MICROVM_ID} characters"),
+                    format!("must be 1-{MAX_MICROVM_ID} bytes of UTF-8"),
                 )
                 .into())
             }
@@ -154,7 +154,7 @@ impl RunRequest {
 
 /// The host's `/resume` body (all optional).
 pub fn parse_resume(body: &[u8]) -> Result<Freshness, RequestError> {
-    let raw: ResumeEnvelope = from_json(body_or_empty(body))?;
+    let raw: ResumeEnvelope = from_json_objects(body_or_empty(body), &[])?;
     Ok(Freshness {
         clock: raw.clock,
         entropy: decode_entropy(raw.entropy)?,
@@ -164,7 +164,7 @@ pub fn parse_resume(body: &[u8]) -> Result<Freshness, RequestError> {
 
 /// `/ready`, `/validate`, `/suspend`, `/terminate` take no fields: empty or `{}`.
 pub fn parse_empty(body: &[u8]) -> Result<(), RequestError> {
-    let _: Empty = from_json(body_or_empty(body))?;
+    let _: Empty = from_json_objects(body_or_empty(body), &[])?;
     Ok(())
 }
 

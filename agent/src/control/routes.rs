@@ -157,7 +157,7 @@ async fn credentials_request(lc: &Arc<Lifecycle>, body: Incoming) -> Answer {
         Ok(b) => b,
         Err(a) => return a,
     };
-    match config::json::from_json::<microvm_protocol::run::Credentials>(&body) {
+    match config::json::from_json_objects::<microvm_protocol::run::Credentials>(&body, &[]) {
         Err(e) => request_error(RequestError::Invalid(e)),
         Ok(c) if c.access_key_id.is_empty() || c.secret_access_key.is_empty() => ApiError::new(
             ErrorCode::BadRequest,
