@@ -188,6 +188,8 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
         tokio::spawn(crate::metadata::serve(md.clone(), role));
         md
     });
+    // A real guest: the agent out of the OOM killer's reach, the app in its cgroup.
+    let agent_protected = role == Role::Guest && protect_agent(&mut boot);
     let cgroup = match (&config, role) {
         (Ok(cfg), Role::Guest) => app_cgroup(cfg, &mut boot),
         _ => None,
@@ -212,6 +214,7 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
             stdout,
             stderr,
             cgroup: cgroup.clone(),
+            reset_oom_score: agent_protected,
         };
         Supervisor::new(reaper.clone(), spec, cfg.on_application_exit)
     });
@@ -304,13 +307,21 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
     reason
 }
 
-/// A real guest: the agent out of the OOM killer's reach, the application in a cgroup
-/// of its own (with the image's memory limit). Failures are boot failures, not fatal.
-fn app_cgroup(cfg: &ImageConfig, boot: &mut BootReport) -> Option<Arc<AppCgroup>> {
-    if let Err(e) = cgroup::protect_agent() {
-        boot.failures
-            .push(format!("oom_score_adj -1000 for the agent: {e}"));
+/// `oom_score_adj` -1000 for the agent; false (a boot failure) if refused.
+fn protect_agent(boot: &mut BootReport) -> bool {
+    match cgroup::protect_agent() {
+        Ok(()) => true,
+        Err(e) => {
+            boot.failures
+                .push(format!("oom_score_adj -1000 for the agent: {e}"));
+            false
+        }
     }
+}
+
+/// The application in a cgroup of its own (with the image's memory limit). Failures
+/// are boot failures, not fatal.
+fn app_cgroup(cfg: &ImageConfig, boot: &mut BootReport) -> Option<Arc<AppCgroup>> {
     let limit = cfg.memory_limit_mib.map(|m| m << 20);
     match AppCgroup::create(Path::new(cgroup::ROOT), limit) {
         Ok(cg) => Some(Arc::new(cg)),

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// How long the orderly part may take before the watchdog powers off.
-pub const PANIC_GRACE: Duration = Duration::from_secs(15);
+pub const PANIC_GRACE: Duration = Duration::from_secs(30);
 
 static REASON: OnceLock<String> = OnceLock::new();
 static PANICKED: Notify = Notify::const_new();

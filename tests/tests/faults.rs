@@ -57,9 +57,12 @@ fn a_console_nobody_reads_blocks_neither_the_app_nor_the_host() {
     run(&g, "mvm-console", json!({"logging": {"disabled": {}}}));
     wait_marker(&g.dir, "done");
     let t0 = Instant::now();
-    let s = g.status();
+    g.status();
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
-    assert_eq!(s["logs"]["counters"]["capturedEvents"], 200_000, "{s:#}");
+    // The pipe's last lines may still be on their way when the marker appears.
+    let s = g.wait_status(Duration::from_secs(30), |s| {
+        s["logs"]["counters"]["capturedEvents"] == 200_000
+    });
     // The pipe holds 64 KiB and the queue 256 KiB: at most a few thousand 100-byte
     // lines were written; the rest were counted as dropped, with their bytes.
     let dropped = s["console"]["droppedLines"].as_u64().unwrap();
@@ -144,10 +147,12 @@ fn a_panic_as_pid_1_ends_in_an_orderly_power_off_with_the_reason() {
         reason.contains("routes.rs"),
         "the reason says where: {reason}"
     );
-    g.wait_gone(Duration::from_secs(30));
+    g.wait_gone(Duration::from_secs(45));
     let took = t0.elapsed();
-    assert!(took < Duration::from_secs(25), "{took:?}");
     let console = g.console();
+    // The orderly path itself ended it, not the watchdog (30 s).
+    assert!(console.contains("self-termination done"), "{console}");
+    assert!(took < Duration::from_secs(25), "{took:?}");
     assert!(console.contains("microvm-agent panicked"), "{console}");
     assert!(console.contains("powering off: Agent.Panic"), "{console}");
     assert_eq!(g.calls("terminate").len(), 1, "the app was told");

@@ -47,7 +47,11 @@ impl AppCgroup {
         if let Some(limit) = limit_bytes {
             std::fs::write(dir.join("memory.max"), limit.to_string())?;
         }
-        std::fs::write(dir.join("memory.oom.group"), "1")?;
+        // Optional (kernels before 4.19 lack it): without it an OOM kill takes one
+        // process of the tree, not all of it.
+        if let Err(e) = std::fs::write(dir.join("memory.oom.group"), "1") {
+            tracing::warn!("memory.oom.group: {e}; an OOM kill may leave part of the app");
+        }
         let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_encoded_bytes())
             .map_err(std::io::Error::other)?;
         Ok(AppCgroup { dir, procs })
@@ -69,8 +73,8 @@ impl AppCgroup {
     /// default OOM score. Only async-signal-safe calls; failures leave the child
     /// where it is (it still runs, unconfined).
     pub fn enter_in_child(&self) {
+        // Best effort: outside the cgroup the app still runs, unlimited.
         write_c(&self.procs, b"0");
-        write_c(c"/proc/self/oom_score_adj", b"0");
     }
 }
 
@@ -134,16 +138,30 @@ pub async fn watch_oom_kills(cg: std::sync::Arc<AppCgroup>, mut seen: impl FnMut
     }
 }
 
-/// open, write, close: async-signal-safe, for `pre_exec`.
-fn write_c(path: &std::ffi::CStr, bytes: &[u8]) {
+/// For the child, between fork and exec, whenever the agent protected itself: the
+/// default OOM score back (children inherit -1000, and a guest whose every process is
+/// -1000 has nothing the OOM killer may kill: the kernel panics). A failure fails the
+/// spawn, visibly, rather than run the application unkillable.
+pub fn reset_oom_score_in_child() -> std::io::Result<()> {
+    if write_c(c"/proc/self/oom_score_adj", b"0") {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// open, write, close: async-signal-safe, for `pre_exec`. True if all was written.
+fn write_c(path: &std::ffi::CStr, bytes: &[u8]) -> bool {
     // SAFETY: `path` is NUL-terminated and outlives the call; open/write/close are
     // async-signal-safe, and the descriptor is ours until closed here.
     unsafe {
         let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd >= 0 {
-            libc::write(fd, bytes.as_ptr().cast(), bytes.len());
-            libc::close(fd);
+        if fd < 0 {
+            return false;
         }
+        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        libc::close(fd);
+        n == bytes.len() as isize
     }
 }
 

@@ -55,6 +55,9 @@ pub struct AppSpec {
     pub stderr: Option<Arc<OwnedFd>>,
     /// The cgroup it runs in (a real guest), with its OOM count.
     pub cgroup: Option<Arc<AppCgroup>>,
+    /// The agent made itself the OOM killer's last choice: the app gets the default
+    /// score back as it starts, cgroup or not.
+    pub reset_oom_score: bool,
 }
 
 fn output(fd: &Option<Arc<OwnedFd>>) -> std::io::Result<Stdio> {
@@ -78,12 +81,18 @@ impl AppSpec {
         if let Some(dir) = &self.working_dir {
             cmd.current_dir(dir);
         }
-        if let Some(cg) = self.cgroup.clone() {
+        if self.cgroup.is_some() || self.reset_oom_score {
+            let (cg, reset) = (self.cgroup.clone(), self.reset_oom_score);
             // SAFETY: the closure runs in the child between fork and exec and makes
             // only async-signal-safe calls (open, write, close), allocating nothing.
             unsafe {
                 cmd.pre_exec(move || {
-                    cg.enter_in_child();
+                    if let Some(cg) = &cg {
+                        cg.enter_in_child();
+                    }
+                    if reset {
+                        super::cgroup::reset_oom_score_in_child()?;
+                    }
                     Ok(())
                 });
             }

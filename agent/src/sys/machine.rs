@@ -8,50 +8,29 @@
 
 use std::sync::Mutex;
 
-/// The inode of the initial PID namespace (PROC_PID_INIT_INO in the kernel).
-const INIT_PID_NS_INODE: u64 = 0xEFFF_FFFC;
-
 pub use microvm_protocol::status::Role;
 
-/// What the agent is to this machine.
+/// What the agent is to this machine. PID 1 of the initial PID namespace (a real
+/// guest) is the only process for which `reboot(LINUX_REBOOT_CMD_CAD_OFF)` succeeds:
+/// in a child PID namespace the kernel refuses it (EINVAL), without CAP_SYS_BOOT too
+/// (EPERM). It needs no /proc (a chroot or a bare root may have none), and what it
+/// does, PID 1 of a guest does at boot anyway.
 pub fn detect_role() -> Role {
     if std::process::id() != 1 {
         return Role::Process;
     }
-    let ns_inode = || {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata("/proc/self/ns/pid").map(|m| m.ino())
-    };
-    // Without /proc the namespace cannot be told: mount it (boot would next anyway).
-    let inode = ns_inode().or_else(|_| {
-        mount_proc()?;
-        ns_inode()
-    });
-    role_of(inode.ok())
+    role_of(nix::sys::reboot::set_cad_enabled(false).is_ok())
 }
 
-/// A guest only when the PID namespace is known to be the initial one. Unknown is a
-/// namespace: a real guest that cannot mount /proc loses the clock step, while the
-/// other mistake would step a developer's clock and remount their root read-only.
-pub fn role_of(pid_ns_inode: Option<u64>) -> Role {
-    match pid_ns_inode {
-        Some(INIT_PID_NS_INODE) => Role::Guest,
-        _ => Role::Namespace,
+/// A guest only when the kernel says this is the initial PID namespace's init.
+/// Anything else is a namespace: a real guest mistaken for one loses its clock step,
+/// while the other mistake would step a developer's clock.
+pub fn role_of(initial_pid_namespace: bool) -> Role {
+    if initial_pid_namespace {
+        Role::Guest
+    } else {
+        Role::Namespace
     }
-}
-
-fn mount_proc() -> std::io::Result<()> {
-    std::fs::create_dir_all("/proc")?;
-    nix::mount::mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        nix::mount::MsFlags::MS_NOSUID
-            | nix::mount::MsFlags::MS_NODEV
-            | nix::mount::MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(std::io::Error::from)
 }
 
 /// Clock, entropy and storage steps, as applied or recorded.
@@ -268,11 +247,10 @@ mod tests {
 
     #[test]
     fn only_the_initial_pid_namespace_is_a_guest() {
-        assert_eq!(role_of(Some(INIT_PID_NS_INODE)), Role::Guest);
-        assert_eq!(role_of(Some(4026532301)), Role::Namespace);
+        assert_eq!(role_of(true), Role::Guest);
         // Unknown (no /proc) used to mean guest: a chrooted test agent then acted on
-        // the machine it ran on.
-        assert_eq!(role_of(None), Role::Namespace);
+        // the machine it ran on. The kernel's answer needs no /proc.
+        assert_eq!(role_of(false), Role::Namespace);
     }
 
     #[test]
