@@ -7,6 +7,9 @@ use microvm_agent::{cli, panic};
 
 /// Before Rust's start-up code, which aborts when PID 1 has no console (see
 /// `boot::early_console`).
+// SAFETY (of running it there): an `extern "C" fn()` ignoring the loader's arguments;
+// it uses no std facility that needs the runtime (only libc and nix, whose path
+// arguments live on the stack), and nothing in it can panic.
 #[used]
 #[link_section = ".init_array"]
 static EARLY_CONSOLE: extern "C" fn() = microvm_agent::sys::boot::early_console;

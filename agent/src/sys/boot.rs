@@ -241,12 +241,11 @@ const EARLY_FAILED: u8 = 3;
 /// code: as PID 1 with a closed standard descriptor, mount devtmpfs if need be, open
 /// the console and put it on 0-2. Only libc and nix here: std is not started yet.
 pub extern "C" fn early_console() {
-    use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+    use nix::fcntl::{open, OFlag};
     use nix::sys::stat::Mode;
-    use std::os::fd::BorrowedFd;
     let closed = |fd: i32| {
-        // SAFETY: only asks the kernel about the number; a closed one is EBADF.
-        fcntl(unsafe { BorrowedFd::borrow_raw(fd) }, FcntlArg::F_GETFD).is_err()
+        // SAFETY: F_GETFD on a bare number reads no memory; a closed one is EBADF.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) < 0 }
     };
     if nix::unistd::getpid().as_raw() != 1 || !(0..=2).any(closed) {
         return;
