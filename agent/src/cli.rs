@@ -35,7 +35,20 @@ impl Default for Args {
 }
 
 pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+    let (args, mut errors) = parse_all(args);
+    if errors.is_empty() {
+        Ok(args)
+    } else {
+        Err(errors.swap_remove(0))
+    }
+}
+
+/// Every flag that parses, and what was wrong with the others (those keep their
+/// defaults). PID 1 cannot refuse to start, and one bad value must not cost it the
+/// flags that were right (a `--control` lost is a VM nobody can reach).
+pub fn parse_all(args: impl IntoIterator<Item = String>) -> (Args, Vec<String>) {
     let mut out = Args::default();
+    let mut errors = Vec::new();
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
@@ -48,15 +61,30 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 .or_else(|| it.next())
                 .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
         };
-        match flag.as_str() {
-            "--control" => out.control = value("--control")?.parse()?,
-            "--ingress" => out.ingress = value("--ingress")?.parse()?,
-            "--image-config" => out.image_config = PathBuf::from(value("--image-config")?),
-            "-h" | "--help" => out.help = true,
-            _ => out.ignored.push(a),
+        let step = match flag.as_str() {
+            "--control" => value("--control")
+                .and_then(|v| v.parse())
+                .map(|v| out.control = v),
+            "--ingress" => value("--ingress")
+                .and_then(|v| v.parse())
+                .map(|v| out.ingress = v),
+            "--image-config" => {
+                value("--image-config").map(|v| out.image_config = PathBuf::from(v))
+            }
+            "-h" | "--help" => {
+                out.help = true;
+                Ok(())
+            }
+            _ => {
+                out.ignored.push(a);
+                Ok(())
+            }
+        };
+        if let Err(e) = step {
+            errors.push(e);
         }
     }
-    Ok(out)
+    (out, errors)
 }
 
 #[cfg(test)]
@@ -93,5 +121,28 @@ mod tests {
         assert!(p(&["--control", "tcp:1"]).is_err());
         let a = p(&["splash", "--control", "vsock:1"]).unwrap();
         assert_eq!(a.ignored, ["splash"]);
+    }
+
+    #[test]
+    fn one_bad_value_costs_only_its_own_flag() {
+        let (a, errors) = parse_all(
+            [
+                "--ingress",
+                "tcp:1",
+                "--control",
+                "unix:/c",
+                "--image-config",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        assert_eq!(a.control, Addr::Unix("/c".into()));
+        assert_eq!(a.ingress, DEFAULT_INGRESS);
+        assert_eq!(a.image_config, PathBuf::from(DEFAULT_IMAGE_CONFIG));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[1].starts_with("--image-config needs a value"),
+            "{errors:?}"
+        );
     }
 }

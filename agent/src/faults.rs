@@ -15,6 +15,39 @@ pub fn active(name: &str) -> bool {
     }
 }
 
+/// The value of fault `name`, if it is switched on.
+pub fn value(name: &str) -> Option<String> {
+    #[cfg(feature = "test-faults")]
+    {
+        std::env::var(format!("MICROVM_TEST_FAULT_{name}")).ok()
+    }
+    #[cfg(not(feature = "test-faults"))]
+    {
+        let _ = name;
+        None
+    }
+}
+
+/// `FATAL_ON_EVENTS=overflow|abort`: what no panic hook catches, on demand.
+pub fn fatal(kind: &str) {
+    tracing::warn!(kind, "test fault: fatal");
+    match kind {
+        "overflow" => {
+            std::hint::black_box(deeper(0));
+        }
+        _ => std::process::abort(),
+    }
+}
+
+/// Recursion the optimiser cannot fold: every frame keeps a page alive.
+fn deeper(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 512]);
+    if n == u64::MAX {
+        return frame[0];
+    }
+    deeper(n + 1).wrapping_add(frame[511])
+}
+
 /// `WEDGED_SYNC`: every sync(2) blocks forever, as on storage that stopped answering.
 pub fn sync() {
     if active("WEDGED_SYNC") {

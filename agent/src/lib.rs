@@ -13,6 +13,7 @@
 //! - [`transport`]: vsock or Unix listeners for the host's links;
 //! - [`console`]: the console, written off the runtime thread, never waited for;
 //! - [`panic`]: a panic anywhere ends in an orderly, bounded power-off;
+//! - [`fdbudget`]: the descriptor table shared out so strangers cannot starve the host;
 //! - [`faults`]: faults on demand, only in the test suites' build;
 //! - [`agent`]: the wiring of all of the above.
 
@@ -26,6 +27,7 @@ pub mod console;
 pub mod control;
 pub mod events;
 pub mod faults;
+pub mod fdbudget;
 pub mod hooks;
 pub mod http;
 pub mod ingress;

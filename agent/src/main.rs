@@ -18,28 +18,34 @@ fn main() {
     let role = machine::detect_role();
     // First of all: whatever fails from here on ends in a logged power-off.
     panic::install(role);
+    if role.is_pid1() {
+        // What no panic hook sees (a stack overflow, an abort) must not kill PID 1.
+        microvm_agent::sys::fatal::install();
+    }
     let body = std::panic::catch_unwind(|| {
         let start = Startup::begin(role);
-        let args = match cli::parse(std::env::args().skip(1)) {
-            Ok(a) if a.help && !role.is_pid1() => {
-                println!("{}", cli::USAGE);
-                return;
+        let args = if role.is_pid1() {
+            // PID 1 cannot refuse to start: a bad value keeps that flag's default, the
+            // flags that were right still count, and `--help` is noise.
+            let (args, errors) = cli::parse_all(std::env::args().skip(1));
+            for e in errors {
+                tracing::error!("{e}; that flag keeps its default");
             }
-            Ok(a) => {
-                if a.help {
-                    // PID 1 cannot leave: a `--help` from the kernel command line is noise.
-                    tracing::warn!("--help ignored: running as PID 1");
+            if args.help {
+                tracing::warn!("--help ignored: running as PID 1");
+            }
+            args
+        } else {
+            match cli::parse(std::env::args().skip(1)) {
+                Ok(a) if a.help => {
+                    println!("{}", cli::USAGE);
+                    return;
                 }
-                a
-            }
-            Err(e) if !role.is_pid1() => {
-                eprintln!("{e}");
-                std::process::exit(2);
-            }
-            Err(e) => {
-                // PID 1 cannot refuse to start: a bad command line keeps the defaults.
-                tracing::error!("{e}; using defaults");
-                cli::Args::default()
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("{e}");
+                    std::process::exit(2);
+                }
             }
         };
         start.run(args)

@@ -301,7 +301,12 @@ pub fn late_body(
 
 /// One request on a fresh connection to a Unix socket (the runner library's client).
 pub fn http(sock: &Path, method: &str, path: &str, body: &[u8]) -> std::io::Result<Reply> {
-    microvm_local::http::send(UnixStream::connect(sock)?, method, path, &[], body)
+    let s = UnixStream::connect(sock)?;
+    // A wedged agent fails the test instead of hanging it (no request of the suites
+    // legitimately takes this long).
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    s.set_write_timeout(Some(Duration::from_secs(120)))?;
+    microvm_local::http::send(s, method, path, &[], body)
 }
 
 /// How to start a guest beyond its image config.

@@ -5,7 +5,6 @@
 
 use microvm_tests::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn run(g: &Guest, id: &str, extra: Value) {
@@ -20,10 +19,14 @@ fn run(g: &Guest, id: &str, extra: Value) {
 }
 
 fn faulty(name: &str, fault: &str) -> Guest {
+    faulty_as(name, fault, "1")
+}
+
+fn faulty_as(name: &str, fault: &str, value: &str) -> Guest {
     let dir = scratch(name);
     let cfg = recorder_config(&dir, all_hooks(5), &[]);
     let opts = GuestOpts {
-        faults: vec![(format!("MICROVM_TEST_FAULT_{fault}"), "1".into())],
+        faults: vec![(format!("MICROVM_TEST_FAULT_{fault}"), value.into())],
         ..Default::default()
     };
     let g = Guest::start_with(dir, &cfg, &opts);
@@ -158,6 +161,41 @@ fn a_panic_as_pid_1_ends_in_an_orderly_power_off_with_the_reason() {
     assert_eq!(g.calls("terminate").len(), 1, "the app was told");
 }
 
+/// What no panic hook sees: a stack overflow (Rust's guard-page handler names the
+/// thread and aborts) and a plain abort (a panic while panicking, an allocation
+/// failure). Before the fatal-signal handler PID 1 died of SIGABRT: in a guest a kernel
+/// panic, nothing synced, the host told nothing. Now the console says why, storage is
+/// synced, and the machine powers off (in a PID namespace the kernel turns that
+/// power-off into the end of the namespace by SIGINT).
+#[test]
+fn a_stack_overflow_or_an_abort_as_pid_1_still_ends_in_a_synced_power_off() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root!();
+    for kind in ["abort", "overflow"] {
+        let mut g = faulty_as(&format!("fatal-{kind}"), "FATAL_ON_EVENTS", kind);
+        run(&g, "mvm-fatal", json!({}));
+        let r = http(&g.sock, "GET", microvm_protocol::paths::EVENTS, b"");
+        assert!(
+            r.is_err(),
+            "{kind}: the dying handler answers nothing: {r:?}"
+        );
+        let st = g.wait_gone(Duration::from_secs(30));
+        let console = g.console();
+        if kind == "overflow" {
+            assert!(console.contains("has overflowed its stack"), "{console}");
+        }
+        assert!(
+            console.contains("microvm-agent: fatal: SIGABRT"),
+            "{kind}: {console}"
+        );
+        assert!(
+            console.contains("microvm-agent: fatal: storage synced; powering off"),
+            "{kind}: {console}"
+        );
+        assert_eq!(st.signal(), Some(libc::SIGINT), "{kind}: {st:?}\n{console}");
+    }
+}
+
 /// hook-sdk's server out of descriptors (EMFILE): a flood of connections beyond its
 /// limit does not end it; once the flood is gone it answers hooks again. Before, its
 /// accept loop returned on the first accept error and the application went deaf.
@@ -226,8 +264,7 @@ fn the_sdk_server_serves_again_after_a_descriptor_flood() {
 
 /// The shipped (static) agent, built by `make build` (which `make test` runs first).
 fn static_agent() -> Option<std::path::PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/x86_64-unknown-linux-musl/release/microvm-agent");
+    let p = target_dir().join("x86_64-unknown-linux-musl/release/microvm-agent");
     if p.exists() {
         Some(p)
     } else {
@@ -252,7 +289,48 @@ fn pid_1_without_descriptors_on_an_empty_dev_still_comes_up() {
     let dir = scratch("empty-dev");
     std::fs::create_dir_all(dir.join("dev")).unwrap();
     assert_eq!(std::fs::read_dir(dir.join("dev")).unwrap().count(), 0);
-    std::fs::copy(&agent, dir.join("init")).unwrap();
+    let (mut guard, sock, status) = bare_pid1(&agent, &dir);
+    let child = &mut guard.0;
+    let boot = &status["boot"];
+    assert_eq!(
+        boot["created"][0], "/dev (devtmpfs, before start-up) and console on descriptors 0-2",
+        "{boot:#}"
+    );
+    // Without /proc at start, the agent mounts it to tell a namespace from a guest
+    // (it used to assume a guest, and would have stepped this machine's clock).
+    assert_eq!(status["role"], "namespace");
+    let r = http(
+        &sock,
+        "POST",
+        &format!("{}terminate", microvm_protocol::HOOK_PATH_PREFIX),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// unshare ignores SIGTERM: SIGKILL it (and with it the namespace) however the test
+/// ends.
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The static agent as PID 1 chrooted into `dir` with descriptors 0-2 closed, until
+/// its control channel answers: the unshare, the socket, the first status.
+fn bare_pid1(
+    agent: &std::path::Path,
+    dir: &std::path::Path,
+) -> (Killed, std::path::PathBuf, Value) {
+    std::fs::copy(agent, dir.join("init")).unwrap();
     let cfg = json!({"imageName": "empty-dev", "command": ["/no-such-app"],
                      "onApplicationExit": "restart"});
     std::fs::write(dir.join("image.json"), cfg.to_string()).unwrap();
@@ -283,15 +361,6 @@ fn pid_1_without_descriptors_on_an_empty_dev_still_comes_up() {
             Ok(())
         });
     }
-    /// unshare ignores SIGTERM: SIGKILL it (and with it the namespace) however the
-    /// test ends.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut guard = Killed(cmd.spawn().expect("spawn unshare"));
     let child = &mut guard.0;
     let sock = dir.join("control.sock");
@@ -306,14 +375,29 @@ fn pid_1_without_descriptors_on_an_empty_dev_still_comes_up() {
         assert!(t0.elapsed() < Duration::from_secs(20), "no control channel");
         std::thread::sleep(Duration::from_millis(20));
     };
-    let boot = &status["boot"];
-    assert_eq!(
-        boot["created"][0], "/dev (devtmpfs, before start-up) and console on descriptors 0-2",
-        "{boot:#}"
+    (guard, sock, status)
+}
+
+/// Worse: no `/dev` can exist at all (here it is a regular file, so neither devtmpfs
+/// nor anything else can be mounted on it). Start-up would still abort on the closed
+/// descriptors; the early step puts them on a pipe nobody reads instead, so PID 1
+/// comes up, says what happened in its boot report, and powers off on /terminate.
+#[test]
+fn pid_1_without_descriptors_and_without_any_dev_still_comes_up() {
+    require_root!();
+    let Some(agent) = static_agent() else {
+        return;
+    };
+    let dir = scratch("no-dev");
+    std::fs::write(dir.join("dev"), "not a directory").unwrap();
+    let (mut guard, sock, status) = bare_pid1(&agent, &dir);
+    let failures = &status["boot"]["failures"];
+    assert!(
+        failures.as_array().unwrap().iter().any(|f| f
+            == "no console: /dev/console could not be opened or created (descriptors 0-2 on a pipe nobody reads)"),
+        "{:#}",
+        status["boot"]
     );
-    // Without /proc at start, the agent mounts it to tell a namespace from a guest
-    // (it used to assume a guest, and would have stepped this machine's clock).
-    assert_eq!(status["role"], "namespace");
     let r = http(
         &sock,
         "POST",
@@ -323,7 +407,7 @@ fn pid_1_without_descriptors_on_an_empty_dev_still_comes_up() {
     .unwrap();
     assert_eq!(r.status, 200, "{}", r.json());
     let t0 = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    while guard.0.try_wait().unwrap().is_none() {
         assert!(t0.elapsed() < Duration::from_secs(30), "still running");
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -68,8 +68,23 @@ fn read_back(m: &Moto, stream: &str, n: usize, within: Duration) -> Vec<String> 
     }
 }
 
+/// The counters, after checking that nothing captured vanished uncounted: captured =
+/// sent + dropped + buffered, in events and in bytes.
 fn counters(g: &Guest) -> Value {
-    g.status()["logs"]["counters"].clone()
+    let logs = g.status()["logs"].clone();
+    let c = &logs["counters"];
+    let n = |v: &Value| v.as_u64().unwrap();
+    assert_eq!(
+        n(&c["capturedEvents"]),
+        n(&c["sentEvents"]) + n(&c["droppedEvents"]) + n(&logs["bufferedEvents"]),
+        "{logs:#}"
+    );
+    assert_eq!(
+        n(&c["capturedBytes"]),
+        n(&c["sentBytes"]) + n(&c["droppedBytes"]) + n(&logs["bufferedMessageBytes"]),
+        "{logs:#}"
+    );
+    c.clone()
 }
 
 #[test]

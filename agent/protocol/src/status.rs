@@ -242,7 +242,12 @@ pub struct LogsStatus {
     pub destination: Destination,
     pub counters: LogCounters,
     pub buffered_events: usize,
+    /// Memory the queued events take, counted against `buffer_limit_bytes`.
     pub buffered_bytes: usize,
+    /// Message bytes of the buffered events (the batch in flight included):
+    /// `captured_bytes = sent_bytes + dropped_bytes + buffered_message_bytes`.
+    #[serde(default)]
+    pub buffered_message_bytes: u64,
     pub buffer_limit_bytes: usize,
     pub when_full: WhenFull,
     pub last_error: Option<String>,

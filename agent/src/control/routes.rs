@@ -111,6 +111,11 @@ pub async fn handle(
     if crate::faults::active("PANIC_ON_EVENTS") && route(parts.uri.path()) == Route::Events {
         panic!("test fault: panic while serving {EVENTS_PATH}");
     }
+    if route(parts.uri.path()) == Route::Events {
+        if let Some(kind) = crate::faults::value("FATAL_ON_EVENTS") {
+            crate::faults::fatal(&kind);
+        }
+    }
     let (answer, allow) = match (route(parts.uri.path()), &parts.method) {
         (Route::Hook(hook), &Method::POST) => {
             return Ok(respond(hook_request(&lc, hook, &parts.headers, body).await, None));

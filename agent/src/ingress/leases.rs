@@ -15,7 +15,15 @@ pub async fn serve_leases(activity: Arc<Activity>) {
             return;
         }
     };
+    // Past the share, a lease waits in the backlog (not yet keeping the VM awake)
+    // until one ends.
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        crate::fdbudget::current().leases,
+    ));
     loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let mut s = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
@@ -30,6 +38,7 @@ pub async fn serve_leases(activity: Arc<Activity>) {
             let mut sink = [0u8; 256];
             while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
             drop(busy);
+            drop(permit);
         });
     }
 }

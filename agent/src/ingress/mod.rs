@@ -69,27 +69,12 @@ async fn connection(stream: Stream, activity: Arc<Activity>, borders: Arc<Border
     }
 }
 
-/// Descriptors kept out of ingress's reach: the control channel's connections, hook
-/// calls, leases, log pipes, sync. Without a reserve a flood of clients would leave
-/// the host unable to even ask for `/terminate`.
-pub const FD_RESERVE: u64 = 64;
-
-/// How many ingress connections may be open at once under a descriptor limit: each
-/// costs two (the client's, and the connection to the application).
-pub fn connection_cap(nofile_limit: u64) -> usize {
-    usize::try_from((nofile_limit.saturating_sub(FD_RESERVE) / 2).max(1)).unwrap_or(usize::MAX)
-}
-
-fn nofile_limit() -> u64 {
-    use nix::sys::resource::{getrlimit, Resource};
-    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
-}
-
 /// Accept forwarded client connections for as long as the agent lives, at most
-/// [`connection_cap`] at once: past it, clients wait in the listen backlog.
+/// its share of the descriptor table ([`crate::fdbudget`]) at once: past it, clients
+/// wait in the listen backlog.
 pub async fn serve(listener: Listener, activity: Arc<Activity>, borders: Borders) {
     let borders = Arc::new(borders);
-    let cap = connection_cap(nofile_limit());
+    let cap = crate::fdbudget::current().ingress;
     tracing::info!(cap, "ingress connections at most");
     let permits = Arc::new(tokio::sync::Semaphore::new(cap));
     loop {
@@ -109,19 +94,5 @@ pub async fn serve(listener: Listener, activity: Arc<Activity>, borders: Borders
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cap_leaves_the_reserve_free() {
-        assert_eq!(connection_cap(256), 96);
-        assert_eq!(connection_cap(1024), 480);
-        assert!(2 * connection_cap(256) as u64 + FD_RESERVE <= 256);
-        assert_eq!(connection_cap(10), 1, "never zero");
-        assert!(connection_cap(u64::MAX) > 0);
     }
 }

@@ -25,6 +25,9 @@ pub struct Buffer {
     /// What the queued events take in memory ([`lines::memory_cost`]), against the
     /// limit.
     queued_bytes: usize,
+    /// Message bytes captured and not yet resolved (queued or in flight): the byte
+    /// side of captured = sent + dropped + buffered.
+    pending_message_bytes: u64,
     limit: usize,
     when_full: WhenFull,
     next_seq: u64,
@@ -51,6 +54,7 @@ impl Buffer {
         Buffer {
             queue: VecDeque::new(),
             queued_bytes: 0,
+            pending_message_bytes: 0,
             limit,
             when_full,
             next_seq: 0,
@@ -93,6 +97,9 @@ impl Buffer {
                 break;
             };
             self.queued_bytes -= old.memory();
+            self.pending_message_bytes = self
+                .pending_message_bytes
+                .saturating_sub(old.message.len() as u64);
             count_dropped(&mut self.counters, &old, reason);
         }
         // Never backwards: a clock stepped back (a restored snapshot) must not make a
@@ -103,6 +110,7 @@ impl Buffer {
         self.next_seq += 1;
         self.counters.captured_events += 1;
         self.counters.captured_bytes += message.len() as u64;
+        self.pending_message_bytes += message.len() as u64;
         self.queued_bytes += cost;
         self.oldest_mono_ms.get_or_insert(mono_ms);
         self.queue.push_back(Event {
@@ -179,7 +187,7 @@ impl Buffer {
             }
         }
         self.counters.sent_batches += 1;
-        self.in_flight = None;
+        self.release(batch);
     }
 
     /// The batch will never be sent: counted as dropped under `reason`.
@@ -187,6 +195,13 @@ impl Buffer {
         for e in batch {
             count_dropped(&mut self.counters, e, reason);
         }
+        self.release(batch);
+    }
+
+    /// The batch in flight is resolved.
+    fn release(&mut self, batch: &[Event]) {
+        let bytes = batch.iter().map(|e| e.message.len() as u64).sum::<u64>();
+        self.pending_message_bytes = self.pending_message_bytes.saturating_sub(bytes);
         self.in_flight = None;
     }
 
@@ -204,6 +219,11 @@ impl Buffer {
     /// Events captured and not yet resolved, the batch in flight included.
     pub fn buffered_events(&self) -> usize {
         self.queue.len() + self.in_flight.map_or(0, |f| f.events)
+    }
+
+    /// Message bytes of the events [`Buffer::buffered_events`] counts.
+    pub fn buffered_message_bytes(&self) -> u64 {
+        self.pending_message_bytes
     }
 
     /// What the queued events take in memory, against the limit.
@@ -238,7 +258,8 @@ mod tests {
         format!("message{i:03}")
     }
 
-    /// Captured = sent + dropped + buffered, in events; checked after every step.
+    /// Captured = sent + dropped + buffered, in events and bytes; checked after
+    /// every step.
     fn balanced(b: &Buffer) {
         let c = &b.counters;
         assert_eq!(
@@ -246,6 +267,12 @@ mod tests {
             c.sent_events + c.dropped_events + b.buffered_events() as u64,
             "{c:?}, {} buffered",
             b.buffered_events()
+        );
+        assert_eq!(
+            c.captured_bytes,
+            c.sent_bytes + c.dropped_bytes + b.buffered_message_bytes(),
+            "{c:?}, {} bytes buffered",
+            b.buffered_message_bytes()
         );
         assert!(b.resolved() <= b.captured());
     }

@@ -217,6 +217,7 @@ impl Logs {
             counters: st.buffer.counters.clone(),
             buffered_events: st.buffer.buffered_events(),
             buffered_bytes: st.buffer.queued_bytes(),
+            buffered_message_bytes: st.buffer.buffered_message_bytes(),
             buffer_limit_bytes: st.buffer.limit(),
             when_full: st.buffer.when_full(),
             last_error: st.last_error.clone(),

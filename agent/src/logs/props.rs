@@ -401,6 +401,10 @@ impl Driver {
             c.captured_events,
             c.sent_events + c.dropped_events + self.b.buffered_events() as u64
         );
+        prop_assert_eq!(
+            c.captured_bytes,
+            c.sent_bytes + c.dropped_bytes + self.b.buffered_message_bytes()
+        );
         prop_assert_eq!(c.captured_events, self.b.captured());
         prop_assert!(self.b.resolved() <= self.b.captured());
         Ok(())

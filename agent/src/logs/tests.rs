@@ -134,6 +134,11 @@ fn balanced(logs: &Logs) {
         c.sent_events + c.dropped_events + s.buffered_events as u64,
         "{s:?}"
     );
+    assert_eq!(
+        c.captured_bytes,
+        c.sent_bytes + c.dropped_bytes + s.buffered_message_bytes,
+        "{s:?}"
+    );
 }
 
 const SECOND: Duration = Duration::from_secs(1);

@@ -29,8 +29,6 @@ pub const ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
 pub const PORT: u16 = 80;
 /// Headers slower than this are cut off; each connection is its own task meanwhile.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Simultaneous connections (an SDK uses one or two).
-pub const MAX_CONNECTIONS: usize = 256;
 pub const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 pub const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 
@@ -174,7 +172,8 @@ pub async fn serve(md: Arc<Metadata>, role: Role) {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(16 * 1024);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let cap = crate::fdbudget::current().metadata;
+    let permits = Arc::new(Semaphore::new(cap));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;

@@ -271,6 +271,7 @@ pub extern "C" fn early_console() {
     });
     let Ok(console) = console else {
         EARLY.store(EARLY_FAILED, Ordering::Relaxed);
+        no_console();
         return;
     };
     if EARLY.load(Ordering::Relaxed) == EARLY_NOTHING {
@@ -290,6 +291,46 @@ pub extern "C" fn early_console() {
     }
 }
 
+/// No console can be had (no `/dev`, no devtmpfs): the closed standard descriptors
+/// get a pipe instead, so start-up finds them open and PID 1 lives. What the agent
+/// writes there is lost (a non-blocking pipe nobody drains: the console writer counts
+/// the drops); the control channel still says everything.
+fn no_console() {
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 fills a two-element array we own.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK) } != 0 {
+        return;
+    }
+    let closed = |fd: i32| {
+        // SAFETY: as in `early_console`.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) < 0 }
+    };
+    // Above the standard numbers first (pipe2 took the lowest free ones, perhaps the
+    // wrong way round), then input reads the pipe and output and error write into it.
+    // SAFETY: F_DUPFD and close on descriptors we own.
+    let (read, write) = unsafe {
+        let moved = (
+            libc::fcntl(ends[0], libc::F_DUPFD, 3),
+            libc::fcntl(ends[1], libc::F_DUPFD, 3),
+        );
+        libc::close(ends[0]);
+        libc::close(ends[1]);
+        moved
+    };
+    if read < 0 || write < 0 {
+        return;
+    }
+    for fd in (0..=2).filter(|fd| closed(*fd)) {
+        // SAFETY: dup2 onto a closed standard descriptor from one we own.
+        unsafe { libc::dup2(if fd == 0 { read } else { write }, fd) };
+    }
+    // SAFETY: our own descriptors, duplicated where they are needed.
+    unsafe {
+        libc::close(read);
+        libc::close(write);
+    }
+}
+
 /// The early console step, for the boot report.
 fn early_console_report(report: &mut BootReport) {
     match EARLY.load(Ordering::Relaxed) {
@@ -299,7 +340,7 @@ fn early_console_report(report: &mut BootReport) {
             .push("/dev (devtmpfs, before start-up) and console on descriptors 0-2".into()),
         EARLY_FAILED => report
             .failures
-            .push("no console: /dev/console could not be opened or created".into()),
+            .push("no console: /dev/console could not be opened or created (descriptors 0-2 on a pipe nobody reads)".into()),
         _ => {}
     }
 }

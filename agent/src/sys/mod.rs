@@ -4,6 +4,7 @@
 
 pub mod boot;
 pub mod cmdline;
+pub mod fatal;
 pub mod guest;
 pub mod machine;
 pub mod modules;
