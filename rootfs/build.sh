@@ -21,6 +21,9 @@ MODULES=(
   kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko
   kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko
   kernel/net/vmw_vsock/vsock_loopback.ko
+  kernel/net/core/failover.ko
+  kernel/drivers/net/net_failover.ko
+  kernel/drivers/net/virtio_net.ko
 )
 
 mkdir -p "$out"
@@ -45,6 +48,9 @@ mkdir -p "$stage"/{sbin,etc/microvm,dev,proc,sys,tmp,run,app,"lib/modules/$relea
 install -m 0755 "$agent" "$stage/sbin/init"
 if [ -d "$app" ]; then cp -a "$app/." "$stage/app/"; else install -m 0755 "$app" "$stage/app/"; fi
 install -m 0644 "$cfg" "$stage/etc/microvm/image.json"
+# The agent writes the resolver configuration under /run (microvm.dns), which works on
+# a read-only root.
+ln -s /run/microvm/resolv.conf "$stage/etc/resolv.conf"
 # A bare rootfs has no trust store; HTTPS to CloudWatch needs one.
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
   install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$stage/etc/ssl/certs/ca-certificates.crt"

@@ -83,6 +83,15 @@ impl Startup {
         // Only a real guest loads modules: in a test namespace the kernel is the host's.
         if role == Role::Guest {
             boot.failures.extend(modules::load_modules());
+            match cmdline
+                .net
+                .settings()
+                .and_then(|s| s.map(|s| crate::sys::network::apply(&s)).transpose())
+            {
+                Ok(Some(line)) => boot.created.push(line),
+                Ok(None) => {}
+                Err(e) => boot.failures.push(format!("network: {e}")),
+            }
             apply_cmdline(&cmdline, &mut args);
         }
         boot::log(&boot);

@@ -16,6 +16,10 @@
 //!   from the loopback CID (1), i.e. not from the host, and record whether it answered
 //! - `RECORDER_ALLOCATE_ON=word`: a `/run` whose payload is `word` answers, then
 //!   allocates and touches memory, 4 MiB at a time, until the kernel kills it
+//! - `RECORDER_ACTIONS=1`: a `/run` payload of space-separated words acts on them
+//!   before answering: `lines:N` prints N numbered lines (`line <i> of <N>`) to stdout;
+//!   `connect:HOST:PORT` tries a TCP connection (1 s) and records
+//!   `{"connect": ..., "ok": bool, "error": ...}`
 //!
 //! Every record carries `t`, this process's wall clock in Unix milliseconds, and is
 //! also printed to stdout as `recorder: {json}` so a guest's console carries it.
@@ -40,6 +44,34 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// One `RECORDER_ACTIONS` word from a `/run` payload.
+    fn act(&self, word: &str) {
+        if let Some(n) = word.strip_prefix("lines:") {
+            let n: u64 = n.parse().unwrap_or(0);
+            let out = std::io::stdout();
+            let mut out = out.lock();
+            for i in 0..n {
+                let _ = writeln!(out, "line {i} of {n}");
+            }
+            let _ = out.flush();
+        } else if let Some(addr) = word.strip_prefix("connect:") {
+            use std::net::ToSocketAddrs;
+            let result = addr
+                .to_socket_addrs()
+                .map_err(|e| e.to_string())
+                .and_then(|mut a| a.next().ok_or_else(|| "no address".to_string()))
+                .and_then(|a| {
+                    std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1))
+                        .map_err(|e| e.to_string())
+                });
+            self.record(serde_json::json!({
+                "connect": addr,
+                "ok": result.is_ok(),
+                "error": result.err(),
+            }));
+        }
+    }
+
     fn record(&self, mut event: serde_json::Value) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -126,6 +158,11 @@ impl Hooks for Recorder {
             "runHookPayload": req.run_hook_payload,
         });
         self.record(with(call, &directives));
+        if std::env::var_os("RECORDER_ACTIONS").is_some() {
+            for word in req.run_hook_payload.split_whitespace() {
+                self.act(word);
+            }
+        }
         if std::env::var("RECORDER_ALLOCATE_ON").ok() == Some(req.run_hook_payload.clone())
             && !req.run_hook_payload.is_empty()
         {

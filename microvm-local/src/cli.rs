@@ -81,9 +81,27 @@ struct RunMicrovm {
         hide_default_value = true
     )]
     endpoint_port: u16,
+    /// Ingress network connectors (ARNs or names such as HTTP_INGRESS), echoed.
+    #[arg(long, value_name = "CONNECTOR", num_args = 1..)]
+    ingress_network_connectors: Option<Vec<String>>,
+    /// Egress network connectors; INTERNET_EGRESS (name or ARN) opens full NAT egress
+    /// locally (off by default: the guest reaches only --forward endpoints).
+    #[arg(long, value_name = "CONNECTOR", num_args = 1..)]
+    egress_network_connectors: Option<Vec<String>>,
+    /// Local only: guest 10.0.2.100:GUEST_PORT reaches HOST:PORT on this machine
+    /// (repeatable); the guest gets a NIC with restricted egress.
+    #[arg(long, value_name = "GUEST_PORT=HOST:PORT", action = clap::ArgAction::Append)]
+    forward: Vec<String>,
+    /// Local only: the agent sends the application's logs to this CloudWatch Logs
+    /// endpoint, as the guest sees it (e.g. http://10.0.2.100:4566 with --forward).
+    #[arg(long, value_name = "URL")]
+    logs_endpoint: Option<String>,
     /// Test only: lowers the agent's minimum idle duration.
     #[arg(long, value_name = "SECONDS", hide = true)]
     test_min_idle_seconds: Option<u64>,
+    /// Test only: lifetime of generated role credentials.
+    #[arg(long, value_name = "SECONDS", hide = true)]
+    test_credentials_seconds: Option<u64>,
 }
 
 /// Parse a whole command line (program name first).
@@ -123,6 +141,26 @@ where
     if let Some(n) = a.maximum_duration_in_seconds {
         request.insert("maximumDurationInSeconds".into(), Value::from(n));
     }
+    for (member, v) in [
+        ("ingressNetworkConnectors", &a.ingress_network_connectors),
+        ("egressNetworkConnectors", &a.egress_network_connectors),
+    ] {
+        if let Some(list) = v {
+            request.insert(member.into(), Value::from(list.clone()));
+        }
+    }
+    let forwards = a
+        .forward
+        .iter()
+        .map(|f| params::forward(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(url) = &a.logs_endpoint {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(CliError::Usage(format!(
+                "aws: error: argument --logs-endpoint: expected an http:// or https:// URL, got {url:?}"
+            )));
+        }
+    }
     let args = RunArgs {
         request,
         then: a
@@ -133,6 +171,11 @@ where
         timeout_s: a.timeout,
         endpoint_port: a.endpoint_port,
         test_min_idle_seconds: a.test_min_idle_seconds,
+        forwards,
+        logs_endpoint: a.logs_endpoint,
+        credentials_lifetime_s: a
+            .test_credentials_seconds
+            .unwrap_or(crate::credentials::GENERATED_LIFETIME_S),
         ..RunArgs::default()
     };
     params::finish(args).map(|a| Invocation::Run(Box::new(a)))

@@ -29,7 +29,7 @@ pub fn clock() -> Clock {
     }
 }
 
-fn random(n: usize) -> Vec<u8> {
+pub fn random(n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
     // Zeros sent as "fresh" entropy would make every restored copy of a snapshot share
     // one random stream: with no randomness to give, the runner stops instead.

@@ -22,13 +22,17 @@
 //!
 //! - [`cli`]: the command line (clap), in the AWS CLI's words and exit codes.
 //! - [`params`], [`shorthand`], [`validate`]: run-microvm parameters.
+//! - [`credentials`]: the execution role's credentials and their rotation;
 //! - [`run`]: the run-microvm command; [`session`]: suspend/resume/terminate, events,
 //!   the endpoint; [`console`]: the guest console; [`signals`]: stopping.
 //! - [`vm`]: QEMU + vhost-device-vsock, hybrid vsock, QMP; [`http`]: the client;
+//!   [`bridge`]: the per-connection bridge of a forwarded egress endpoint;
 //!   [`host`]: the host's clock, entropy, ids and timestamps.
 
+pub mod bridge;
 pub mod cli;
 pub mod console;
+pub mod credentials;
 pub mod host;
 pub mod http;
 pub mod params;

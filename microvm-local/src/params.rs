@@ -67,6 +67,30 @@ pub struct RunArgs {
     pub endpoint_port: u16,
     /// Test-only: lowers the agent's 60 s minimum idle duration.
     pub test_min_idle_seconds: Option<u64>,
+    /// `--forward`: guest port on 10.0.2.100 -> an address on this machine.
+    pub forwards: Vec<(u16, std::net::SocketAddr)>,
+    /// `--logs-endpoint`, for the run envelope.
+    pub logs_endpoint: Option<String>,
+    /// Lifetime of generated role credentials.
+    pub credentials_lifetime_s: u64,
+}
+
+/// `GUEST_PORT=HOST:PORT` of `--forward`.
+pub fn forward(v: &str) -> Result<(u16, std::net::SocketAddr), CliError> {
+    let bad = || {
+        CliError::Usage(format!(
+            "aws: error: argument --forward: expected GUEST_PORT=HOST:PORT (e.g. 4566=127.0.0.1:4566), got {v:?}"
+        ))
+    };
+    let (port, to) = v.split_once('=').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).ok_or_else(bad)?;
+    use std::net::ToSocketAddrs;
+    let to = to
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(bad)?;
+    Ok((port, to))
 }
 
 /// `file://path` reads the file, like the CLI; anything else is the value itself.
@@ -143,7 +167,8 @@ pub fn skeleton(kind: &str) -> Value {
             "microvmId": "", "imageArn": "", "state": "PENDING", "stateReason": "",
             "endpoint": "", "executionRoleArn": "",
             "idlePolicy": {"maxIdleDurationSeconds": 0, "suspendedDurationSeconds": 0, "autoResumeEnabled": true},
-            "maximumDurationInSeconds": 0, "startedAt": ""
+            "maximumDurationInSeconds": 0, "startedAt": "",
+            "ingressNetworkConnectors": [""], "egressNetworkConnectors": [""]
         });
     }
     json!({
@@ -153,6 +178,8 @@ pub fn skeleton(kind: &str) -> Value {
         "logging": {"disabled": {}, "cloudWatch": {"logGroup": "", "logStream": ""}},
         "runHookPayload": "",
         "maximumDurationInSeconds": 0,
+        "ingressNetworkConnectors": [""],
+        "egressNetworkConnectors": [""],
         "clientToken": ""
     })
 }

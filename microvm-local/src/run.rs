@@ -4,9 +4,9 @@
 
 use crate::params::{self, CliError, Invocation, RunArgs};
 use crate::session::{report, Host, IdleSettings};
-use crate::vm::{Image, Vm, VmOpts};
-use crate::{cli, console, host, signals};
-use microvm_protocol::PROTOCOL_VERSION;
+use crate::vm::{Image, NetOpts, Vm, VmOpts};
+use crate::{cli, console, credentials, host, signals};
+use microvm_protocol::{connectors, PROTOCOL_VERSION};
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
@@ -20,6 +20,14 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    // Not an operation of the CLI: what QEMU runs per forwarded guest connection.
+    if argv.get(1).is_some_and(|a| a == "bridge") {
+        return match argv.get(2).and_then(|a| a.to_str()) {
+            Some(addr) => crate::bridge::main(addr),
+            None => 2,
+        };
+    }
     match cli::parse_from(argv) {
         Ok(Invocation::Skeleton(kind)) => {
             print_json(&params::skeleton(&kind));
@@ -72,6 +80,13 @@ fn run(a: &RunArgs) -> i32 {
     if let Some(n) = a.test_min_idle_seconds {
         opts.cmdline = format!("microvm.test_min_idle_seconds={n}");
     }
+    match network(a) {
+        Ok(net) => opts.net = net,
+        Err(e) => {
+            eprintln!("microvm-local: {e}");
+            return 255;
+        }
+    }
     let vm = match Vm::boot(&image, &opts, &dir) {
         Ok(vm) => vm,
         Err(e) => {
@@ -84,13 +99,40 @@ fn run(a: &RunArgs) -> i32 {
         .request
         .get("idlePolicy")
         .map(IdleSettings::from_parameter);
-    let host = Arc::new(Host::new(vm, idle));
+    let role = a
+        .request
+        .get("executionRoleArn")
+        .map(|_| credentials::Source::pick(|k| std::env::var(k).ok(), a.credentials_lifetime_s));
+    let host = Arc::new(Host::new(vm, idle).with_role(role));
     let console_done = Arc::new(AtomicBool::new(false));
     let console = console::stream(dir.join("serial.log"), console_done.clone());
     let code = drive(&host, a, &microvm_id, image_path);
     console_done.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = console.join();
     code
+}
+
+/// The guest's NIC: none without forwards or INTERNET_EGRESS; restricted to the
+/// forwards unless INTERNET_EGRESS asks for full egress.
+fn network(a: &RunArgs) -> Result<Option<NetOpts>, String> {
+    let open_egress = a
+        .request
+        .get("egressNetworkConnectors")
+        .and_then(Value::as_array)
+        .is_some_and(|l| {
+            l.iter()
+                .filter_map(Value::as_str)
+                .any(|c| connectors::managed(c) == Some(connectors::Managed::InternetEgress))
+        });
+    if a.forwards.is_empty() && !open_egress {
+        return Ok(None);
+    }
+    let bridge = std::env::current_exe().map_err(|e| format!("the runner's own path: {e}"))?;
+    Ok(Some(NetOpts {
+        forwards: a.forwards.clone(),
+        bridge,
+        open_egress,
+    }))
 }
 
 /// Which contract the agent speaks, when it says (agents before the versioned
@@ -151,6 +193,20 @@ fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image_path: &str) -> i
     envelope.region = Some(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()));
     envelope.clock = Some(host::clock());
     envelope.entropy = Some(host::entropy_b64());
+    if let Some(url) = &a.logs_endpoint {
+        envelope.endpoints = Some(microvm_protocol::run::Endpoints {
+            logs: Some(url.clone()),
+        });
+    }
+    if let Some(c) = host.next_credentials() {
+        eprintln!(
+            "microvm-local: execution role: credentials {} ({}, expire {}); rotated when the agent warns of their expiry",
+            host.role_source().map_or("", |s| s.describe()),
+            c.access_key_id,
+            c.expiration.as_deref().unwrap_or("never")
+        );
+        envelope.credentials = Some(c);
+    }
     let started_at = host::now_rfc3339();
     let sent = serde_json::to_string(&envelope)
         .map_err(std::io::Error::other)
@@ -173,6 +229,8 @@ fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image_path: &str) -> i
         "executionRoleArn",
         "idlePolicy",
         "maximumDurationInSeconds",
+        "ingressNetworkConnectors",
+        "egressNetworkConnectors",
         "clientToken",
     ] {
         if let Some(v) = req.get(k) {

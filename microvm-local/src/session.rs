@@ -43,6 +43,8 @@ pub struct Host {
     /// under an open vsock request (see vm::PAUSE_SETTLE).
     poll_gate: Mutex<()>,
     idle: Option<IdleSettings>,
+    /// Where the execution role's credentials come from; None without a role.
+    role: Option<crate::credentials::Source>,
 }
 
 #[derive(Default)]
@@ -77,7 +79,37 @@ impl Host {
             state: Mutex::new(HostState::default()),
             poll_gate: Mutex::new(()),
             idle,
+            role: None,
         }
+    }
+
+    pub fn with_role(mut self, role: Option<crate::credentials::Source>) -> Host {
+        self.role = role;
+        self
+    }
+
+    pub fn role_source(&self) -> Option<crate::credentials::Source> {
+        self.role
+    }
+
+    /// The role's next credentials, if there is a role.
+    pub fn next_credentials(&self) -> Option<microvm_protocol::run::Credentials> {
+        let now = crate::host::now_nanos() / 1_000_000_000;
+        self.role.map(|r| r.next(|k| std::env::var(k).ok(), now))
+    }
+
+    /// The agent warned that the credentials expire soon: hand it the next set.
+    fn rotate_credentials(&self) -> Result<Value, String> {
+        let c = self.next_credentials().ok_or("no execution role")?;
+        let body = serde_json::to_vec(&c).map_err(|e| e.to_string())?;
+        let r = self
+            .vm
+            .request("POST", paths::CREDENTIALS, &body)
+            .map_err(|e| e.to_string())?;
+        if r.status != 200 {
+            return Err(format!("{}: {}", r.status, r.json()));
+        }
+        Ok(json!({"accessKeyId": c.access_key_id, "expiration": c.expiration}))
     }
 
     fn lock(&self) -> MutexGuard<'_, HostState> {
@@ -123,7 +155,8 @@ impl Host {
         let body = ResumeEnvelope {
             clock: Some(host::clock()),
             entropy: Some(host::entropy_b64()),
-            credentials: None,
+            // As on the platform: a resumed MicroVM gets fresh credentials.
+            credentials: self.next_credentials(),
         };
         let body = serde_json::to_string(&body).map_err(|e| e.to_string())?;
         answer(self.vm.hook("resume", &body))
@@ -195,6 +228,9 @@ impl Host {
                         println!("{}", json!({"event": e}));
                         if e.kind == EventType::Idle && self.idle.is_some() {
                             report("suspend (idle)", self.suspend());
+                        }
+                        if e.kind == EventType::CredentialsExpiring && self.role.is_some() {
+                            report("rotate credentials", self.rotate_credentials());
                         }
                     }
                 }

@@ -7,15 +7,38 @@ use microvm_protocol::limits::{
 use serde_json::{Map, Value};
 
 /// Parameters in API (camelCase) form, in the order `--generate-cli-skeleton` prints.
-pub const MEMBERS: [&str; 7] = [
+pub const MEMBERS: [&str; 9] = [
     "imageIdentifier",
     "executionRoleArn",
     "idlePolicy",
     "logging",
     "runHookPayload",
     "maximumDurationInSeconds",
+    "ingressNetworkConnectors",
+    "egressNetworkConnectors",
     "clientToken",
 ];
+
+/// The model's `NetworkConnectorList`: at most 10 strings of 1-2048 characters
+/// (botocore checks the minimum; the maximum is the service's, checked here too since
+/// this runner plays both).
+fn connectors(errors: &mut Vec<String>, name: &str, v: &Value) {
+    let Some(list) = v.as_array() else {
+        errors.push(format!(
+            "Invalid type for parameter {name}, value: {v}, valid types: <class 'list'>, <class 'tuple'>"
+        ));
+        return;
+    };
+    if list.len() > 10 {
+        errors.push(format!(
+            "Invalid length for parameter {name}, value: {}, valid max length: 10",
+            list.len()
+        ));
+    }
+    for (i, c) in list.iter().enumerate() {
+        string_len(errors, &format!("{name}[{i}]"), c, 1, 2048);
+    }
+}
 
 const IDLE_POLICY_MEMBERS: [&str; 3] = [
     "maxIdleDurationSeconds",
@@ -115,6 +138,11 @@ pub fn validate_with(r: &Map<String, Value>, min_idle: u64) -> Result<Vec<String
     let max_duration = MAX_DURATION_SECONDS as i64;
     if let Some(v) = r.get("maximumDurationInSeconds") {
         int_range(&mut errors, "maximumDurationInSeconds", v, 1, max_duration);
+    }
+    for name in ["ingressNetworkConnectors", "egressNetworkConnectors"] {
+        if let Some(v) = r.get(name) {
+            connectors(&mut errors, name, v);
+        }
     }
     if let Some(v) = r.get("clientToken") {
         string_len(&mut errors, "clientToken", v, 1, 128);
@@ -244,6 +272,34 @@ mod tests {
         );
         let e = check(json!({"imageIdentifier": "i", "logging": {"other": {}}})).unwrap_err();
         assert!(e[0].contains("exactly one of"), "{e:?}");
+    }
+
+    #[test]
+    fn network_connectors_are_lists_of_bounded_strings() {
+        let ok = json!({"imageIdentifier": "i",
+            "egressNetworkConnectors": ["INTERNET_EGRESS"],
+            "ingressNetworkConnectors": ["arn:aws:lambda:us-east-1:123456789012:aws-network-connector:HTTP_INGRESS"]});
+        assert!(check(ok).is_ok());
+        let errs = check(json!({"imageIdentifier": "i",
+            "egressNetworkConnectors": ["", "x".repeat(2049)],
+            "ingressNetworkConnectors": "HTTP_INGRESS"}))
+        .unwrap_err();
+        assert!(errs.contains(&"Invalid length for parameter egressNetworkConnectors[0], value: 0, valid min length: 1".to_string()), "{errs:?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with(
+                "Invalid length for parameter egressNetworkConnectors[1], value: 2049"
+            )),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("Invalid type for parameter ingressNetworkConnectors")),
+            "{errs:?}"
+        );
+        let eleven: Vec<String> = (0..11).map(|i| format!("c{i}")).collect();
+        let errs =
+            check(json!({"imageIdentifier": "i", "egressNetworkConnectors": eleven})).unwrap_err();
+        assert_eq!(errs, ["Invalid length for parameter egressNetworkConnectors, value: 11, valid max length: 10"]);
     }
 
     #[test]

@@ -131,6 +131,8 @@ pub struct FaultProxy {
     pub forwarded_puts: Arc<AtomicU64>,
     pub throttled: Arc<AtomicU64>,
     pub dropped: Arc<AtomicU64>,
+    /// The access key of every signed request (from `Authorization: ... Credential=`).
+    pub access_keys: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -145,14 +147,16 @@ impl FaultProxy {
             forwarded_puts: Arc::default(),
             throttled: Arc::default(),
             dropped: Arc::default(),
+            access_keys: Arc::default(),
             stop: Arc::default(),
         };
-        let (mode, puts, thr, drp, stop) = (
+        let (mode, puts, thr, drp, stop, keys) = (
             p.mode.clone(),
             p.forwarded_puts.clone(),
             p.throttled.clone(),
             p.dropped.clone(),
             p.stop.clone(),
+            p.access_keys.clone(),
         );
         std::thread::spawn(move || {
             // Bounded: stops with the proxy, and never runs past ten minutes.
@@ -162,11 +166,17 @@ impl FaultProxy {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
-                let (mode, puts, thr, drp) = (mode.clone(), puts.clone(), thr.clone(), drp.clone());
+                let (mode, puts, thr, drp, keys) = (
+                    mode.clone(),
+                    puts.clone(),
+                    thr.clone(),
+                    drp.clone(),
+                    keys.clone(),
+                );
                 std::thread::spawn(move || {
                     let _ = client.set_nonblocking(false);
                     let _ = client.set_nodelay(true);
-                    let _ = serve_one(client, upstream, &mode, &puts, &thr, &drp);
+                    let _ = serve_one(client, upstream, &mode, &puts, &thr, &drp, &keys);
                 });
             }
         });
@@ -195,6 +205,7 @@ fn serve_one(
     puts: &AtomicU64,
     throttled: &AtomicU64,
     dropped: &AtomicU64,
+    keys: &std::sync::Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let mut r = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
@@ -211,6 +222,12 @@ fn serve_one(
         }
         if lower.starts_with("x-amz-target:") && lower.contains("putlogevents") {
             is_put = true;
+        }
+        if lower.starts_with("authorization:") {
+            if let Some((_, rest)) = line.split_once("Credential=") {
+                let key = rest.split('/').next().unwrap_or("").to_string();
+                keys.lock().unwrap_or_else(|p| p.into_inner()).push(key);
+            }
         }
         if lower.starts_with("connection:") {
             continue;

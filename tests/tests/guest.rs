@@ -4,7 +4,7 @@
 //! Skipped, with the reason, when QEMU, the backend or the image are missing; CI
 //! installs and builds all three (`make setup rootfs`) so there it always runs.
 
-use microvm_local::vm::{tools_available, Image, Vm, VmOpts};
+use microvm_local::vm::{tools_available, Image, NetOpts, Vm, VmOpts};
 use microvm_tests::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -568,4 +568,204 @@ fn an_application_out_of_memory_is_killed_reported_and_the_agent_survives() {
     );
     assert!(serial.contains("reboot: Power down"), "{serial}");
     assert!(!serial.contains("Kernel panic"), "{serial}");
+}
+
+/// A guest with a NIC and restricted egress (QEMU user-mode networking, `restrict=on`):
+/// the agent configures `eth0` from the `microvm.*` parameters, the run envelope points
+/// its CloudWatch client at a forwarded endpoint (`10.0.2.100:4566`, bridged per
+/// connection by the runner binary to a proxy in front of moto on this machine), and
+/// the application's stdout arrives byte-exact, signed with the run's access key,
+/// including what it wrote right before `/suspend` and right before `/terminate`
+/// (the recorder prints a line in each hook, before answering). From inside the guest
+/// the forward connects; the gateway's port 22 and an unforwarded port do not.
+#[test]
+fn a_guest_with_restricted_egress_ships_its_logs_through_a_forward() {
+    use microvm_tests::cw::{FaultProxy, Moto};
+    let Some(image) = image() else {
+        return;
+    };
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    let opts = VmOpts {
+        net: Some(NetOpts {
+            forwards: vec![(4566, ([127, 0, 0, 1], proxy.port).into())],
+            bridge: runner().to_path_buf(),
+            open_egress: false,
+        }),
+        ..VmOpts::default()
+    };
+    let dir = target_dir().join("vmtest").join("egress");
+    let vm = Vm::boot(&image, &opts, &dir).unwrap_or_else(|e| panic!("{e}"));
+    let s = vm.status().unwrap();
+    assert!(
+        s["boot"]["created"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "network eth0 10.0.2.15/24 via 10.0.2.2 dns 10.0.2.3"),
+        "{:#}",
+        s["boot"]
+    );
+    assert_eq!(s["boot"]["failures"], json!([]), "{:#}", s["boot"]);
+
+    const GROUP: &str = "/guest/egress";
+    const STREAM: &str = "run-1";
+    const LINES: usize = 3000;
+    let run = json!({
+        "microvmId": "mvm-egress",
+        "runHookPayload": format!(
+            "lines:{LINES} connect:10.0.2.100:4566 connect:10.0.2.2:22 connect:10.0.2.100:4567"
+        ),
+        "region": "us-east-1",
+        "credentials": {"accessKeyId": "AKIDGUEST", "secretAccessKey": "guest-secret"},
+        "endpoints": {"logs": "http://10.0.2.100:4566"},
+        "logging": {"cloudWatch": {"logGroup": GROUP, "logStream": STREAM}},
+        "clock": {"unixTimeNanos": now_nanos()},
+        "entropy": entropy_b64(),
+    });
+    let r = vm.hook("run", &run.to_string()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    let connected = |addr: &str| {
+        wait_record(&vm, |v| v["connect"] == addr)["ok"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(connected("10.0.2.100:4566"), "the forward answers");
+    assert!(
+        !connected("10.0.2.2:22"),
+        "restricted: the host is not reachable"
+    );
+    assert!(!connected("10.0.2.100:4567"), "an unforwarded port");
+
+    let r = vm.hook("suspend", "").unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    // Flushed before the answer: no polling.
+    let got = moto.messages(GROUP, STREAM);
+    let numbered: Vec<String> = (0..LINES).map(|i| format!("line {i} of {LINES}")).collect();
+    let lines_in = |got: &[String]| -> Vec<String> {
+        got.iter()
+            .filter(|m| m.starts_with("line "))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(lines_in(&got), numbered, "every line, once, in order");
+    let hook_line = |got: &[String], hook: &str| {
+        got.iter()
+            .any(|m| m.starts_with("recorder: {") && m.contains(&format!("\"hook\":\"{hook}\"")))
+    };
+    assert!(
+        hook_line(&got, "suspend"),
+        "written right before /suspend: {got:?}"
+    );
+
+    let r = vm
+        .hook(
+            "resume",
+            &json!({"clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy_b64()}).to_string(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    let r = vm.hook("terminate", "").unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert!(vm.wait_exit(Duration::from_secs(60)), "{}", vm.serial());
+    let got = moto.messages(GROUP, STREAM);
+    assert!(hook_line(&got, "resume"), "{got:?}");
+    assert!(
+        hook_line(&got, "terminate"),
+        "written right before /terminate: {got:?}"
+    );
+    assert_eq!(lines_in(&got), numbered);
+    let keys = proxy.access_keys.lock().unwrap().clone();
+    assert!(!keys.is_empty());
+    assert!(keys.iter().all(|k| k == "AKIDGUEST"), "{keys:?}");
+}
+
+/// The runner as a user drives it: `--execution-role-arn` gives the guest credentials
+/// (generated here: the test's environment holds none), `--forward` and
+/// `--logs-endpoint` send the agent's log delivery to a local server through the
+/// restricted NIC, the connectors are validated and echoed. Credentials that expire
+/// in 20 min 10 s make the agent warn 10 s later; the runner rotates them with
+/// `POST /v1/credentials`, and the delivery after that is signed with the new key.
+#[test]
+fn the_runner_supplies_and_rotates_role_credentials_and_forwards_egress() {
+    use microvm_tests::cw::{FaultProxy, Moto};
+    if image().is_none() {
+        return;
+    }
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/test");
+    let out = std::process::Command::new(runner())
+        .args(["run-microvm", "--image-identifier"])
+        .arg(&img)
+        .args([
+            "--execution-role-arn",
+            "arn:aws:iam::123456789012:role/demo",
+            "--egress-network-connectors",
+            "arn:aws:lambda:us-east-1:123456789012:network-connector:mine",
+            "--ingress-network-connectors",
+            "HTTP_INGRESS",
+            "--forward",
+            &format!("4566=127.0.0.1:{}", proxy.port),
+            "--logs-endpoint",
+            "http://10.0.2.100:4566",
+            "--test-credentials-seconds",
+            "1210",
+            "--then",
+            "sleep=25,status,terminate",
+            "--timeout",
+            "120",
+        ])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "microvm-local: execution role: credentials generated for a local server (ASIA"
+        ),
+        "{stderr}"
+    );
+    let end = stdout.find("\n}\n").expect("output JSON") + 3;
+    let first: Value = serde_json::from_str(&stdout[..end]).unwrap();
+    assert_eq!(
+        first["egressNetworkConnectors"],
+        json!(["arn:aws:lambda:us-east-1:123456789012:network-connector:mine"])
+    );
+    assert_eq!(first["ingressNetworkConnectors"], json!(["HTTP_INGRESS"]));
+    let lines: Vec<Value> = stdout[end..]
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let rotations: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["action"] == "rotate credentials")
+        .collect();
+    assert!(!rotations.is_empty(), "{stdout}\n{stderr}");
+    let rotated = rotations.last().unwrap()["accessKeyId"].as_str().unwrap();
+    assert!(rotated.starts_with("ASIA"));
+    let status = lines.iter().find(|v| v["action"] == "status").unwrap();
+    let agent_key = status["answer"]["credentials"]["accessKeyId"]
+        .as_str()
+        .unwrap();
+    assert!(
+        rotations.iter().any(|r| r["accessKeyId"] == agent_key),
+        "the agent holds a rotated key: {agent_key}"
+    );
+    // Delivery went through the forward, first with the run's key, at the end (the
+    // terminate flush) with a rotated one.
+    let keys = proxy.access_keys.lock().unwrap().clone();
+    let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
+    assert!(distinct.len() >= 2, "{keys:?}");
+    let group = "/aws/lambda-microvms/example-recorder";
+    let stream = first["microvmId"].as_str().unwrap();
+    let got = moto.messages(group, stream);
+    assert!(
+        got.iter().any(|m| m.contains("\"hook\":\"terminate\"")),
+        "{got:?}"
+    );
 }

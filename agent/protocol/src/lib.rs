@@ -11,6 +11,7 @@
 //! - [`events`]: `GET /v1/events` and the announce line.
 //! - [`error`]: the control channel's error answers and their codes.
 
+pub mod connectors;
 pub mod error;
 pub mod events;
 pub mod hook;

@@ -80,6 +80,10 @@ pub struct RunEnvelope {
     pub maximum_duration_in_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// Service endpoints for this run, in place of the public ones: per run, never on
+    /// the kernel command line (a snapshot freezes that).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Endpoints>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Credentials>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,6 +92,16 @@ pub struct RunEnvelope {
     /// [`MIN_ENTROPY_BYTES`](crate::limits::MIN_ENTROPY_BYTES) once decoded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entropy: Option<String>,
+}
+
+/// Endpoint overrides in the run envelope (`http://` or `https://` URLs).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Endpoints {
+    /// CloudWatch Logs, for the agent's own log delivery (what
+    /// `AWS_ENDPOINT_URL_CLOUDWATCH_LOGS` is to an SDK).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
 }
 
 /// The host's `/resume` body; every field optional.

@@ -207,6 +207,10 @@ pub enum Destination {
         log_group: String,
         log_stream: String,
         region: String,
+        /// The run's endpoint override, if any (else the SDK's endpoint variables,
+        /// else the public endpoint).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
     },
 }
 

@@ -28,6 +28,8 @@ pub struct RunRequest {
     pub idle_policy: Option<IdlePolicy>,
     pub maximum_duration: Option<Duration>,
     pub region: Option<String>,
+    /// `endpoints.logs`: where the agent sends the application's logs this run.
+    pub logs_endpoint: Option<String>,
     pub fresh: Freshness,
 }
 
@@ -127,7 +129,12 @@ impl RunRequest {
                 .into());
             }
         }
+        let logs_endpoint = raw.endpoints.and_then(|e| e.logs);
+        if let Some(url) = &logs_endpoint {
+            valid_endpoint(url).map_err(|why| FieldError::new("endpoints.logs", why))?;
+        }
         Ok(RunRequest {
+            logs_endpoint,
             microvm_id,
             run_hook_payload: raw.run_hook_payload,
             logging: raw.logging,
@@ -168,6 +175,26 @@ pub fn parse_empty(body: &[u8]) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// An endpoint URL: `http://` or `https://`, a host, at most 2,048 bytes, nothing that
+/// is not printable ASCII (it ends up in request lines and in status).
+pub fn valid_endpoint(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    if url.len() > 2048 {
+        return Err(format!("is {} bytes; at most 2048 are allowed", url.len()));
+    }
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be printable ASCII without spaces".into());
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') || host.contains('@') {
+        return Err("must name a host (and no user info)".into());
+    }
+    Ok(())
+}
+
 /// An AWS region name: a DNS label of lowercase letters, digits and hyphens (the
 /// SDKs put it in host names). Nothing else gets through: the region is written into
 /// places the application's SDK reads, where a newline or a `;` would be an injection.
@@ -184,6 +211,39 @@ pub fn valid_region(r: &str) -> bool {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn endpoints_are_plain_http_urls_with_a_host() {
+        for ok in [
+            "http://10.0.2.100:4566",
+            "https://logs.eu-west-1.amazonaws.com",
+            "http://[::1]:80/",
+        ] {
+            assert_eq!(valid_endpoint(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "ftp://x",
+            "http://",
+            "http://:80",
+            "http://a b",
+            "http://x\nnewline",
+            "http://user@x",
+            "10.0.2.100:4566",
+        ] {
+            assert!(valid_endpoint(bad).is_err(), "{bad:?}");
+        }
+        assert!(valid_endpoint(&format!("http://{}", "a".repeat(2050))).is_err());
+        let run = RunRequest::parse(
+            br#"{"microvmId":"m","endpoints":{"logs":"http://10.0.2.100:4566"}}"#,
+        )
+        .unwrap();
+        assert_eq!(run.logs_endpoint.as_deref(), Some("http://10.0.2.100:4566"));
+        let e = RunRequest::parse(br#"{"microvmId":"m","endpoints":{"logs":"file:///x"}}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("endpoints.logs"), "{e}");
+        assert!(RunRequest::parse(br#"{"microvmId":"m","endpoints":{"sts":"http://x"}}"#).is_err());
+    }
 
     #[test]
     fn regions_are_dns_labels_and_nothing_else() {

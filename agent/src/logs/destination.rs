@@ -17,6 +17,7 @@ pub fn destination(
     image_name: &str,
     microvm_id: &str,
     region: Option<&str>,
+    endpoint: Option<&str>,
     has_credentials: bool,
 ) -> Result<Destination, String> {
     match logging {
@@ -38,6 +39,7 @@ pub fn destination(
                     .clone()
                     .unwrap_or_else(|| microvm_id.to_string()),
                 region,
+                endpoint: endpoint.map(str::to_string),
             })
         }
     }
@@ -67,26 +69,27 @@ mod tests {
     fn destinations_and_defaults() {
         let cw = Logging::CloudWatch(CloudWatchLogging::default());
         assert_eq!(
-            destination(&cw, "img", "mvm-1", Some("eu-west-1"), true).unwrap(),
+            destination(&cw, "img", "mvm-1", Some("eu-west-1"), None, true).unwrap(),
             Destination::CloudWatch {
                 log_group: "/aws/lambda-microvms/img".into(),
                 log_stream: "mvm-1".into(),
-                region: "eu-west-1".into()
+                region: "eu-west-1".into(),
+                endpoint: None,
             }
         );
         assert_eq!(
-            destination(&cw, "img", "mvm-1", Some("eu-west-1"), false).unwrap(),
+            destination(&cw, "img", "mvm-1", Some("eu-west-1"), None, false).unwrap(),
             Destination::NoCredentials
         );
         assert_eq!(
-            destination(&Logging::Disabled(Empty {}), "img", "m", None, true).unwrap(),
+            destination(&Logging::Disabled(Empty {}), "img", "m", None, None, true).unwrap(),
             Destination::Disabled
         );
         let named = Logging::CloudWatch(CloudWatchLogging {
             log_group: Some("/mine".into()),
             log_stream: Some("s".into()),
         });
-        match destination(&named, "img", "m", Some("r"), true).unwrap() {
+        match destination(&named, "img", "m", Some("r"), None, true).unwrap() {
             Destination::CloudWatch {
                 log_group,
                 log_stream,

@@ -63,10 +63,15 @@ pub fn real_sinks() -> SinkFactory {
                 log_group,
                 log_stream,
                 region,
+                endpoint,
             },
             Some(c),
         ) => Some(Arc::new(sink::cloudwatch::CloudWatch::new(
-            region, c, log_group, log_stream,
+            region,
+            endpoint.as_deref(),
+            c,
+            log_group,
+            log_stream,
         ))),
     })
 }

@@ -118,6 +118,7 @@ fn cloudwatch() -> Destination {
         log_group: "g".into(),
         log_stream: "s".into(),
         region: "r".into(),
+        endpoint: None,
     }
 }
 

@@ -13,6 +13,8 @@ pub struct Cmdline {
     pub announce: Option<u32>,
     /// Test-only: lowers the 60 s minimum idle duration (see activity.rs).
     pub test_min_idle_seconds: Option<u64>,
+    /// `microvm.ip`, `.gateway`, `.mtu`, `.dns`, `.iface` (see `network.rs`).
+    pub net: super::network::NetParams,
 }
 
 pub fn parse_cmdline(text: &str) -> Cmdline {
@@ -30,6 +32,11 @@ pub fn parse_cmdline(text: &str) -> Cmdline {
             "microvm.log" => c.log = Some(v),
             "microvm.announce" => c.announce = v.parse().ok(),
             "microvm.test_min_idle_seconds" => c.test_min_idle_seconds = v.parse().ok(),
+            "microvm.ip" => c.net.ip = Some(v),
+            "microvm.gateway" => c.net.gateway = Some(v),
+            "microvm.mtu" => c.net.mtu = Some(v),
+            "microvm.dns" => c.net.dns = Some(v),
+            "microvm.iface" => c.net.iface = Some(v),
             _ => {}
         }
     }

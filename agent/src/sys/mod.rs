@@ -9,4 +9,5 @@ pub mod guest;
 pub mod machine;
 pub mod modules;
 pub mod netdev;
+pub mod network;
 pub mod power;

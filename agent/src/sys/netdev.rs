@@ -67,6 +67,46 @@ pub fn set_inet(
     Ok(())
 }
 
+/// `SIOCSIFMTU` of `name`.
+pub fn set_mtu(sock: &OwnedFd, name: &str, mtu: u32) -> std::io::Result<()> {
+    let mut req = ifreq(name);
+    req.ifr_ifru.ifru_mtu = i32::try_from(mtu).unwrap_or(i32::MAX);
+    // SAFETY: the request reads `req`, a valid ifreq naming an interface with its MTU
+    // member set, through a socket we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU as _, &req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
+    // SAFETY: sockaddr and sockaddr_in are plain old data of the same size; all-zero
+    // is valid for both, and the fields written are within sockaddr_in.
+    unsafe {
+        let mut sa: libc::sockaddr = std::mem::zeroed();
+        let sin = &mut sa as *mut libc::sockaddr as *mut libc::sockaddr_in;
+        (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+        (*sin).sin_addr.s_addr = u32::from(addr).to_be();
+        sa
+    }
+}
+
+/// `SIOCADDRT`: a default route through `gateway` (the kernel picks the device whose
+/// subnet holds it).
+pub fn add_default_route(sock: &OwnedFd, gateway: Ipv4Addr) -> std::io::Result<()> {
+    // SAFETY: rtentry is plain old data; all-zero is a valid value (no device name).
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+    rt.rt_genmask = sockaddr_in(Ipv4Addr::UNSPECIFIED);
+    rt.rt_gateway = sockaddr_in(gateway);
+    rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    // SAFETY: SIOCADDRT reads `rt`, a valid rtentry, through a socket we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT as _, &rt) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

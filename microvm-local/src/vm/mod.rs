@@ -33,6 +33,52 @@ pub struct VmOpts {
     /// Extra kernel command-line words (`microvm.log=debug`, ...).
     pub cmdline: String,
     pub boot_timeout: Duration,
+    /// A NIC with QEMU user-mode networking; None: loopback only.
+    pub net: Option<NetOpts>,
+}
+
+/// The guest's NIC: QEMU user-mode networking (10.0.2.0/24, the guest 10.0.2.15, the
+/// gateway 10.0.2.2, DNS 10.0.2.3).
+#[derive(Debug, Clone)]
+pub struct NetOpts {
+    /// Guest port on [`FORWARD_ADDR`] -> a TCP address on this machine, one
+    /// connection each through `bridge`.
+    pub forwards: Vec<(u16, std::net::SocketAddr)>,
+    /// A program QEMU runs as `<bridge> bridge HOST:PORT` per forwarded connection
+    /// (the `microvm-local` binary).
+    pub bridge: PathBuf,
+    /// Full NAT egress to wherever this machine reaches. Off by default (restricted:
+    /// only the forwards); no test ever turns it on.
+    pub open_egress: bool,
+}
+
+/// Where forwarded endpoints appear in the guest (QEMU refuses a forward on the
+/// gateway's own address).
+pub const FORWARD_ADDR: &str = "10.0.2.100";
+/// The agent's network parameters for user-mode networking.
+pub const GUEST_NET_CMDLINE: &str =
+    "microvm.ip=10.0.2.15/24 microvm.gateway=10.0.2.2 microvm.dns=10.0.2.3";
+
+/// QEMU's `-netdev` value for `net`.
+pub fn netdev_arg(net: &NetOpts) -> Result<String, String> {
+    let bridge = net.bridge.to_str().ok_or("bridge path is not UTF-8")?;
+    // QEMU's option syntax: a comma inside a value is written twice.
+    if bridge.contains([' ', '\'', '"']) {
+        return Err(format!(
+            "bridge path {bridge:?} may hold no spaces or quotes"
+        ));
+    }
+    let mut arg = format!(
+        "user,id=n0,net=10.0.2.0/24,restrict={}",
+        if net.open_egress { "off" } else { "on" }
+    );
+    for (port, host) in &net.forwards {
+        arg.push_str(&format!(
+            ",guestfwd=tcp:{FORWARD_ADDR}:{port}-cmd:{} bridge {host}",
+            bridge.replace(',', ",,")
+        ));
+    }
+    Ok(arg)
 }
 
 impl Default for VmOpts {
@@ -42,6 +88,7 @@ impl Default for VmOpts {
             cid: 3,
             cmdline: String::new(),
             boot_timeout: Duration::from_secs(60),
+            net: None,
         }
     }
 }
@@ -94,6 +141,9 @@ fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, String> {
 
 impl Vm {
     pub fn boot(image: &Image, opts: &VmOpts, dir: &Path) -> Result<Vm, String> {
+        if let Some(net) = &opts.net {
+            netdev_arg(net)?;
+        }
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let vhost = dir.join("vhost.sock");
@@ -208,7 +258,12 @@ fn qemu_command(image: &Image, opts: &VmOpts, dir: &Path) -> Command {
     let mem = format!("{}M", opts.mem_mib);
     let append = format!(
         "console=ttyS0 panic=-1 loglevel=4 root=/dev/nvme0n1 rootfstype=ext4 rw \
-         microvm.announce={ANNOUNCE_PORT} {}",
+         microvm.announce={ANNOUNCE_PORT} {} {}",
+        if opts.net.is_some() {
+            GUEST_NET_CMDLINE
+        } else {
+            ""
+        },
         opts.cmdline
     );
     let mut c = Command::new(tool("qemu-system-x86_64"));
@@ -253,6 +308,14 @@ fn qemu_command(image: &Image, opts: &VmOpts, dir: &Path) -> Command {
         image.rootfs.display()
     ))
     .args(["-device", "nvme,drive=root,serial=root"]);
+    if let Some(net) = &opts.net {
+        // Checked in `boot` before QEMU starts; an error here leaves the NIC out.
+        if let Ok(arg) = netdev_arg(net) {
+            c.arg("-netdev")
+                .arg(arg)
+                .args(["-device", "virtio-net-pci,netdev=n0,romfile="]);
+        }
+    }
     c
 }
 

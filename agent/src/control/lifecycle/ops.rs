@@ -142,6 +142,7 @@ impl Lifecycle {
             &cfg.image_name,
             &run.microvm_id,
             run.region.as_deref(),
+            run.logs_endpoint.as_deref(),
             creds.is_some(),
         )
         .map_err(|e| {

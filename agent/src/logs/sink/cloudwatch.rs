@@ -73,7 +73,13 @@ fn tolerate(op: &str, name: &str, r: Result<(), Option<Failure>>) -> Result<(), 
 }
 
 impl CloudWatch {
-    pub fn new(region: &str, c: &Credentials, group: &str, stream: &str) -> Self {
+    pub fn new(
+        region: &str,
+        endpoint: Option<&str>,
+        c: &Credentials,
+        group: &str,
+        stream: &str,
+    ) -> Self {
         let creds = aws_sdk_cloudwatchlogs::config::Credentials::new(
             &c.access_key_id,
             &c.secret_access_key,
@@ -98,7 +104,10 @@ impl CloudWatch {
                     .operation_attempt_timeout(Duration::from_secs(20))
                     .build(),
             );
-        if let Some(url) = endpoint_from_env(|k| std::env::var(k).ok()) {
+        let endpoint = endpoint
+            .map(str::to_string)
+            .or_else(|| endpoint_from_env(|k| std::env::var(k).ok()));
+        if let Some(url) = endpoint {
             conf = conf.endpoint_url(url);
         }
         CloudWatch {
