@@ -8,13 +8,17 @@ IMAGE := build/example
 # The example plus what only tests want (the recorder probes vsock from inside).
 TEST_IMAGE := build/test
 APP := target/$(MUSL)/release/examples/recorder
+# The AWS SDK example application and its image (the real-guest suite's).
+SDK_APP := target/$(MUSL)/sdk-example/sdk-app
+SDK_IMAGE := build/sdk
 
-.PHONY: help setup build app rootfs test lint run bench clean
+.PHONY: help setup build app sdk-image rootfs test lint run bench clean
 
 help:
 	@echo "make setup  - install what the build and tests need (idempotent)"
 	@echo "make build  - static, stripped agent: $(AGENT)"
 	@echo "make rootfs - bootable example image: $(IMAGE)/rootfs.ext4 and $(IMAGE)/vmlinuz"
+	@echo "make sdk-image - an image whose application uses the AWS SDK for Rust: $(SDK_IMAGE)"
 	@echo "make run    - boot the example image in QEMU, run it with a payload, suspend, resume, terminate"
 	@echo "make test   - unit tests and the PID-1 namespace suites"
 	@echo "make lint   - rustfmt and clippy -D warnings"
@@ -37,8 +41,13 @@ rootfs: build app
 	KERNEL_CACHE=build/kernel rootfs/build.sh $(AGENT) $(APP) rootfs/example/image.json $(IMAGE)
 	KERNEL_CACHE=build/kernel rootfs/build.sh $(AGENT) $(APP) rootfs/test/image.json $(TEST_IMAGE)
 
-# The real-guest suite needs the image: a test run never skips it for want of one.
-test: rootfs
+# An image whose application uses the AWS SDK for Rust (examples/sdk-app).
+sdk-image: build
+	$(CARGO) build --profile sdk-example --target $(MUSL) -p sdk-app
+	KERNEL_CACHE=build/kernel rootfs/build.sh $(AGENT) $(SDK_APP) rootfs/sdk/image.json $(SDK_IMAGE)
+
+# The real-guest suite needs the images: a test run never skips it for want of one.
+test: rootfs sdk-image
 	$(CARGO) test --workspace --no-fail-fast
 
 lint:

@@ -52,13 +52,19 @@ impl Moto {
 
     /// One CloudWatch Logs API call (moto checks no signature, only the scope).
     pub fn call(&self, action: &str, body: &Value) -> Value {
+        self.call_in("us-east-1", action, body)
+    }
+
+    /// [`Moto::call`] in `region` (moto keeps each region's logs apart).
+    pub fn call_in(&self, region: &str, action: &str, body: &Value) -> Value {
         let s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         let target = format!("Logs_20140328.{action}");
+        let auth = format!("AWS4-HMAC-SHA256 Credential=test/20260101/{region}/logs/aws4_request, SignedHeaders=host, Signature=0");
         let headers = [
             ("Host", "127.0.0.1"),
             ("X-Amz-Target", target.as_str()),
             ("Content-Type", "application/x-amz-json-1.1"),
-            ("Authorization", "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/logs/aws4_request, SignedHeaders=host, Signature=0"),
+            ("Authorization", auth.as_str()),
         ];
         let r = microvm_local::http::send(s, "POST", "/", &headers, body.to_string().as_bytes())
             .unwrap();
@@ -67,6 +73,11 @@ impl Moto {
 
     /// Every message in the stream, oldest first (GetLogEvents, paged).
     pub fn messages(&self, group: &str, stream: &str) -> Vec<String> {
+        self.messages_in("us-east-1", group, stream)
+    }
+
+    /// [`Moto::messages`] in `region`.
+    pub fn messages_in(&self, region: &str, group: &str, stream: &str) -> Vec<String> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -75,7 +86,7 @@ impl Moto {
             if let Some(t) = &token {
                 req["nextToken"] = json!(t);
             }
-            let v = self.call("GetLogEvents", &req);
+            let v = self.call_in(region, "GetLogEvents", &req);
             let events = v["events"].as_array().cloned().unwrap_or_default();
             out.extend(
                 events
@@ -133,6 +144,8 @@ pub struct FaultProxy {
     pub dropped: Arc<AtomicU64>,
     /// The access key of every signed request (from `Authorization: ... Credential=`).
     pub access_keys: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The credential scope of every signed request (`KEY/DATE/REGION/SERVICE/aws4_request`).
+    pub scopes: Arc<std::sync::Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -148,8 +161,10 @@ impl FaultProxy {
             throttled: Arc::default(),
             dropped: Arc::default(),
             access_keys: Arc::default(),
+            scopes: Arc::default(),
             stop: Arc::default(),
         };
+        let scopes = p.scopes.clone();
         let (mode, puts, thr, drp, stop, keys) = (
             p.mode.clone(),
             p.forwarded_puts.clone(),
@@ -166,17 +181,12 @@ impl FaultProxy {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 };
-                let (mode, puts, thr, drp, keys) = (
-                    mode.clone(),
-                    puts.clone(),
-                    thr.clone(),
-                    drp.clone(),
-                    keys.clone(),
-                );
+                let (mode, puts, thr, drp) = (mode.clone(), puts.clone(), thr.clone(), drp.clone());
+                let seen = (keys.clone(), scopes.clone());
                 std::thread::spawn(move || {
                     let _ = client.set_nonblocking(false);
                     let _ = client.set_nodelay(true);
-                    let _ = serve_one(client, upstream, &mode, &puts, &thr, &drp, &keys);
+                    let _ = serve_one(client, upstream, &mode, &puts, &thr, &drp, &seen);
                 });
             }
         });
@@ -198,6 +208,12 @@ impl Drop for FaultProxy {
     }
 }
 
+/// Access keys and credential scopes seen, in order.
+type Seen = (
+    Arc<std::sync::Mutex<Vec<String>>>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+);
+
 fn serve_one(
     client: TcpStream,
     upstream: u16,
@@ -205,7 +221,7 @@ fn serve_one(
     puts: &AtomicU64,
     throttled: &AtomicU64,
     dropped: &AtomicU64,
-    keys: &std::sync::Mutex<Vec<String>>,
+    seen: &Seen,
 ) -> std::io::Result<()> {
     let mut r = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
@@ -225,8 +241,10 @@ fn serve_one(
         }
         if lower.starts_with("authorization:") {
             if let Some((_, rest)) = line.split_once("Credential=") {
-                let key = rest.split('/').next().unwrap_or("").to_string();
-                keys.lock().unwrap_or_else(|p| p.into_inner()).push(key);
+                let scope = rest.split([',', ' ']).next().unwrap_or("").to_string();
+                let key = scope.split('/').next().unwrap_or("").to_string();
+                seen.0.lock().unwrap_or_else(|p| p.into_inner()).push(key);
+                seen.1.lock().unwrap_or_else(|p| p.into_inner()).push(scope);
             }
         }
         if lower.starts_with("connection:") {

@@ -769,3 +769,80 @@ fn the_runner_supplies_and_rotates_role_credentials_and_forwards_egress() {
         "{got:?}"
     );
 }
+
+/// An application as image authors write them (`examples/sdk-app`): the AWS SDK for
+/// Rust with its default chains and no configuration of its own finds the run's
+/// credentials (the agent's metadata service) and region (the profile file the agent
+/// names in `AWS_CONFIG_FILE`), and calls CloudWatch Logs on a local server through
+/// the runner's forward. The request's signature names the run's access key and
+/// region; the event is there to read back.
+#[test]
+fn an_application_using_the_aws_sdk_finds_the_runs_credentials_and_region() {
+    use microvm_tests::cw::{FaultProxy, Moto};
+    if let Err(e) = tools_available() {
+        skip(&e);
+        return;
+    }
+    let image = match Image::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/sdk")) {
+        Ok(i) => i,
+        Err(e) => {
+            skip(&format!("{e} (make sdk-image builds it)"));
+            return;
+        }
+    };
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    let opts = VmOpts {
+        net: Some(NetOpts {
+            forwards: vec![(4566, ([127, 0, 0, 1], proxy.port).into())],
+            bridge: runner().to_path_buf(),
+            open_egress: false,
+        }),
+        ..VmOpts::default()
+    };
+    let vm = Vm::boot(&image, &opts, &target_dir().join("vmtest").join("sdk-app"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let run = json!({
+        "microvmId": "mvm-sdk",
+        "region": "eu-west-3",
+        "credentials": {"accessKeyId": "AKIDSDKAPP", "secretAccessKey": "sdk-secret",
+                        "sessionToken": "sdk-token"},
+        "endpoints": {"logs": "http://10.0.2.100:4566"},
+        "clock": {"unixTimeNanos": now_nanos()},
+        "entropy": entropy_b64(),
+    });
+    let r = vm.hook("run", &run.to_string()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    let t0 = Instant::now();
+    while !vm.serial().contains("sdk-app: {\"put\":\"ok\"") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the SDK app never wrote; serial:\n{}",
+            vm.serial()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        vm.serial()
+            .contains("sdk-app: {\"put\":\"ok\",\"region\":\"eu-west-3\""),
+        "{}",
+        vm.serial()
+    );
+    assert_eq!(
+        moto.messages_in("eu-west-3", "/sdk-app", "direct"),
+        ["hello from the AWS SDK inside the guest"]
+    );
+    let keys = proxy.access_keys.lock().unwrap().clone();
+    assert!(!keys.is_empty());
+    assert!(keys.iter().all(|k| k == "AKIDSDKAPP"), "{keys:?}");
+    let scopes = proxy.scopes.lock().unwrap().clone();
+    assert!(
+        scopes
+            .iter()
+            .any(|s| s.contains("/eu-west-3/logs/aws4_request")),
+        "{scopes:?}"
+    );
+    let r = vm.hook("terminate", "").unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert!(vm.wait_exit(Duration::from_secs(60)));
+}
