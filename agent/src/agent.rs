@@ -73,6 +73,7 @@ impl Startup {
             "microvm-agent starting"
         );
         boot::raise_nofile(&mut boot);
+        boot.failures.extend(crate::sys::fatal::install_failures());
         if role.is_pid1() {
             let hostname = cmdline
                 .hostname

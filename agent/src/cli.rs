@@ -49,17 +49,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
 pub fn parse_all(args: impl IntoIterator<Item = String>) -> (Args, Vec<String>) {
     let mut out = Args::default();
     let mut errors = Vec::new();
-    let mut it = args.into_iter();
+    let mut it = args.into_iter().peekable();
     while let Some(a) = it.next() {
         let (flag, inline) = match a.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (a.clone(), None),
         };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        // A flag where a value belongs is not taken as the value: it stays a flag
+        // (`--image-config --control vsock:1` must not lose `--control`).
+        let mut value = |name: &str| match inline.clone() {
+            Some(v) => Ok(v),
+            None => match it.peek() {
+                Some(next) if !next.starts_with("--") => Ok(it.next().unwrap_or_default()),
+                _ => Err(format!("{name} needs a value\n{USAGE}")),
+            },
         };
         let step = match flag.as_str() {
             "--control" => value("--control")
@@ -144,5 +147,16 @@ mod tests {
             errors[1].starts_with("--image-config needs a value"),
             "{errors:?}"
         );
+        let (a, errors) = parse_all(
+            ["--image-config", "--control", "vsock:7"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        assert_eq!(
+            a.control,
+            Addr::Vsock(7),
+            "the flag was not eaten as a value"
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
     }
 }

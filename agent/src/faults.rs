@@ -28,18 +28,28 @@ pub fn value(name: &str) -> Option<String> {
     }
 }
 
-/// `FATAL_ON_EVENTS=overflow|abort`: what no panic hook catches, on demand.
+/// `FATAL_ON_EVENTS=overflow|abort|segv`: what no panic hook catches, on demand.
+#[cfg(feature = "test-faults")]
 pub fn fatal(kind: &str) {
     tracing::warn!(kind, "test fault: fatal");
     match kind {
         "overflow" => {
             std::hint::black_box(deeper(0));
         }
+        "segv" => {
+            // SAFETY (of the fault, on purpose): a read of an address nothing maps.
+            let p = std::hint::black_box(8usize) as *const u64;
+            std::hint::black_box(unsafe { std::ptr::read_volatile(p) });
+        }
         _ => std::process::abort(),
     }
 }
 
+#[cfg(not(feature = "test-faults"))]
+pub fn fatal(_kind: &str) {}
+
 /// Recursion the optimiser cannot fold: every frame keeps a page alive.
+#[cfg(feature = "test-faults")]
 fn deeper(n: u64) -> u64 {
     let frame = std::hint::black_box([n; 512]);
     if n == u64::MAX {

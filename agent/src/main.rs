@@ -20,7 +20,7 @@ fn main() {
     panic::install(role);
     if role.is_pid1() {
         // What no panic hook sees (a stack overflow, an abort) must not kill PID 1.
-        microvm_agent::sys::fatal::install();
+        microvm_agent::sys::fatal::install(role);
     }
     let body = std::panic::catch_unwind(|| {
         let start = Startup::begin(role);

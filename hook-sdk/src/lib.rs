@@ -172,9 +172,25 @@ pub fn keep_awake() -> Result<KeepAwake, Error> {
 
 /// [`keep_awake`] against another port (tests, or a non-default agent).
 pub fn keep_awake_at(port: u16) -> Result<KeepAwake, Error> {
-    std::net::TcpStream::connect(("127.0.0.1", port))
-        .map(|c| KeepAwake { _conn: c })
-        .map_err(|source| Error::Lease { port, source })
+    use std::io::Read;
+    let lease = |source| Error::Lease { port, source };
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(lease)?;
+    // The agent grants a lease with one byte and refuses one (all in use) by closing.
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .map_err(lease)?;
+    let mut granted = [0u8; 1];
+    match c.read(&mut granted) {
+        Ok(1) => {}
+        Ok(_) => {
+            return Err(lease(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                "the agent refused it: every lease is in use",
+            )))
+        }
+        Err(e) => return Err(lease(e)),
+    }
+    c.set_read_timeout(None).map_err(lease)?;
+    Ok(KeepAwake { _conn: c })
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -309,6 +309,29 @@ pub fn http(sock: &Path, method: &str, path: &str, body: &[u8]) -> std::io::Resu
     microvm_local::http::send(s, method, path, &[], body)
 }
 
+/// captured = sent + dropped + buffered, in events and in bytes, in one status answer
+/// (read under one lock). Nothing to check where the status has no logs.
+pub fn log_balance(logs: &Value) {
+    let c = &logs["counters"];
+    let n = |v: &Value| v.as_u64();
+    let (Some(events), Some(bytes)) = (n(&c["capturedEvents"]), n(&c["capturedBytes"])) else {
+        return;
+    };
+    let sum = |a: &str, b: &str, d: &str| {
+        n(&c[a]).unwrap_or(0) + n(&c[b]).unwrap_or(0) + n(&logs[d]).unwrap_or(0)
+    };
+    assert_eq!(
+        events,
+        sum("sentEvents", "droppedEvents", "bufferedEvents"),
+        "events: {logs:#}"
+    );
+    assert_eq!(
+        bytes,
+        sum("sentBytes", "droppedBytes", "bufferedMessageBytes"),
+        "bytes: {logs:#}"
+    );
+}
+
 /// How to start a guest beyond its image config.
 #[derive(Debug, Clone, Default)]
 pub struct GuestOpts {
@@ -325,6 +348,8 @@ pub struct GuestOpts {
     pub stuck_console: bool,
     /// Environment for the agent that only a `test-faults` build acts on.
     pub faults: Vec<(String, String)>,
+    /// Arguments before the harness's own (`--control`, `--image-config`).
+    pub args: Vec<String>,
 }
 
 /// The agent running as PID 1 in its own namespaces.
@@ -377,6 +402,7 @@ impl Guest {
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .envs(opts.faults.iter().map(|(k, v)| (k, v)))
             .arg(&bins().agent)
+            .args(&opts.args)
             .arg("--control")
             .arg(format!("unix:{}", sock.display()))
             .arg("--image-config")
@@ -430,9 +456,29 @@ impl Guest {
         self.request("POST", &format!("{HOOK_PREFIX}{hook}"), body.as_bytes())
     }
 
+    /// Run `work` on a thread inside the guest's network namespace (setns moves only
+    /// the calling thread); what it returns (sockets made there) comes back.
+    pub fn in_net<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> T {
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", self.agent_pid())).unwrap();
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a namespace descriptor we hold open; it changes only
+            // this thread, which ends after `work`.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            work()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// `/v1/status`, after checking that no captured log line vanished uncounted.
     pub fn status(&self) -> Value {
-        self.request("GET", microvm_protocol::paths::STATUS, b"")
-            .json()
+        let s = self
+            .request("GET", microvm_protocol::paths::STATUS, b"")
+            .json();
+        log_balance(&s["logs"]);
+        s
     }
 
     /// Poll status until `pred` holds, or panic after `timeout`.

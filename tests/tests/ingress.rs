@@ -466,25 +466,6 @@ fn ingress_errors_reach_a_client_that_sends_its_body_late() {
     }
 }
 
-/// Run `work` on a thread inside the guest's network namespace (setns moves only the
-/// calling thread); what it returns (sockets made there) comes back.
-fn inside_the_guest_net<T: Send + 'static>(
-    g: &Guest,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let ns = std::fs::File::open(format!("/proc/{}/ns/net", g.agent_pid())).unwrap();
-    std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on a namespace descriptor we hold open; it changes only this
-        // thread, which ends after `work`.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        work()
-    })
-    .join()
-    .unwrap()
-}
-
 #[test]
 fn a_flood_of_clients_cannot_take_the_hosts_control_channel() {
     // The bug this guards: ingress accepted without a cap and shares the descriptor
@@ -494,6 +475,40 @@ fn a_flood_of_clients_cannot_take_the_hosts_control_channel() {
     raise_nofile();
     let mut g = echo_guest_opts("flood", false, json!({}), Some(256));
     let sock = g.dir.join("ingress.sock");
+    // First WebSocket sessions: an upgraded stream outlives its HTTP connection and
+    // must keep its share (it used to give it back at the upgrade). They are held by
+    // threads that end with the guest.
+    let (ws_tx, upgraded) = std::sync::mpsc::channel();
+    for _ in 0..80 {
+        let (sock, ws_tx) = (sock.clone(), ws_tx.clone());
+        std::thread::spawn(move || {
+            let Ok(mut s) = UnixStream::connect(&sock) else {
+                return;
+            };
+            let req = request(
+                "/ws",
+                &[
+                    ("Connection", "Upgrade"),
+                    ("Upgrade", "websocket"),
+                    ("Sec-WebSocket-Version", "13"),
+                    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                ],
+            );
+            let _ = s.write_all(req.as_bytes());
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            if read_reply(&mut r).is_ok_and(|rep| rep.status == 101) {
+                let _ = ws_tx.send(());
+                let mut sink = [0u8; 64];
+                let _ = r.read(&mut sink);
+            }
+        });
+    }
+    drop(ws_tx);
+    let mut sessions = 0;
+    while upgraded.recv_timeout(Duration::from_secs(3)).is_ok() {
+        sessions += 1;
+    }
+    assert_eq!(sessions, 48, "the ingress share under a limit of 256");
     let (tx, opened) = std::sync::mpsc::channel();
     // Clients past the cap wait in the listen backlog, then in connect: each gets a
     // thread of its own, ended when the guest goes.
@@ -519,8 +534,9 @@ fn a_flood_of_clients_cannot_take_the_hosts_control_channel() {
     assert!(n >= 200, "only {n} clients connected");
     // Inside the guest: 300 half-requests to the metadata service and 300 keep-awake
     // leases, which used to have caps of their own (or none) outside the reserve.
-    let held = inside_the_guest_net(&g, || {
-        let mut held = Vec::new();
+    let (metadata, leases) = g.in_net(|| {
+        let mut metadata = Vec::new();
+        let mut leases = Vec::new();
         for i in 0..600 {
             let addr: std::net::SocketAddr = if i % 2 == 0 {
                 ([169, 254, 169, 254], 80).into()
@@ -531,20 +547,33 @@ fn a_flood_of_clients_cannot_take_the_hosts_control_channel() {
             // that client simply is not one of the flood.
             let connected = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50));
             if let Ok(mut s) = connected {
-                let _ = s.write_all(b"GET /latest/meta-data/ HTTP/1.1\r\n");
-                held.push(s);
+                if i % 2 == 0 {
+                    let _ = s.write_all(b"GET /latest/meta-data/ HTTP/1.1\r\n");
+                    metadata.push(s);
+                } else {
+                    leases.push(s);
+                }
             }
         }
-        held
+        (metadata, leases)
     });
-    // More than both shares (24 + 24 under this limit): the rest wait in backlogs.
     assert!(
-        held.len() >= 250,
-        "only {} guest clients connected",
-        held.len()
+        metadata.len() > 24,
+        "only {} metadata clients",
+        metadata.len()
     );
     std::thread::sleep(Duration::from_millis(500));
-    // Well before the flood's half-requests time out (30 s) and free anything.
+    // A granted lease reads one byte; a refused one (past the share) reads EOF.
+    let granted = leases
+        .iter()
+        .filter(|s| {
+            let mut s: &std::net::TcpStream = s;
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut b = [0u8; 1];
+            matches!(s.read(&mut b), Ok(1))
+        })
+        .count();
+    assert_eq!(granted, 24, "the lease share under a limit of 256");
     let asked = Instant::now();
     let s = g.status();
     assert_eq!(s["state"], "PENDING", "{s}");
@@ -554,6 +583,13 @@ fn a_flood_of_clients_cannot_take_the_hosts_control_channel() {
         asked.elapsed()
     );
     assert!(g.console().contains("ingress connections at most"));
+    assert!(
+        s["metadata"]["endpoint"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("http://")),
+        "{:#}",
+        s["metadata"]
+    );
     let asked = Instant::now();
     let r = g.hook("terminate", "");
     assert_eq!(r.status, 200, "{}", r.json());

@@ -68,23 +68,9 @@ fn read_back(m: &Moto, stream: &str, n: usize, within: Duration) -> Vec<String> 
     }
 }
 
-/// The counters, after checking that nothing captured vanished uncounted: captured =
-/// sent + dropped + buffered, in events and in bytes.
+/// The counters (`Guest::status` checks the balance on every read).
 fn counters(g: &Guest) -> Value {
-    let logs = g.status()["logs"].clone();
-    let c = &logs["counters"];
-    let n = |v: &Value| v.as_u64().unwrap();
-    assert_eq!(
-        n(&c["capturedEvents"]),
-        n(&c["sentEvents"]) + n(&c["droppedEvents"]) + n(&logs["bufferedEvents"]),
-        "{logs:#}"
-    );
-    assert_eq!(
-        n(&c["capturedBytes"]),
-        n(&c["sentBytes"]) + n(&c["droppedBytes"]) + n(&logs["bufferedMessageBytes"]),
-        "{logs:#}"
-    );
-    c.clone()
+    g.status()["logs"]["counters"].clone()
 }
 
 #[test]

@@ -356,3 +356,59 @@ fn the_host_is_warned_before_the_credentials_expire() {
     assert_eq!(event["expiration"], expiration.as_str());
     assert!(took >= Duration::from_secs(1), "too early: {took:?}");
 }
+
+/// The metadata service's error answers reach a client that sends its body after the
+/// headers (Python's `http.client` does): the body is drained before the answer and
+/// the close, so the client reads the status instead of a reset.
+#[test]
+fn metadata_errors_reach_a_client_that_sends_its_body_late() {
+    require_root!();
+    let dir = scratch("md-latebody");
+    let g = Guest::start_in(dir.clone(), &recorder_config(&dir, all_hooks(5), &[]));
+    g.wait_app_started();
+    let answers = g.in_net(|| {
+        let connect = || {
+            let s = std::net::TcpStream::connect(("169.254.169.254", 80)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s
+        };
+        let token = late_body(
+            connect(),
+            "PUT",
+            "/latest/api/token",
+            &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+            0,
+        )
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .unwrap();
+        let mut out = Vec::new();
+        for (method, path, headers, want) in [
+            ("PUT", "/latest/api/token", vec![], 400),
+            ("GET", "/latest/meta-data/", vec![], 401),
+            (
+                "PUT",
+                "/latest/api/token",
+                vec![
+                    ("X-aws-ec2-metadata-token-ttl-seconds", "60"),
+                    ("X-Forwarded-For", "10.0.0.1"),
+                ],
+                403,
+            ),
+            (
+                "GET",
+                "/latest/meta-data/no-such-thing",
+                vec![("X-aws-ec2-metadata-token", token.as_str())],
+                404,
+            ),
+        ] {
+            let r = late_body(connect(), method, path, &headers, 50_000)
+                .map(|r| r.status)
+                .map_err(|e| e.to_string());
+            out.push((format!("{method} {path}"), r, want));
+        }
+        out
+    });
+    for (what, got, want) in answers {
+        assert_eq!(got, Ok(want), "{what}");
+    }
+}

@@ -34,7 +34,13 @@ use std::time::Duration;
 use stream::ClientStream;
 use tokio::io::AsyncReadExt;
 
-async fn connection(stream: Stream, activity: Arc<Activity>, borders: Arc<Borders>) {
+async fn connection(
+    stream: Stream,
+    activity: Arc<Activity>,
+    borders: Arc<Borders>,
+    share: tokio::sync::OwnedSemaphorePermit,
+) {
+    let share = Arc::new(share);
     let mut client = ClientStream::new(stream, activity.clone());
     let mut prefix = Vec::new();
     let mut buf = [0u8; 64];
@@ -53,7 +59,7 @@ async fn connection(stream: Stream, activity: Arc<Activity>, borders: Arc<Border
     match kind {
         Kind::Http1 => {
             let svc = hyper::service::service_fn(move |req| {
-                proxy::proxy(req, activity.clone(), borders.clone())
+                proxy::proxy(req, activity.clone(), borders.clone(), share.clone())
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -84,10 +90,7 @@ pub async fn serve(listener: Listener, activity: Arc<Activity>, borders: Borders
         match listener.accept().await {
             Ok(s) => {
                 let (activity, borders) = (activity.clone(), borders.clone());
-                tokio::spawn(async move {
-                    connection(s, activity, borders).await;
-                    drop(permit);
-                });
+                tokio::spawn(connection(s, activity, borders, permit));
             }
             Err(e) => {
                 tracing::warn!("ingress accept: {e}");

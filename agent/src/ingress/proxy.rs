@@ -33,10 +33,13 @@ async fn refuse(req: Request<Incoming>, status: StatusCode, msg: String) -> Resp
     plain(status, msg)
 }
 
+/// `share` is the connection's place in the descriptor budget: an upgraded stream
+/// outlives the HTTP connection and keeps it.
 pub async fn proxy(
     mut req: Request<Incoming>,
     activity: Arc<Activity>,
     borders: Arc<Borders>,
+    share: Arc<tokio::sync::OwnedSemaphorePermit>,
 ) -> Result<Response<Body>, Infallible> {
     // A request in flight is activity until its answer's head is back.
     let _busy = activity.busy();
@@ -76,6 +79,7 @@ pub async fn proxy(
                 let _ =
                     tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(a)).await;
             }
+            drop(share);
         });
     }
     Ok(resp.map(|b| b.boxed()))

@@ -17,6 +17,8 @@ use std::collections::VecDeque;
 struct InFlight {
     first_seq: u64,
     events: usize,
+    /// Message bytes of the batch.
+    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -25,9 +27,9 @@ pub struct Buffer {
     /// What the queued events take in memory ([`lines::memory_cost`]), against the
     /// limit.
     queued_bytes: usize,
-    /// Message bytes captured and not yet resolved (queued or in flight): the byte
-    /// side of captured = sent + dropped + buffered.
-    pending_message_bytes: u64,
+    /// Message bytes of the queued events (the batch in flight keeps its own): the
+    /// byte side of captured = sent + dropped + buffered.
+    queued_message_bytes: u64,
     limit: usize,
     when_full: WhenFull,
     next_seq: u64,
@@ -54,7 +56,7 @@ impl Buffer {
         Buffer {
             queue: VecDeque::new(),
             queued_bytes: 0,
-            pending_message_bytes: 0,
+            queued_message_bytes: 0,
             limit,
             when_full,
             next_seq: 0,
@@ -97,9 +99,7 @@ impl Buffer {
                 break;
             };
             self.queued_bytes -= old.memory();
-            self.pending_message_bytes = self
-                .pending_message_bytes
-                .saturating_sub(old.message.len() as u64);
+            self.queued_message_bytes -= old.message.len() as u64;
             count_dropped(&mut self.counters, &old, reason);
         }
         // Never backwards: a clock stepped back (a restored snapshot) must not make a
@@ -110,7 +110,7 @@ impl Buffer {
         self.next_seq += 1;
         self.counters.captured_events += 1;
         self.counters.captured_bytes += message.len() as u64;
-        self.pending_message_bytes += message.len() as u64;
+        self.queued_message_bytes += message.len() as u64;
         self.queued_bytes += cost;
         self.oldest_mono_ms.get_or_insert(mono_ms);
         self.queue.push_back(Event {
@@ -168,9 +168,12 @@ impl Buffer {
         if self.queue.is_empty() {
             self.oldest_mono_ms = None;
         }
+        let bytes: u64 = batch.iter().map(|e| e.message.len() as u64).sum();
+        self.queued_message_bytes -= bytes;
         self.in_flight = batch.first().map(|e| InFlight {
             first_seq: e.seq,
             events: batch.len(),
+            bytes,
         });
         batch
     }
@@ -200,8 +203,11 @@ impl Buffer {
 
     /// The batch in flight is resolved.
     fn release(&mut self, batch: &[Event]) {
-        let bytes = batch.iter().map(|e| e.message.len() as u64).sum::<u64>();
-        self.pending_message_bytes = self.pending_message_bytes.saturating_sub(bytes);
+        debug_assert_eq!(
+            self.in_flight.map(|f| (f.first_seq, f.events)),
+            batch.first().map(|e| (e.seq, batch.len())),
+            "a batch acknowledged is the batch in flight"
+        );
         self.in_flight = None;
     }
 
@@ -209,6 +215,7 @@ impl Buffer {
     pub fn requeue(&mut self, batch: Vec<Event>) {
         for e in batch.into_iter().rev() {
             self.queued_bytes += e.memory();
+            self.queued_message_bytes += e.message.len() as u64;
             self.queue.push_front(e);
         }
         // Their age is unknown here and at least a batch's: they go at once.
@@ -223,7 +230,7 @@ impl Buffer {
 
     /// Message bytes of the events [`Buffer::buffered_events`] counts.
     pub fn buffered_message_bytes(&self) -> u64 {
-        self.pending_message_bytes
+        self.queued_message_bytes + self.in_flight.map_or(0, |f| f.bytes)
     }
 
     /// What the queued events take in memory, against the limit.
@@ -274,6 +281,11 @@ mod tests {
             "{c:?}, {} bytes buffered",
             b.buffered_message_bytes()
         );
+        // The counters against the contents, not only against each other.
+        let queued: u64 = b.queue.iter().map(|e| e.message.len() as u64).sum();
+        assert_eq!(b.queued_message_bytes, queued);
+        let memory: usize = b.queue.iter().map(Event::memory).sum();
+        assert_eq!(b.queued_bytes, memory);
         assert!(b.resolved() <= b.captured());
     }
 

@@ -232,6 +232,7 @@ const EARLY_NOTHING: u8 = 0;
 const EARLY_OPENED: u8 = 1;
 const EARLY_MOUNTED: u8 = 2;
 const EARLY_FAILED: u8 = 3;
+const EARLY_PIPE: u8 = 4;
 
 /// A kernel that finds no `/dev/console` on the root filesystem (an empty `/dev` and
 /// no devtmpfs mounted for us: `devtmpfs.mount=0`, or a kernel built without it)
@@ -270,8 +271,12 @@ pub extern "C" fn early_console() {
         open_console()
     });
     let Ok(console) = console else {
-        EARLY.store(EARLY_FAILED, Ordering::Relaxed);
-        no_console();
+        let state = if no_console() {
+            EARLY_PIPE
+        } else {
+            EARLY_FAILED
+        };
+        EARLY.store(state, Ordering::Relaxed);
         return;
     };
     if EARLY.load(Ordering::Relaxed) == EARLY_NOTHING {
@@ -295,11 +300,11 @@ pub extern "C" fn early_console() {
 /// get a pipe instead, so start-up finds them open and PID 1 lives. What the agent
 /// writes there is lost (a non-blocking pipe nobody drains: the console writer counts
 /// the drops); the control channel still says everything.
-fn no_console() {
+fn no_console() -> bool {
     let mut ends = [0; 2];
     // SAFETY: pipe2 fills a two-element array we own.
     if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK) } != 0 {
-        return;
+        return false;
     }
     let closed = |fd: i32| {
         // SAFETY: as in `early_console`.
@@ -318,7 +323,11 @@ fn no_console() {
         moved
     };
     if read < 0 || write < 0 {
-        return;
+        for fd in [read, write].into_iter().filter(|fd| *fd >= 0) {
+            // SAFETY: our own descriptor, used by nothing else.
+            unsafe { libc::close(fd) };
+        }
+        return false;
     }
     for fd in (0..=2).filter(|fd| closed(*fd)) {
         // SAFETY: dup2 onto a closed standard descriptor from one we own.
@@ -329,6 +338,7 @@ fn no_console() {
         libc::close(read);
         libc::close(write);
     }
+    true
 }
 
 /// The early console step, for the boot report.
@@ -338,9 +348,12 @@ fn early_console_report(report: &mut BootReport) {
         EARLY_MOUNTED => report
             .created
             .push("/dev (devtmpfs, before start-up) and console on descriptors 0-2".into()),
-        EARLY_FAILED => report
+        EARLY_PIPE => report
             .failures
             .push("no console: /dev/console could not be opened or created (descriptors 0-2 on a pipe nobody reads)".into()),
+        EARLY_FAILED => report.failures.push(
+            "no console: /dev/console could not be opened or created, nor a pipe in its place".into(),
+        ),
         _ => {}
     }
 }
