@@ -508,12 +508,22 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_is_a_held_connection() {
-        use std::io::Read;
+    fn a_lease_is_a_held_connection_granted_with_a_byte() {
+        use std::io::{Read, Write};
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
+        // The agent's side: grant the first lease, refuse (close) the second.
+        let agent = std::thread::spawn(move || {
+            let (mut held, _) = l.accept().unwrap();
+            held.write_all(b"1").unwrap();
+            let (refused, _) = l.accept().unwrap();
+            drop(refused);
+            held
+        });
         let guard = keep_awake_at(port).unwrap();
-        let (mut held, _) = l.accept().unwrap();
+        let e = keep_awake_at(port).unwrap_err();
+        assert!(e.to_string().contains("every lease is in use"), "{e}");
+        let mut held = agent.join().unwrap();
         drop(guard);
         let mut b = [0u8; 1];
         assert_eq!(
@@ -521,7 +531,6 @@ mod tests {
             0,
             "dropping the guard ends the lease"
         );
-        drop(l);
         let e = keep_awake_at(port).unwrap_err();
         assert!(e.to_string().contains("keep-awake lease"), "{e}");
     }

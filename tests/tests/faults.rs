@@ -341,8 +341,23 @@ fn pid_1_without_descriptors_on_an_empty_dev_still_comes_up() {
     // Without /proc at start, the agent mounts it to tell a namespace from a guest
     // (it used to assume a guest, and would have stepped this machine's clock).
     assert_eq!(status["role"], "namespace");
+    terminate_bare(&sock, child);
+}
+
+/// unshare ignores SIGTERM: SIGKILL it (and with it the namespace) however the test
+/// ends.
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `/terminate` to a bare PID 1, then its end (within 30 s).
+fn terminate_bare(sock: &std::path::Path, child: &mut std::process::Child) {
     let r = http(
-        &sock,
+        sock,
         "POST",
         &format!("{}terminate", microvm_protocol::HOOK_PATH_PREFIX),
         b"",
@@ -353,16 +368,6 @@ fn pid_1_without_descriptors_on_an_empty_dev_still_comes_up() {
     while child.try_wait().unwrap().is_none() {
         assert!(t0.elapsed() < Duration::from_secs(30), "still running");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// unshare ignores SIGTERM: SIGKILL it (and with it the namespace) however the test
-/// ends.
-struct Killed(std::process::Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -440,19 +445,7 @@ fn pid_1_without_descriptors_and_without_any_dev_still_comes_up() {
         "{:#}",
         status["boot"]
     );
-    let r = http(
-        &sock,
-        "POST",
-        &format!("{}terminate", microvm_protocol::HOOK_PATH_PREFIX),
-        b"",
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.json());
-    let t0 = Instant::now();
-    while guard.0.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "still running");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    terminate_bare(&sock, &mut guard.0);
 }
 
 /// PID 1 cannot refuse to start: `--help` and a bad value on its command line (the

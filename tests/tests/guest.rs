@@ -5,6 +5,7 @@
 //! installs and builds all three (`make setup rootfs`) so there it always runs.
 
 use microvm_local::vm::{tools_available, Image, NetOpts, Vm, VmOpts};
+use microvm_tests::cw::{FaultProxy, Moto};
 use microvm_tests::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -570,20 +571,9 @@ fn an_application_out_of_memory_is_killed_reported_and_the_agent_survives() {
     assert!(!serial.contains("Kernel panic"), "{serial}");
 }
 
-/// A guest with a NIC and restricted egress (QEMU user-mode networking, `restrict=on`):
-/// the agent configures `eth0` from the `microvm.*` parameters, the run envelope points
-/// its CloudWatch client at a forwarded endpoint (`10.0.2.100:4566`, bridged per
-/// connection by the runner binary to a proxy in front of moto on this machine), and
-/// the application's stdout arrives byte-exact, signed with the run's access key,
-/// including what it wrote right before `/suspend` and right before `/terminate`
-/// (the recorder prints a line in each hook, before answering). From inside the guest
-/// the forward connects; the gateway's port 22 and an unforwarded port do not.
-#[test]
-fn a_guest_with_restricted_egress_ships_its_logs_through_a_forward() {
-    use microvm_tests::cw::{FaultProxy, Moto};
-    let Some(image) = image() else {
-        return;
-    };
+/// moto behind a recording proxy, and `image` booted with a restricted NIC whose
+/// `10.0.2.100:4566` reaches the proxy.
+fn boot_with_a_forward(image: &Image, name: &str) -> (Moto, FaultProxy, Vm) {
     let moto = Moto::start();
     let proxy = FaultProxy::start(moto.port);
     let opts = VmOpts {
@@ -594,8 +584,25 @@ fn a_guest_with_restricted_egress_ships_its_logs_through_a_forward() {
         }),
         ..VmOpts::default()
     };
-    let dir = target_dir().join("vmtest").join("egress");
-    let vm = Vm::boot(&image, &opts, &dir).unwrap_or_else(|e| panic!("{e}"));
+    let vm = Vm::boot(image, &opts, &target_dir().join("vmtest").join(name))
+        .unwrap_or_else(|e| panic!("{e}"));
+    (moto, proxy, vm)
+}
+
+/// A guest with a NIC and restricted egress (QEMU user-mode networking, `restrict=on`):
+/// the agent configures `eth0` from the `microvm.*` parameters, the run envelope points
+/// its CloudWatch client at a forwarded endpoint (`10.0.2.100:4566`, bridged per
+/// connection by the runner binary to a proxy in front of moto on this machine), and
+/// the application's stdout arrives byte-exact, signed with the run's access key,
+/// including what it wrote right before `/suspend` and right before `/terminate`
+/// (the recorder prints a line in each hook, before answering). From inside the guest
+/// the forward connects; the gateway's port 22 and an unforwarded port do not.
+#[test]
+fn a_guest_with_restricted_egress_ships_its_logs_through_a_forward() {
+    let Some(image) = image() else {
+        return;
+    };
+    let (moto, proxy, vm) = boot_with_a_forward(&image, "egress");
     let s = vm.status().unwrap();
     assert!(
         s["boot"]["created"]
@@ -688,7 +695,6 @@ fn a_guest_with_restricted_egress_ships_its_logs_through_a_forward() {
 /// `POST /v1/credentials`, and the delivery after that is signed with the new key.
 #[test]
 fn the_runner_supplies_and_rotates_role_credentials_and_forwards_egress() {
-    use microvm_tests::cw::{FaultProxy, Moto};
     if image().is_none() {
         return;
     }
@@ -778,7 +784,6 @@ fn the_runner_supplies_and_rotates_role_credentials_and_forwards_egress() {
 /// region; the event is there to read back.
 #[test]
 fn an_application_using_the_aws_sdk_finds_the_runs_credentials_and_region() {
-    use microvm_tests::cw::{FaultProxy, Moto};
     if let Err(e) = tools_available() {
         skip(&e);
         return;
@@ -790,18 +795,7 @@ fn an_application_using_the_aws_sdk_finds_the_runs_credentials_and_region() {
             return;
         }
     };
-    let moto = Moto::start();
-    let proxy = FaultProxy::start(moto.port);
-    let opts = VmOpts {
-        net: Some(NetOpts {
-            forwards: vec![(4566, ([127, 0, 0, 1], proxy.port).into())],
-            bridge: runner().to_path_buf(),
-            open_egress: false,
-        }),
-        ..VmOpts::default()
-    };
-    let vm = Vm::boot(&image, &opts, &target_dir().join("vmtest").join("sdk-app"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (moto, proxy, vm) = boot_with_a_forward(&image, "sdk-app");
     let run = json!({
         "microvmId": "mvm-sdk",
         "region": "eu-west-3",

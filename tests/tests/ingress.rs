@@ -154,24 +154,25 @@ fn keep_alive_and_pipelined_requests_are_routed_one_by_one() {
     );
 }
 
+/// The headers of a WebSocket upgrade request.
+const WEBSOCKET: [(&str, &str); 4] = [
+    ("Connection", "Upgrade"),
+    ("Upgrade", "websocket"),
+    ("Sec-WebSocket-Version", "13"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+];
+
 #[test]
 fn websocket_routed_by_subprotocol_which_is_stripped() {
     require_root!();
     let g = echo_guest("websocket", false);
     let mut s = ingress(&g);
-    let req = request(
-        "/ws",
-        &[
-            ("Connection", "Upgrade"),
-            ("Upgrade", "websocket"),
-            ("Sec-WebSocket-Version", "13"),
-            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            (
-                "Sec-WebSocket-Protocol",
-                "lambda-microvms, lambda-microvms.authentication.tok123, lambda-microvms.port.9090, chat.v1",
-            ),
-        ],
-    );
+    let mut headers = WEBSOCKET.to_vec();
+    headers.push((
+        "Sec-WebSocket-Protocol",
+        "lambda-microvms, lambda-microvms.authentication.tok123, lambda-microvms.port.9090, chat.v1",
+    ));
+    let req = request("/ws", &headers);
     s.write_all(req.as_bytes()).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     let rep = read_reply(&mut r).unwrap();
@@ -485,15 +486,7 @@ fn a_flood_of_clients_cannot_take_the_hosts_control_channel() {
             let Ok(mut s) = UnixStream::connect(&sock) else {
                 return;
             };
-            let req = request(
-                "/ws",
-                &[
-                    ("Connection", "Upgrade"),
-                    ("Upgrade", "websocket"),
-                    ("Sec-WebSocket-Version", "13"),
-                    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
-                ],
-            );
+            let req = request("/ws", &WEBSOCKET);
             let _ = s.write_all(req.as_bytes());
             let mut r = BufReader::new(s.try_clone().unwrap());
             if read_reply(&mut r).is_ok_and(|rep| rep.status == 101) {
