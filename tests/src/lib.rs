@@ -595,3 +595,41 @@ impl Drop for Guest {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Run only by [`a_skip_fails_under_ci_and_passes_elsewhere`], in a child process.
+    #[test]
+    #[ignore]
+    fn skip_probe() {
+        super::skip("the probe cannot run");
+    }
+
+    /// A suite that would skip fails under `CI=true`: run the probe above in a child
+    /// test process with and without it.
+    #[test]
+    fn a_skip_fails_under_ci_and_passes_elsewhere() {
+        let run = |ci: Option<&str>| {
+            let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+            c.args(["--exact", "tests::skip_probe", "--ignored", "--nocapture"]);
+            c.env_remove("CI");
+            if let Some(v) = ci {
+                c.env("CI", v);
+            }
+            let out = c.output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, err) = run(Some("true"));
+        assert!(!ok, "a skip passed under CI=true: {err}");
+        assert!(
+            err.contains("cannot run under CI=true: the probe cannot run"),
+            "{err}"
+        );
+        let (ok, err) = run(None);
+        assert!(ok, "{err}");
+        assert!(err.contains("SKIPPED: the probe cannot run"), "{err}");
+    }
+}
