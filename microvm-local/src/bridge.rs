@@ -24,8 +24,14 @@ pub fn main(addr: &str) -> i32 {
     });
     let mut down = down;
     let _ = copy(&mut down, &mut std::io::stdout().lock());
-    // The host side closed: the guest's connection ends with it.
-    let _ = to_host.join();
+    // The host side is done: the guest must see its end now (a client that waits for
+    // EOF would otherwise wait for us while we wait for it), whatever is still to come
+    // from the guest.
+    // SAFETY: shutdown(2) on our own standard output, which QEMU made a socket.
+    unsafe {
+        libc::shutdown(1, libc::SHUT_WR);
+    }
+    drop(to_host);
     0
 }
 
