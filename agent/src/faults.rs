@@ -4,22 +4,15 @@
 
 /// Is fault `name` switched on (`MICROVM_TEST_FAULT_<name>` set)?
 pub fn active(name: &str) -> bool {
-    #[cfg(feature = "test-faults")]
-    {
-        std::env::var_os(format!("MICROVM_TEST_FAULT_{name}")).is_some()
-    }
-    #[cfg(not(feature = "test-faults"))]
-    {
-        let _ = name;
-        false
-    }
+    value(name).is_some()
 }
 
 /// The value of fault `name`, if it is switched on.
 pub fn value(name: &str) -> Option<String> {
     #[cfg(feature = "test-faults")]
     {
-        std::env::var(format!("MICROVM_TEST_FAULT_{name}")).ok()
+        std::env::var_os(format!("MICROVM_TEST_FAULT_{name}"))
+            .map(|v| v.to_string_lossy().into_owned())
     }
     #[cfg(not(feature = "test-faults"))]
     {

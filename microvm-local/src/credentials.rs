@@ -49,8 +49,8 @@ impl Source {
                 let key = crate::host::random(10);
                 Credentials {
                     access_key_id: format!("ASIA{}", base32(&key)),
-                    secret_access_key: hex(&crate::host::random(20)),
-                    session_token: Some(hex(&crate::host::random(48))),
+                    secret_access_key: crate::host::hex(&crate::host::random(20)),
+                    session_token: Some(crate::host::hex(&crate::host::random(48))),
                     expiration: Some(crate::host::rfc3339(now + lifetime_s)),
                 }
             }
@@ -72,10 +72,6 @@ fn base32(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

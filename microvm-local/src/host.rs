@@ -45,9 +45,14 @@ pub fn entropy_b64() -> String {
     STANDARD.encode(random(ENTROPY_BYTES))
 }
 
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A new MicroVM id in the platform's form, `mvm-` and a random UUID-shaped hex.
 pub fn microvm_id() -> String {
-    let h: String = random(16).iter().map(|x| format!("{x:02x}")).collect();
+    let h = hex(&random(16));
     format!(
         "mvm-{}-{}-{}-{}-{}",
         &h[..8],

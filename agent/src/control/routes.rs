@@ -108,15 +108,16 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
-    if crate::faults::active("PANIC_ON_EVENTS") && route(parts.uri.path()) == Route::Events {
-        panic!("test fault: panic while serving {EVENTS_PATH}");
-    }
-    if route(parts.uri.path()) == Route::Events {
+    let path = route(parts.uri.path());
+    if path == Route::Events {
+        if crate::faults::active("PANIC_ON_EVENTS") {
+            panic!("test fault: panic while serving {EVENTS_PATH}");
+        }
         if let Some(kind) = crate::faults::value("FATAL_ON_EVENTS") {
             crate::faults::fatal(&kind);
         }
     }
-    let (answer, allow) = match (route(parts.uri.path()), &parts.method) {
+    let (answer, allow) = match (path, &parts.method) {
         (Route::Hook(hook), &Method::POST) => {
             return Ok(respond(hook_request(&lc, hook, &parts.headers, body).await, None));
         }

@@ -244,10 +244,6 @@ const EARLY_PIPE: u8 = 4;
 pub extern "C" fn early_console() {
     use nix::fcntl::{open, OFlag};
     use nix::sys::stat::Mode;
-    let closed = |fd: i32| {
-        // SAFETY: F_GETFD on a bare number reads no memory; a closed one is EBADF.
-        unsafe { libc::fcntl(fd, libc::F_GETFD) < 0 }
-    };
     if nix::unistd::getpid().as_raw() != 1 || !(0..=2).any(closed) {
         return;
     }
@@ -296,6 +292,12 @@ pub extern "C" fn early_console() {
     }
 }
 
+/// Whether descriptor `fd` is closed.
+fn closed(fd: i32) -> bool {
+    // SAFETY: F_GETFD on a bare number reads no memory; a closed one is EBADF.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) < 0 }
+}
+
 /// No console can be had (no `/dev`, no devtmpfs): the closed standard descriptors
 /// get a pipe instead, so start-up finds them open and PID 1 lives. What the agent
 /// writes there is lost (a non-blocking pipe nobody drains: the console writer counts
@@ -306,10 +308,6 @@ fn no_console() -> bool {
     if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_NONBLOCK) } != 0 {
         return false;
     }
-    let closed = |fd: i32| {
-        // SAFETY: as in `early_console`.
-        unsafe { libc::fcntl(fd, libc::F_GETFD) < 0 }
-    };
     // Above the standard numbers first (pipe2 took the lowest free ones, perhaps the
     // wrong way round), then input reads the pipe and output and error write into it.
     // SAFETY: F_DUPFD and close on descriptors we own.

@@ -32,15 +32,14 @@ pub fn up(sock: &OwnedFd, name: &str) -> std::io::Result<()> {
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `req`, a valid ifreq naming an
     // interface, through a socket we own; the union member used is the flags field.
     unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        check(libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFFLAGS as _,
+            &mut req,
+        ))?;
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        check(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req))
     }
-    Ok(())
 }
 
 /// `SIOCSIFADDR` or `SIOCSIFNETMASK` of `name` to `addr`. Naming an alias
@@ -52,19 +51,10 @@ pub fn set_inet(
     addr: Ipv4Addr,
 ) -> std::io::Result<()> {
     let mut req = ifreq(name);
-    // SAFETY: sockaddr_in is plain old data and fits the ifreq's address member (a
-    // sockaddr of the same size); the fields written are within it.
-    unsafe {
-        let sin = &mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr as *mut libc::sockaddr_in;
-        (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
-        (*sin).sin_addr.s_addr = u32::from(addr).to_be();
-    }
+    req.ifr_ifru.ifru_addr = sockaddr_in(addr);
     // SAFETY: the request reads `req`, a valid ifreq naming an interface with an
     // AF_INET address, through a socket we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &req) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &req) })
 }
 
 /// `SIOCSIFMTU` of `name`.
@@ -73,10 +63,7 @@ pub fn set_mtu(sock: &OwnedFd, name: &str, mtu: u32) -> std::io::Result<()> {
     req.ifr_ifru.ifru_mtu = i32::try_from(mtu).unwrap_or(i32::MAX);
     // SAFETY: the request reads `req`, a valid ifreq naming an interface with its MTU
     // member set, through a socket we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU as _, &req) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU as _, &req) })
 }
 
 fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
@@ -101,7 +88,12 @@ pub fn add_default_route(sock: &OwnedFd, gateway: Ipv4Addr) -> std::io::Result<(
     rt.rt_gateway = sockaddr_in(gateway);
     rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
     // SAFETY: SIOCADDRT reads `rt`, a valid rtentry, through a socket we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT as _, &rt) } < 0 {
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT as _, &rt) })
+}
+
+/// An ioctl's return value as a result: negative means `errno` says why.
+fn check(rc: libc::c_int) -> std::io::Result<()> {
+    if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
