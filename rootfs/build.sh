@@ -6,9 +6,21 @@
 #
 # APP is a static binary (copied to /app/) or a directory (copied as /app). The kernel
 # and its modules come from one pinned Debian ABI package, extracted, never installed.
+# ARCH (x86_64, the default, or aarch64) picks the kernel package; the agent must be
+# built for it. The image records its architecture in manifest.json (the service
+# model's names, X86_64 or ARM_64), so the runner picks the emulator by itself.
 set -euo pipefail
 agent=$1 app=$2 cfg=$3 out=$4
-KERNEL_PKG=${KERNEL_PKG:-linux-image-6.1.0-56-cloud-amd64}
+ARCH=${ARCH:-x86_64}
+case $ARCH in
+  x86_64) debarch=amd64 model=X86_64 machine='x86-64' ;;
+  aarch64) debarch=arm64 model=ARM_64 machine='ARM aarch64' ;;
+  *) echo "rootfs: ARCH is x86_64 or aarch64, not $ARCH" >&2; exit 2 ;;
+esac
+for bin in "$agent" $( [ -d "$app" ] || echo "$app" ); do
+  file -L "$bin" | grep -q "$machine" || { echo "rootfs: $bin is not an $ARCH binary: $(file -L "$bin")" >&2; exit 2; }
+done
+KERNEL_PKG=${KERNEL_PKG:-linux-image-6.1.0-56-cloud-$debarch}
 SIZE=${SIZE:-64M}
 # virtio-pci and vsock are modules in Debian's cloud kernel; order matters.
 MODULES=(
@@ -31,12 +43,22 @@ mkdir -p "$out"
 kdir=${KERNEL_CACHE:-$out/kernel}/$KERNEL_PKG
 if [ ! -f "$kdir/.extracted" ]; then
   rm -rf "$kdir" && mkdir -p "$kdir"
-  if ! (cd "$kdir" && apt-get download "$KERNEL_PKG" >/dev/null 2>&1); then
+  apt=(-o APT::Sandbox::User=root)
+  if [ "$debarch" != "$(dpkg --print-architecture)" ]; then
+    # A foreign kernel is only downloaded: package lists for its architecture go to a
+    # private apt state under the cache, and the machine's dpkg never learns of it.
+    state=${KERNEL_CACHE:-$out/kernel}/apt-$debarch
+    mkdir -p "$state/lists/partial" "$state/cache/archives/partial"
+    apt+=(-o "Dir::State::Lists=$state/lists" -o "Dir::Cache=$state/cache"
+      -o "APT::Architecture=$debarch" -o "APT::Architectures::=$debarch")
+    apt-get -qq "${apt[@]}" update
+  fi
+  if ! (cd "$kdir" && apt-get "${apt[@]}" download "$KERNEL_PKG" >/dev/null 2>&1); then
     # Debian drops an ABI package at its next point release; say so, and use the
     # current one so the build still works (kernel and modules stay from one package).
-    current=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+    current=$(apt-cache "${apt[@]}" depends "linux-image-cloud-$debarch" | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
     echo "rootfs: $KERNEL_PKG is not downloadable; using $current (set KERNEL_PKG to pin it)" >&2
-    (cd "$kdir" && apt-get download "$current" >/dev/null)
+    (cd "$kdir" && apt-get "${apt[@]}" download "$current" >/dev/null)
   fi
   dpkg-deb -x "$kdir"/linux-image-*.deb "$kdir/x"
   touch "$kdir/.extracted"
@@ -66,4 +88,5 @@ done
 rm -f "$out/rootfs.ext4"
 mkfs.ext4 -q -F -O ^has_journal -E root_owner=0:0 -d "$stage" "$out/rootfs.ext4" "$SIZE"
 cp "$kdir/x/boot/vmlinuz-$release" "$out/vmlinuz"
+printf '{"architecture":"%s","kernelRelease":"%s"}\n' "$model" "$release" > "$out/manifest.json"
 echo "rootfs: $out/rootfs.ext4 ($(du -k --apparent-size "$out/rootfs.ext4" | cut -f1) KiB, $(du -sk "$stage" | cut -f1) KiB used), kernel $out/vmlinuz ($release)"

@@ -5,10 +5,15 @@ need_apt=()
 command -v unshare >/dev/null || need_apt+=(util-linux)
 command -v file >/dev/null || need_apt+=(file)
 command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+command -v qemu-system-aarch64 >/dev/null || need_apt+=(qemu-system-arm)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 # ring (TLS for the AWS SDK) compiles C for the musl target.
 command -v x86_64-linux-musl-gcc >/dev/null || need_apt+=(musl-tools)
+# aarch64 guests: Debian 12's cross gcc (12.2, pinned by the release) compiles that C
+# and links; Rust brings its own musl (.cargo/config.toml).
+command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
+[ -d /usr/aarch64-linux-gnu/include ] || need_apt+=(libc6-dev-arm64-cross)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
@@ -17,7 +22,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
-rustup target list --installed | grep -qx x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
+for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+  rustup target list --installed | grep -qx $t || rustup target add $t
+done
+case $(aarch64-linux-gnu-gcc -dumpversion) in
+  12*) ;;
+  *) echo "setup: aarch64-linux-gnu-gcc $(aarch64-linux-gnu-gcc -dumpversion) is not Debian 12's cross gcc 12" >&2; exit 1 ;;
+esac
 # The vhost-user vsock backend for real guests (pure Rust, pinned), into .tools/.
 root=$(cd "$(dirname "$0")/.." && pwd)
 if ! "$root/.tools/bin/vhost-device-vsock" --version >/dev/null 2>&1; then

@@ -94,7 +94,7 @@ fn run(a: &RunArgs) -> i32 {
             return 255;
         }
     };
-    say_protocol(&vm);
+    say_protocol(&vm, image.arch);
     let idle = a
         .request
         .get("idlePolicy")
@@ -137,12 +137,16 @@ fn network(a: &RunArgs) -> Result<Option<NetOpts>, String> {
 
 /// Which contract the agent speaks, when it says (agents before the versioned
 /// contract announce without it, and are driven all the same).
-fn say_protocol(vm: &Vm) {
+fn say_protocol(vm: &Vm, arch: crate::vm::Arch) {
     let Some(v) = vm.protocol_version() else {
         return;
     };
     let agent = vm.agent_version().unwrap_or("unknown");
-    eprintln!("microvm-local: agent {agent}, protocol version {v}");
+    eprintln!(
+        "microvm-local: {} guest announced in {} ms: agent {agent}, protocol version {v}",
+        arch.model_name(),
+        vm.boot_time.as_millis()
+    );
     if v != u64::from(PROTOCOL_VERSION) {
         eprintln!("microvm-local: warning: this runner speaks protocol version {PROTOCOL_VERSION}");
     }

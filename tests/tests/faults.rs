@@ -306,7 +306,10 @@ fn the_sdk_server_serves_again_after_a_descriptor_flood() {
 
 /// The shipped (static) agent, built by `make build` (which `make test` runs first).
 fn static_agent() -> Option<std::path::PathBuf> {
-    let p = target_dir().join("x86_64-unknown-linux-musl/release/microvm-agent");
+    let p = target_dir().join(format!(
+        "{}-unknown-linux-musl/release/microvm-agent",
+        std::env::consts::ARCH
+    ));
     if p.exists() {
         Some(p)
     } else {

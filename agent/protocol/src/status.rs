@@ -361,6 +361,8 @@ pub struct ConsoleStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GuestInfo {
+    /// The kernel's machine name (`uname -m`: `x86_64`, `aarch64`).
+    pub machine: Option<String>,
     pub cid: Option<u32>,
     pub mem_total_ki_b: Option<u64>,
     pub mem_available_ki_b: Option<u64>,

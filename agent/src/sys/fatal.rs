@@ -43,7 +43,9 @@ static WEDGED_SYNC: AtomicBool = AtomicBool::new(false);
 const SYNC_STACK_SIZE: usize = 64 * 1024;
 
 /// The sync child's stack: it shares our memory (CLONE_VM, so no page tables are
-/// copied when memory is what ran out), so it cannot use ours.
+/// copied when memory is what ran out), so it cannot use ours. Aligned as both
+/// x86_64 and aarch64 want a stack pointer at a call (16 bytes).
+#[repr(C, align(16))]
 struct SyncStack(std::cell::UnsafeCell<[u8; SYNC_STACK_SIZE]>);
 // SAFETY: only the one sync child, started at most once (by the owning thread), ever
 // touches it.

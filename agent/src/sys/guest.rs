@@ -1,4 +1,12 @@
-//! Facts only a real guest has: its vsock CID and its memory.
+//! Facts only a real guest has: its machine, its vsock CID and its memory.
+
+/// The running kernel's machine name (`uname -m`), so the host sees which
+/// architecture it booted, from the kernel rather than from how the agent was built.
+pub fn machine() -> Option<String> {
+    nix::sys::utsname::uname()
+        .ok()
+        .map(|u| u.machine().to_string_lossy().into_owned())
+}
 
 /// This guest's CID, once the vsock transport is up.
 pub fn local_cid() -> Option<u32> {

@@ -127,9 +127,21 @@ mod sys {
             .map_err(std::io::Error::from)
     }
 
-    // RNDADDENTROPY = _IOW('R', 0x03, int[2]); RNDRESEEDCRNG = _IO('R', 0x07).
-    nix::ioctl_write_ptr_bad!(rnd_add_entropy, 0x4008_5203, libc::c_int);
+    // RNDADDENTROPY = _IOW('R', 0x03, int[2]); RNDRESEEDCRNG = _IO('R', 0x07). The
+    // request codes are computed by nix for the target's ioctl encoding (libc has no
+    // constants for them), never written out as one architecture's numbers.
+    nix::ioctl_write_ptr!(rnd_add_entropy, b'R', 0x03, [libc::c_int; 2]);
     nix::ioctl_none!(rnd_reseed_crng, b'R', 0x07);
+
+    /// The request codes, for the unit test against the kernel's headers. (Their type
+    /// is glibc's `c_ulong` but musl's `c_int`: the casts are needed on one of them.)
+    #[cfg(test)]
+    #[allow(clippy::unnecessary_cast)]
+    pub const RND_ADD_ENTROPY: u64 =
+        nix::request_code_write!(b'R', 0x03, std::mem::size_of::<[libc::c_int; 2]>()) as u64;
+    #[cfg(test)]
+    #[allow(clippy::unnecessary_cast)]
+    pub const RND_RESEED_CRNG: u64 = nix::request_code_none!(b'R', 0x07) as u64;
 
     pub fn add_entropy_and_reseed(bytes: &[u8]) -> std::io::Result<()> {
         // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
@@ -237,6 +249,15 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The values of `<linux/random.h>` on the architectures we build for (both use
+    /// asm-generic's ioctl encoding).
+    #[test]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn entropy_request_codes_match_the_kernel_headers() {
+        assert_eq!(sys::RND_ADD_ENTROPY, 0x4008_5203);
+        assert_eq!(sys::RND_RESEED_CRNG, 0x5207);
+    }
 
     #[test]
     fn role_of_a_test_process_is_process() {

@@ -11,7 +11,7 @@ mod image;
 mod qmp;
 mod vsock;
 
-pub use image::{tool, tools_available, Image};
+pub use image::{tool, tools_available, tools_available_for, Arch, Image};
 pub use qmp::PAUSE_SETTLE;
 
 use serde_json::Value;
@@ -182,7 +182,12 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(log_file(dir, "qemu.log")?)
             .spawn()
-            .map_err(|e| format!("start qemu: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "start {}: {e} (`make setup` installs it)",
+                    image.arch.qemu()
+                )
+            })?;
         vm.qemu = Mutex::new(Some(qemu));
         loop {
             match announce.accept() {
@@ -257,8 +262,9 @@ impl Vm {
 fn qemu_command(image: &Image, opts: &VmOpts, dir: &Path) -> Command {
     let mem = format!("{}M", opts.mem_mib);
     let append = format!(
-        "console=ttyS0 panic=-1 loglevel=4 root=/dev/nvme0n1 rootfstype=ext4 rw \
+        "console={} panic=-1 loglevel=4 root=/dev/nvme0n1 rootfstype=ext4 rw \
          microvm.announce={ANNOUNCE_PORT} {} {}",
+        image.arch.console(),
         if opts.net.is_some() {
             GUEST_NET_CMDLINE
         } else {
@@ -266,48 +272,42 @@ fn qemu_command(image: &Image, opts: &VmOpts, dir: &Path) -> Command {
         },
         opts.cmdline
     );
-    let mut c = Command::new(tool("qemu-system-x86_64"));
-    c.args([
-        "-M",
-        "q35,memory-backend=mem",
-        "-accel",
-        "tcg",
-        "-cpu",
-        "max",
-    ])
-    .args(["-m", &mem, "-smp", "1"])
-    .arg("-object")
-    .arg(format!("memory-backend-memfd,id=mem,size={mem},share=on"))
-    .arg("-chardev")
-    .arg(format!(
-        "socket,id=vs0,path={}",
-        dir.join("vhost.sock").display()
-    ))
-    .args(["-device", "vhost-user-vsock-pci,chardev=vs0"])
-    .args([
-        "-display",
-        "none",
-        "-nodefaults",
-        "-no-user-config",
-        "-no-reboot",
-    ])
-    .arg("-serial")
-    .arg(format!("file:{}", dir.join("serial.log").display()))
-    .arg("-qmp")
-    .arg(format!(
-        "unix:{},server=on,wait=off",
-        dir.join("qmp.sock").display()
-    ))
-    .arg("-kernel")
-    .arg(&image.kernel)
-    .arg("-append")
-    .arg(append)
-    .arg("-drive")
-    .arg(format!(
-        "file={},if=none,id=root,format=raw,snapshot=on",
-        image.rootfs.display()
-    ))
-    .args(["-device", "nvme,drive=root,serial=root"]);
+    let mut c = Command::new(tool(image.arch.qemu()));
+    c.args(image.arch.machine_args())
+        .args(["-accel", "tcg"])
+        .args(["-m", &mem, "-smp", "1"])
+        .arg("-object")
+        .arg(format!("memory-backend-memfd,id=mem,size={mem},share=on"))
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=vs0,path={}",
+            dir.join("vhost.sock").display()
+        ))
+        .args(["-device", "vhost-user-vsock-pci,chardev=vs0"])
+        .args([
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-user-config",
+            "-no-reboot",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("serial.log").display()))
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.join("qmp.sock").display()
+        ))
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-append")
+        .arg(append)
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=none,id=root,format=raw,snapshot=on",
+            image.rootfs.display()
+        ))
+        .args(["-device", "nvme,drive=root,serial=root"]);
     if let Some(net) = &opts.net {
         // Checked in `boot` before QEMU starts; an error here leaves the NIC out.
         if let Ok(arg) = netdev_arg(net) {

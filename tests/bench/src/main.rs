@@ -48,6 +48,10 @@ pub struct Opts {
     /// An image directory (`make rootfs`): adds the real-guest figures.
     #[arg(long, value_name = "DIR")]
     pub image: Option<PathBuf>,
+    /// Only the real-guest figures (an image of another architecture: its agent
+    /// cannot run as a process here).
+    #[arg(long, requires = "image")]
+    pub guest_only: bool,
     /// Real-guest boots to take the median of.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub vm_boots: usize,
@@ -56,9 +60,12 @@ pub struct Opts {
 fn main() {
     let o = Opts::parse();
     std::fs::create_dir_all(&o.out).expect("create the output directory");
-    let mut out = hooks::bench(&o);
-    out.push_str(&logs::bench(&o));
-    out.push_str(&ingress::bench(&o));
+    let mut out = String::new();
+    if !o.guest_only {
+        out.push_str(&hooks::bench(&o));
+        out.push_str(&logs::bench(&o));
+        out.push_str(&ingress::bench(&o));
+    }
     if let Some(image) = &o.image {
         out.push_str(&vm::bench(image, &o));
     }
@@ -85,6 +92,8 @@ mod tests {
         let e = Opts::try_parse_from(["bench", "--frobnicate", "1"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnknownArgument);
         assert_eq!(e.exit_code(), 2);
+        let e = Opts::try_parse_from(["bench", "--guest-only"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
         let e = Opts::try_parse_from(["bench", "--boots", "many"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ValueValidation);
         let e = Opts::try_parse_from(["bench", "--boots", "0"]).unwrap_err();

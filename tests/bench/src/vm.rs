@@ -4,7 +4,7 @@
 
 use crate::report::{ms, pct};
 use crate::Opts;
-use microvm_local::vm::{tools_available, Image, Vm, VmOpts};
+use microvm_local::vm::{tools_available_for, Image, Vm, VmOpts};
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,10 +16,10 @@ fn stamp(serial: &str, what: &str) -> Option<f64> {
 }
 
 pub fn bench(image: &Path, o: &Opts) -> String {
-    if let Err(e) = tools_available() {
+    let img = Image::open(image).expect("image");
+    if let Err(e) = tools_available_for(img.arch) {
         return format!("\nreal guest: skipped ({e})\n");
     }
-    let img = Image::open(image).expect("image");
     let (mut announce, mut first_rt, mut agent_share, mut kernel_to_agent) =
         (vec![], vec![], vec![], vec![]);
     let mut used_kib = 0;
@@ -66,13 +66,14 @@ pub fn bench(image: &Path, o: &Opts) -> String {
         })
         .unwrap_or(0);
     format!(
-        "\nreal guest (QEMU TCG, 128 MiB, 1 vCPU; median of {} boots):\n\
+        "\nreal guest ({}, QEMU TCG, 128 MiB, 1 vCPU; median of {} boots):\n\
          - QEMU start to the agent's vsock announcement: {:.0} ms\n\
          - QEMU start to the first /v1/status answered over vsock: {:.0} ms\n\
          - guest boot clock at the agent's first log line (kernel + rootfs mount): {:.0} ms\n\
-         - agent's own share, first log line to control-ready (guest CLOCK_BOOTTIME, includes loading 9 modules): {:.0} ms\n\
+         - agent's own share, first log line to control-ready (guest CLOCK_BOOTTIME, includes loading the image's modules): {:.0} ms\n\
          - image: rootfs.ext4 {} KiB ({} KiB of files), agent + app + modules\n\
          - guest memory in use after boot (MemTotal - MemAvailable): {} KiB\n",
+        img.arch.model_name(),
         o.vm_boots,
         med(&mut announce),
         med(&mut first_rt),

@@ -43,6 +43,7 @@ impl Lifecycle {
             guest: (self.ctx.role == Role::Guest).then(|| {
                 let mem = guest::meminfo();
                 GuestInfo {
+                    machine: guest::machine(),
                     cid: guest::local_cid(),
                     mem_total_ki_b: mem.map(|m| m.0),
                     mem_available_ki_b: mem.map(|m| m.1),
