@@ -9,6 +9,13 @@
 # ARCH (x86_64, the default, or aarch64) picks the kernel package; the agent must be
 # built for it. The image records its architecture in manifest.json (the service
 # model's names, X86_64 or ARM_64), so the runner picks the emulator by itself.
+#
+# Also initrd.cpio (newc, uncompressed, built without root and without device nodes):
+# the agent's stage 1. /init is the same agent binary; it loads the modules listed in
+# /etc/microvm/initrd-modules (virtio_blk is a module in Debian's cloud kernel), mounts
+# microvm.root=DEV (a virtio-blk root, which QEMU can migrate, unlike NVMe) and
+# switches to it. rootfs.ext4 boots either way: NVMe with root=, or virtio-blk
+# through the initramfs.
 set -euo pipefail
 agent=$1 app=$2 cfg=$3 out=$4
 ARCH=${ARCH:-x86_64}
@@ -36,6 +43,15 @@ MODULES=(
   kernel/net/core/failover.ko
   kernel/drivers/net/net_failover.ko
   kernel/drivers/net/virtio_net.ko
+)
+# The initramfs's modules: what a virtio-blk root needs, in load order.
+INITRD_MODULES=(
+  kernel/drivers/virtio/virtio_ring.ko
+  kernel/drivers/virtio/virtio.ko
+  kernel/drivers/virtio/virtio_pci_legacy_dev.ko
+  kernel/drivers/virtio/virtio_pci_modern_dev.ko
+  kernel/drivers/virtio/virtio_pci.ko
+  kernel/drivers/block/virtio_blk.ko
 )
 
 mkdir -p "$out"
@@ -77,16 +93,33 @@ ln -s /run/microvm/resolv.conf "$stage/etc/resolv.conf"
 if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
   install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$stage/etc/ssl/certs/ca-certificates.crt"
 fi
+# Copy module $2 (relative to /lib/modules/RELEASE; the package may ship it as .ko.xz)
+# into tree $1 and append it to list $3.
+add_module() {
+  local src=$kdir/x/lib/modules/$release/$2
+  [ -f "$src" ] || { [ -f "$src.xz" ] && xz -dc "$src.xz" > "${src}"; } ||
+    { echo "rootfs: $KERNEL_PKG has no module $2" >&2; exit 1; }
+  mkdir -p "$1/lib/modules/$release/$(dirname "$2")"
+  cp "$src" "$1/lib/modules/$release/$2"
+  echo "$2" >> "$3"
+}
 : > "$stage/etc/microvm/modules"
 for m in "${MODULES[@]}"; do
-  src=$kdir/x/lib/modules/$release/$m
-  [ -f "$src" ] || { [ -f "$src.xz" ] && xz -dc "$src.xz" > "${src}"; }
-  mkdir -p "$stage/lib/modules/$release/$(dirname "$m")"
-  cp "$src" "$stage/lib/modules/$release/$m"
-  echo "$m" >> "$stage/etc/microvm/modules"
+  add_module "$stage" "$m" "$stage/etc/microvm/modules"
 done
+initrd=$out/initrd
+rm -rf "$initrd"
+mkdir -p "$initrd"/{dev,proc,sys,newroot,etc/microvm}
+install -m 0755 "$agent" "$initrd/init"
+: > "$initrd/etc/microvm/initrd-modules"
+for m in "${INITRD_MODULES[@]}"; do
+  add_module "$initrd" "$m" "$initrd/etc/microvm/initrd-modules"
+done
+# Owned by root in the archive (-R 0:0), no device nodes: the agent mounts devtmpfs.
+rm -f "$out/initrd.cpio"
+(cd "$initrd" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) > "$out/initrd.cpio"
 rm -f "$out/rootfs.ext4"
 mkfs.ext4 -q -F -O ^has_journal -E root_owner=0:0 -d "$stage" "$out/rootfs.ext4" "$SIZE"
 cp "$kdir/x/boot/vmlinuz-$release" "$out/vmlinuz"
 printf '{"architecture":"%s","kernelRelease":"%s"}\n' "$model" "$release" > "$out/manifest.json"
-echo "rootfs: $out/rootfs.ext4 ($(du -k --apparent-size "$out/rootfs.ext4" | cut -f1) KiB, $(du -sk "$stage" | cut -f1) KiB used), kernel $out/vmlinuz ($release)"
+echo "rootfs: $out/rootfs.ext4 ($(du -k --apparent-size "$out/rootfs.ext4" | cut -f1) KiB, $(du -sk "$stage" | cut -f1) KiB used), kernel $out/vmlinuz ($release), initramfs $out/initrd.cpio ($(du -k --apparent-size "$out/initrd.cpio" | cut -f1) KiB)"

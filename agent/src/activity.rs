@@ -14,6 +14,9 @@ use tokio::sync::Notify;
 /// The platform's lower bound for `maxIdleDurationSeconds`.
 pub const MIN_IDLE: Duration = Duration::from_secs(microvm_protocol::limits::MIN_IDLE_SECONDS);
 /// Test-only: lowers [`MIN_IDLE`] (seconds) so suites can use short idle policies.
+/// The namespace suites set it in the agent's environment; a guest gets the run
+/// envelope's `testMinIdleSeconds` instead, which wins (the kernel command line is
+/// frozen in a snapshot).
 pub const TEST_MIN_IDLE_ENV: &str = "MICROVM_AGENT_TEST_MIN_IDLE_SECONDS";
 
 /// The smallest idle duration accepted here.

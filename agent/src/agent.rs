@@ -10,9 +10,9 @@ use crate::supervisor::{self, AppSpec, Reaper, Supervisor};
 use crate::sys::boot::{self, BootReport};
 use crate::sys::cmdline::{self, Cmdline};
 use crate::sys::machine::{Machine, Real, Role};
-use crate::sys::{guest, modules, power};
+use crate::sys::{modules, power};
 use crate::{sdkconfig, transport};
-use microvm_protocol::events::{Announce, EventType};
+use microvm_protocol::events::EventType;
 use microvm_protocol::PROTOCOL_VERSION;
 use std::path::Path;
 use std::sync::Arc;
@@ -131,10 +131,6 @@ fn apply_cmdline(cmdline: &Cmdline, args: &mut Args) {
             Ok(a) => args.ingress = a,
             Err(e) => tracing::error!("microvm.ingress: {e}; keeping {}", args.ingress),
         }
-    }
-    if let Some(n) = cmdline.test_min_idle_seconds {
-        tracing::warn!("test-only setting: minimum idle duration lowered to {n}s");
-        std::env::set_var(crate::activity::TEST_MIN_IDLE_ENV, n.to_string());
     }
     if let Some(p) = &cmdline.image_config {
         args.image_config = p.into();
@@ -278,19 +274,11 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
     let server = tokio::spawn(control::serve(listener, lc.clone(), shutdown.clone()));
     tracing::info!(control = %args.control, "control channel ready");
     if let Some(port) = announce_port {
-        let line = Announce {
-            event: "ready".into(),
-            cid: guest::local_cid(),
-            control: args.control.to_string(),
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        match serde_json::to_string(&line) {
-            Ok(line) => {
-                tokio::spawn(announce::announce(port, line));
-            }
-            Err(e) => tracing::error!("encoding the announce line: {e}"),
-        }
+        // Again whenever the vsock device comes back (a snapshot restore).
+        tokio::spawn(announce::announce_and_follow(
+            port,
+            args.control.to_string(),
+        ));
     }
 
     // The first power request sets a deadline; a later one may only bring it closer.

@@ -23,6 +23,9 @@ fn main() {
         microvm_agent::sys::fatal::install(role);
     }
     let body = std::panic::catch_unwind(|| {
+        // Booted from the agent's initramfs: load the root disk's driver, switch to
+        // it and exec its init (this binary again); returns when there is no switch.
+        microvm_agent::sys::switch_root::stage1(role);
         let start = Startup::begin(role);
         let args = if role.is_pid1() {
             // PID 1 cannot refuse to start: a bad value keeps that flag's default, the

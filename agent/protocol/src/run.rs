@@ -92,6 +92,10 @@ pub struct RunEnvelope {
     /// [`MIN_ENTROPY_BYTES`](crate::limits::MIN_ENTROPY_BYTES) once decoded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entropy: Option<String>,
+    /// Test only: lowers the agent's minimum idle duration for this run (in the
+    /// envelope, not on the kernel command line, which a snapshot freezes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_min_idle_seconds: Option<u64>,
 }
 
 /// Endpoint overrides in the run envelope (`http://` or `https://` URLs).

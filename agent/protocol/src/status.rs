@@ -366,6 +366,10 @@ pub struct GuestInfo {
     pub cid: Option<u32>,
     pub mem_total_ki_b: Option<u64>,
     pub mem_available_ki_b: Option<u64>,
+    /// Announce lines the host received: 1 after a boot, one more after each time the
+    /// vsock device came back (a snapshot restore). Absent from agents before it.
+    #[serde(default)]
+    pub announcements: u32,
 }
 
 /// `GET /v1/status`.

@@ -4,7 +4,7 @@
 use super::image::validate_logging;
 use super::json::{from_json_objects, FieldError};
 use microvm_protocol::limits::{
-    MAX_DURATION_SECONDS, MAX_MICROVM_ID, MAX_RUN_HOOK_PAYLOAD, MIN_ENTROPY_BYTES,
+    MAX_DURATION_SECONDS, MAX_MICROVM_ID, MAX_RUN_HOOK_PAYLOAD, MIN_ENTROPY_BYTES, MIN_IDLE_SECONDS,
 };
 use microvm_protocol::run::{
     Clock, Credentials, Empty, IdlePolicy, Logging, ResumeEnvelope, RunEnvelope,
@@ -30,6 +30,8 @@ pub struct RunRequest {
     pub region: Option<String>,
     /// `endpoints.logs`: where the agent sends the application's logs this run.
     pub logs_endpoint: Option<String>,
+    /// Test only (`testMinIdleSeconds`): the lowered minimum idle duration.
+    pub test_min_idle: Option<Duration>,
     pub fresh: Freshness,
 }
 
@@ -129,6 +131,16 @@ impl RunRequest {
                 .into());
             }
         }
+        if let Some(n) = raw.test_min_idle_seconds {
+            // It only ever lowers the platform's minimum.
+            if n > MIN_IDLE_SECONDS {
+                return Err(FieldError::new(
+                    "testMinIdleSeconds",
+                    format!("must be 0-{MIN_IDLE_SECONDS} (test only), got {n}"),
+                )
+                .into());
+            }
+        }
         let logs_endpoint = raw.endpoints.and_then(|e| e.logs);
         if let Some(url) = &logs_endpoint {
             valid_endpoint(url).map_err(|why| FieldError::new("endpoints.logs", why))?;
@@ -141,6 +153,7 @@ impl RunRequest {
             idle_policy: raw.idle_policy,
             maximum_duration: raw.maximum_duration_in_seconds.map(Duration::from_secs),
             region: raw.region,
+            test_min_idle: raw.test_min_idle_seconds.map(Duration::from_secs),
             fresh: Freshness {
                 clock: raw.clock,
                 entropy: decode_entropy(raw.entropy)?,
@@ -243,6 +256,24 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("endpoints.logs"), "{e}");
         assert!(RunRequest::parse(br#"{"microvmId":"m","endpoints":{"sts":"http://x"}}"#).is_err());
+    }
+
+    #[test]
+    fn the_test_minimum_idle_duration_comes_in_the_envelope_and_only_lowers() {
+        let run = RunRequest::parse(br#"{"microvmId":"m","testMinIdleSeconds":0}"#).unwrap();
+        assert_eq!(run.test_min_idle, Some(Duration::ZERO));
+        let run = RunRequest::parse(br#"{"microvmId":"m","testMinIdleSeconds":60}"#).unwrap();
+        assert_eq!(run.test_min_idle, Some(Duration::from_secs(60)));
+        assert_eq!(
+            RunRequest::parse(br#"{"microvmId":"m"}"#)
+                .unwrap()
+                .test_min_idle,
+            None
+        );
+        let e = RunRequest::parse(br#"{"microvmId":"m","testMinIdleSeconds":61}"#).unwrap_err();
+        assert!(e.to_string().contains("testMinIdleSeconds"), "{e}");
+        let e = RunRequest::parse(br#"{"microvmId":"m","testMinIdleSeconds":-1}"#).unwrap_err();
+        assert!(e.to_string().contains("testMinIdleSeconds"), "{e}");
     }
 
     #[test]

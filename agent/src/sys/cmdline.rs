@@ -11,8 +11,6 @@ pub struct Cmdline {
     pub log: Option<String>,
     /// Host vsock port to announce readiness to.
     pub announce: Option<u32>,
-    /// Test-only: lowers the 60 s minimum idle duration (see activity.rs).
-    pub test_min_idle_seconds: Option<u64>,
     /// `microvm.ip`, `.gateway`, `.mtu`, `.dns`, `.iface` (see `network.rs`).
     pub net: super::network::NetParams,
 }
@@ -31,7 +29,6 @@ pub fn parse_cmdline(text: &str) -> Cmdline {
             "microvm.hostname" => c.hostname = Some(v),
             "microvm.log" => c.log = Some(v),
             "microvm.announce" => c.announce = v.parse().ok(),
-            "microvm.test_min_idle_seconds" => c.test_min_idle_seconds = v.parse().ok(),
             "microvm.ip" => c.net.ip = Some(v),
             "microvm.gateway" => c.net.gateway = Some(v),
             "microvm.mtu" => c.net.mtu = Some(v),

@@ -11,3 +11,5 @@ pub mod modules;
 pub mod netdev;
 pub mod network;
 pub mod power;
+pub mod switch_root;
+pub mod uevent;

@@ -16,10 +16,16 @@ pub fn parse_module_list(text: &str, base: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Load the listed modules with finit_module(2), in order. Already loaded (or built
-/// in) is fine; a failure is reported and the rest still load.
+/// Load the image's modules ([`MODULE_LIST`]).
 pub fn load_modules() -> Vec<String> {
-    let Ok(text) = std::fs::read_to_string(MODULE_LIST) else {
+    load_list(Path::new(MODULE_LIST))
+}
+
+/// Load the modules `list` names with finit_module(2), in order. Already loaded (or
+/// built in) is fine; a failure is reported and the rest still load. No list: nothing
+/// to load.
+pub fn load_list(list: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(list) else {
         return Vec::new();
     };
     let release = nix::sys::utsname::uname()
@@ -28,6 +34,7 @@ pub fn load_modules() -> Vec<String> {
     let base = Path::new("/lib/modules").join(release);
     let mut failures = Vec::new();
     let t0 = std::time::Instant::now();
+    let list_path = list;
     let list = parse_module_list(&text, &base);
     for path in &list {
         let r = std::fs::File::open(path)
@@ -46,6 +53,7 @@ pub fn load_modules() -> Vec<String> {
         }
     }
     tracing::info!(
+        list = %list_path.display(),
         modules = list.len(),
         ms = t0.elapsed().as_millis() as u64,
         "modules loaded"

@@ -74,6 +74,8 @@ struct Inner {
     hooks: BTreeMap<Hook, HookRecord>,
     run: Option<RunInfo>,
     credentials: Option<Credentials>,
+    /// Bumped by every credentials update: a warning timer of older ones stands down.
+    credentials_generation: u64,
     state_reason: Option<String>,
 }
 
@@ -101,6 +103,10 @@ pub struct Lifecycle {
     inner: Mutex<Inner>,
     ctx: Context,
     started: Instant,
+    /// Woken when the wall clock was stepped: the credentials warning, a wall-clock
+    /// deadline, is recomputed (the monotonic clock stood still while a snapshot was
+    /// on disk, so a monotonic sleep computed before would be late).
+    clock_stepped: tokio::sync::Notify,
 }
 
 impl Lifecycle {
@@ -114,10 +120,12 @@ impl Lifecycle {
                 hooks: BTreeMap::new(),
                 run: None,
                 credentials: None,
+                credentials_generation: 0,
                 state_reason: None,
             }),
             ctx,
             started: Instant::now(),
+            clock_stepped: tokio::sync::Notify::new(),
         })
     }
 

@@ -49,8 +49,14 @@ impl Lifecycle {
     }
 
     async fn run(self: &Arc<Self>, run: RunRequest) -> Answer {
+        if let Some(n) = run.test_min_idle {
+            tracing::warn!(
+                "test-only setting: minimum idle duration lowered to {}s",
+                n.as_secs()
+            );
+        }
         if let Some(p) = &run.idle_policy {
-            let min = crate::activity::min_idle();
+            let min = run.test_min_idle.unwrap_or_else(crate::activity::min_idle);
             if Duration::from_secs(p.max_idle_duration_seconds) < min {
                 return ApiError::new(
                     ErrorCode::BadRequest,
@@ -166,6 +172,8 @@ impl Lifecycle {
             self.ctx.machine.set_clock(c.unix_time_nanos).map_err(|e| {
                 ApiError::new(ErrorCode::ClockStepFailed, format!("clock_settime: {e}"))
             })?;
+            // Wall-clock deadlines are recomputed from the new time.
+            self.clock_stepped.notify_waiters();
         }
         if let Some(bytes) = &fresh.entropy {
             self.ctx.machine.add_entropy(bytes).map_err(|e| {
@@ -190,22 +198,39 @@ impl Lifecycle {
         if let Some(md) = &self.ctx.metadata {
             md.set_credentials(&c);
         }
-        self.lock().credentials = Some(c.clone());
+        let generation = {
+            let mut g = self.lock();
+            g.credentials = Some(c.clone());
+            g.credentials_generation += 1;
+            g.credentials_generation
+        };
         let Some(expires) = c.expiration.as_deref().and_then(parse_rfc3339) else {
             return;
         };
+        // The warning is a wall-clock deadline: computed from the expiration and the
+        // wall clock now, and again whenever the clock is stepped (a restored snapshot
+        // stood still on disk while the wall clock went on).
         let this = self.clone();
         tokio::spawn(async move {
-            let now = crate::clock::unix_secs();
-            let warn_at = expires - CREDENTIALS_WARNING.as_secs() as i64;
-            if warn_at > now {
-                tokio::time::sleep(Duration::from_secs((warn_at - now) as u64)).await;
+            let current = |this: &Self| this.lock().credentials_generation == generation;
+            loop {
+                let stepped = this.clock_stepped.notified();
+                tokio::pin!(stepped);
+                stepped.as_mut().enable();
+                let Some(delay) = warning_delay(expires, crate::clock::unix_secs()) else {
+                    break;
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stepped => {}
+                }
+                // Replaced meanwhile (even by the same credentials sent again): the
+                // newer update has its own timer.
+                if !current(&this) {
+                    return;
+                }
             }
-            // Replaced meanwhile: those have their own warning.
-            let current = this.lock().credentials.clone();
-            if current.as_ref().map(|k| (&k.access_key_id, &k.expiration))
-                != Some((&c.access_key_id, &c.expiration))
-            {
+            if !current(&this) {
                 return;
             }
             this.ctx.events.emit(
@@ -364,6 +389,13 @@ impl Lifecycle {
         );
         self.self_terminate(reason).await;
     }
+}
+
+/// How long until the host must hear `credentialsExpiring` for credentials expiring
+/// at `expires` (Unix seconds), the wall clock being `now`; None: warn now.
+pub fn warning_delay(expires: i64, now: i64) -> Option<Duration> {
+    let warn_at = expires.saturating_sub(CREDENTIALS_WARNING.as_secs() as i64);
+    (warn_at > now).then(|| Duration::from_secs(warn_at.saturating_sub(now) as u64))
 }
 
 /// Unix seconds of an RFC 3339 UTC time (`2026-11-22T16:00:00Z`).

@@ -47,6 +47,7 @@ impl Lifecycle {
                     cid: guest::local_cid(),
                     mem_total_ki_b: mem.map(|m| m.0),
                     mem_available_ki_b: mem.map(|m| m.1),
+                    announcements: crate::control::announce::announcements(),
                 }
             }),
             boot: self.ctx.boot.clone(),

@@ -288,3 +288,44 @@ async fn a_bad_state_is_409_with_the_state() {
     assert_eq!(a.body["error"], "InvalidState");
     assert_eq!(a.body["state"], "PENDING");
 }
+
+#[test]
+fn the_credentials_warning_is_twenty_minutes_before_expiry_on_the_wall_clock() {
+    let exp = 1_800_000_000;
+    assert_eq!(
+        ops::warning_delay(exp, exp - 20 * 60 - 90),
+        Some(Duration::from_secs(90))
+    );
+    // A restored snapshot: the wall clock jumped past the warning point while the
+    // monotonic clock stood still; the warning is due at once, not after the rest of
+    // a sleep computed before the save.
+    assert_eq!(ops::warning_delay(exp, exp - 20 * 60), None);
+    assert_eq!(ops::warning_delay(exp, exp + 3600), None);
+    assert_eq!(ops::warning_delay(i64::MIN, 0), None);
+}
+
+/// Credentials sent again (as every `/resume` after a restore does) re-arm the
+/// warning: one event, not one per copy.
+#[tokio::test]
+async fn credentials_sent_again_rearm_one_warning() {
+    use aws_sdk_cloudwatchlogs::primitives::{DateTime, DateTimeFormat};
+    let r = rig().await;
+    let expires = crate::clock::unix_secs() + 20 * 60 + 1;
+    let expiration = DateTime::from_secs(expires)
+        .fmt(DateTimeFormat::DateTime)
+        .unwrap();
+    let creds: Credentials = serde_json::from_value(json!({
+        "accessKeyId": "AKIDEXAMPLE", "secretAccessKey": "s", "expiration": expiration
+    }))
+    .unwrap();
+    r.lc.set_credentials(creds.clone());
+    r.lc.set_credentials(creds);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let page = r.lc.ctx.events.since(0, Duration::ZERO).await;
+    let warnings = page
+        .events
+        .iter()
+        .filter(|e| e.kind == microvm_protocol::events::EventType::CredentialsExpiring)
+        .count();
+    assert_eq!(warnings, 1, "{:?}", page.events);
+}
