@@ -121,5 +121,9 @@ rm -f "$out/initrd.cpio"
 rm -f "$out/rootfs.ext4"
 mkfs.ext4 -q -F -O ^has_journal -E root_owner=0:0 -d "$stage" "$out/rootfs.ext4" "$SIZE"
 cp "$kdir/x/boot/vmlinuz-$release" "$out/vmlinuz"
+# The config beside the image too: the host reads its image-build hook limits.
+install -m 0644 "$cfg" "$out/image.json"
+# A new root makes an old snapshot (taken over the old one) wrong: it goes.
+rm -f "$out"/snapshot-memory.zst "$out"/snapshot-disk.qcow2
 printf '{"architecture":"%s","kernelRelease":"%s"}\n' "$model" "$release" > "$out/manifest.json"
 echo "rootfs: $out/rootfs.ext4 ($(du -k --apparent-size "$out/rootfs.ext4" | cut -f1) KiB, $(du -sk "$stage" | cut -f1) KiB used), kernel $out/vmlinuz ($release), initramfs $out/initrd.cpio ($(du -k --apparent-size "$out/initrd.cpio" | cut -f1) KiB)"

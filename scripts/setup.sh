@@ -7,6 +7,10 @@ command -v file >/dev/null || need_apt+=(file)
 command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
 command -v qemu-system-aarch64 >/dev/null || need_apt+=(qemu-system-arm)
 command -v mkfs.ext4 >/dev/null || need_apt+=(e2fsprogs)
+# Snapshots: per-VM disk overlays (qemu-img), compressed memory files, the initramfs.
+command -v qemu-img >/dev/null || need_apt+=(qemu-utils)
+command -v zstd >/dev/null || need_apt+=(zstd)
+command -v cpio >/dev/null || need_apt+=(cpio)
 command -v dpkg-deb >/dev/null || need_apt+=(dpkg)
 # ring (TLS for the AWS SDK) compiles C for the musl target.
 command -v x86_64-linux-musl-gcc >/dev/null || need_apt+=(musl-tools)

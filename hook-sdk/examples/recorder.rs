@@ -73,6 +73,7 @@ impl Recorder {
     }
 
     fn record(&self, mut event: serde_json::Value) {
+        event["pid"] = std::process::id().into();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -156,6 +157,7 @@ impl Hooks for Recorder {
             "hook": "run",
             "microvmId": req.microvm_id,
             "runHookPayload": req.run_hook_payload,
+            "random": random_hex(),
         });
         self.record(with(call, &directives));
         if std::env::var_os("RECORDER_ACTIONS").is_some() {
@@ -332,4 +334,16 @@ fn vsock_probe(port: u32) -> serde_json::Value {
         "bytes": buf.len(),
         "readError": read.err().map(|e| e.to_string()),
     }})
+}
+
+/// 16 bytes from getrandom(2), hex: after `/run` reseeded the kernel, clones of one
+/// snapshot must draw different ones.
+fn random_hex() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most `b.len()` bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return format!("getrandom failed: {}", std::io::Error::last_os_error());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -25,7 +25,18 @@ struct Cli {
 enum Operation {
     /// Boot an image, run its hooks, and print the RunMicrovm output.
     #[command(name = "run-microvm")]
-    RunMicrovm(RunMicrovm),
+    RunMicrovm(Box<RunMicrovm>),
+    /// Local only: boot an image once, answer its image-build hooks and save the
+    /// snapshot every run of it restores from (as the platform does per image version).
+    #[command(name = "snapshot-image")]
+    SnapshotImage(SnapshotImage),
+}
+
+#[derive(Debug, Args)]
+struct SnapshotImage {
+    /// Image directory, as `make rootfs` writes it.
+    #[arg(long, value_name = "PATH")]
+    image_identifier: std::path::PathBuf,
 }
 
 // Every value is taken as given, even when it starts with '-' (a payload may).
@@ -96,6 +107,9 @@ struct RunMicrovm {
     /// endpoint, as the guest sees it (e.g. http://10.0.2.100:4566 with --forward).
     #[arg(long, value_name = "URL")]
     logs_endpoint: Option<String>,
+    /// Local only: boot the image's kernel even when the image has a snapshot.
+    #[arg(long)]
+    cold_boot: bool,
     /// Test only: lowers the agent's minimum idle duration.
     #[arg(long, value_name = "SECONDS", hide = true)]
     test_min_idle_seconds: Option<u64>,
@@ -111,7 +125,10 @@ where
     T: Into<OsString> + Clone,
 {
     let cli = Cli::try_parse_from(argv).map_err(clap_error)?;
-    let Operation::RunMicrovm(a) = cli.operation;
+    let a = match cli.operation {
+        Operation::RunMicrovm(a) => a,
+        Operation::SnapshotImage(s) => return Ok(Invocation::Snapshot(s.image_identifier)),
+    };
     if let Some(kind) = a.generate_cli_skeleton {
         return Ok(Invocation::Skeleton(kind));
     }
@@ -171,6 +188,7 @@ where
         timeout_s: a.timeout,
         endpoint_port: a.endpoint_port,
         test_min_idle_seconds: a.test_min_idle_seconds,
+        cold_boot: a.cold_boot,
         forwards,
         logs_endpoint: a.logs_endpoint,
         credentials_lifetime_s: a
@@ -197,7 +215,7 @@ fn clap_error(e: clap::Error) -> CliError {
             CliError::Operation("the following arguments are required: operation".into())
         }
         ErrorKind::InvalidSubcommand => CliError::Operation(format!(
-            "argument operation: Invalid choice: '{}', valid choices are: run-microvm",
+            "argument operation: Invalid choice: '{}', valid choices are: run-microvm, snapshot-image",
             context(ContextKind::InvalidSubcommand)
         )),
         ErrorKind::UnknownArgument => CliError::Usage(format!("Unknown options: {arg}")),
@@ -230,6 +248,7 @@ mod tests {
         match parse_from(argv)? {
             Invocation::Run(r) => Ok(*r),
             Invocation::Skeleton(k) => panic!("skeleton {k}"),
+            Invocation::Snapshot(p) => panic!("snapshot {}", p.display()),
         }
     }
 

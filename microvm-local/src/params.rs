@@ -50,6 +50,9 @@ pub enum Invocation {
     Run(Box<RunArgs>),
     /// `--generate-cli-skeleton input|output`: print it, nothing else.
     Skeleton(String),
+    /// `snapshot-image --image-identifier DIR`: the image-build phase and its
+    /// snapshot (local only; the platform does it when it builds an image version).
+    Snapshot(std::path::PathBuf),
 }
 
 /// A validated `run-microvm`.
@@ -73,6 +76,8 @@ pub struct RunArgs {
     pub logs_endpoint: Option<String>,
     /// Lifetime of generated role credentials.
     pub credentials_lifetime_s: u64,
+    /// `--cold-boot`: boot the kernel even when the image has a snapshot.
+    pub cold_boot: bool,
 }
 
 /// `GUEST_PORT=HOST:PORT` of `--forward`.

@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::io::{BufRead, Write};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The whole program: a command line in, an exit code out.
 pub fn main<I, T>(argv: I) -> i32
@@ -34,6 +34,7 @@ where
             0
         }
         Ok(Invocation::Run(a)) => run(&a),
+        Ok(Invocation::Snapshot(dir)) => snapshot_image(&dir),
         Err(e @ CliError::Info(_)) => {
             println!("{e}");
             0
@@ -47,6 +48,29 @@ where
 
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// `snapshot-image`: the image-build phase, then the snapshot beside the image.
+fn snapshot_image(dir: &std::path::Path) -> i32 {
+    signals::install_handlers();
+    let scratch = std::env::temp_dir()
+        .join("microvm-local")
+        .join(format!("snapshot-{}", host::microvm_id()));
+    let r = crate::vm::snapshot::build(dir, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    match r {
+        Ok(s) => {
+            print_json(&json!({
+                "imageIdentifier": dir.display().to_string(),
+                "snapshot": s,
+            }));
+            0
+        }
+        Err(e) => {
+            eprintln!("microvm-local: snapshot of {}: {e}", dir.display());
+            255
+        }
+    }
 }
 
 fn run(a: &RunArgs) -> i32 {
@@ -76,10 +100,10 @@ fn run(a: &RunArgs) -> i32 {
         eprintln!("microvm-local: --timeout of {}s reached", timeout.as_secs());
         signals::stop();
     });
-    let mut opts = VmOpts::default();
-    if let Some(n) = a.test_min_idle_seconds {
-        opts.cmdline = format!("microvm.test_min_idle_seconds={n}");
-    }
+    let mut opts = VmOpts {
+        cold_boot: a.cold_boot,
+        ..VmOpts::default()
+    };
     match network(a) {
         Ok(net) => opts.net = net,
         Err(e) => {
@@ -95,6 +119,13 @@ fn run(a: &RunArgs) -> i32 {
         }
     };
     say_protocol(&vm, image.arch);
+    if vm.from_snapshot {
+        eprintln!(
+            "microvm-local: restored from the image's snapshot of {} ({} ms to the agent's announcement)",
+            image.snapshot.as_ref().map_or("", |s| s.created_at.as_str()),
+            vm.boot_time.as_millis()
+        );
+    }
     let idle = a
         .request
         .get("idlePolicy")
@@ -106,7 +137,7 @@ fn run(a: &RunArgs) -> i32 {
     let host = Arc::new(Host::new(vm, idle).with_role(role));
     let console_done = Arc::new(AtomicBool::new(false));
     let console = console::stream(dir.join("serial.log"), console_done.clone());
-    let code = drive(&host, a, &microvm_id, image_path);
+    let code = drive(&host, a, &microvm_id, &image, image_path);
     console_done.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = console.join();
     code
@@ -153,33 +184,24 @@ fn say_protocol(vm: &Vm, arch: crate::vm::Arch) {
 }
 
 /// The image-build phase a platform runs before snapshotting: ready, then validate,
-/// each polled while the application answers 503.
-fn image_build_hooks(host: &Arc<Host>) -> Result<(), i32> {
-    for hook in ["ready", "validate"] {
-        let t0 = Instant::now();
-        loop {
-            match host.vm.hook(hook, "") {
-                Ok(r) if r.status == 200 => break,
-                Ok(r) if r.status == 503 && t0.elapsed() < Duration::from_secs(60) => {}
-                Ok(r) => {
-                    eprintln!("microvm-local: /{hook} answered {}: {}", r.status, r.json());
-                    return Err(255);
-                }
-                Err(e) => {
-                    eprintln!("microvm-local: /{hook}: {e}");
-                    return Err(255);
-                }
-            }
-            if signals::stopping() {
-                return Err(130);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+/// each polled while the application answers 503. A VM restored from the image's
+/// snapshot has been through it.
+fn image_build_hooks(host: &Arc<Host>, image: &Image) -> Result<(), i32> {
+    if host.vm.from_snapshot {
+        return Ok(());
     }
-    Ok(())
+    let limits = crate::vm::snapshot::build_hook_timeouts(&image.dir);
+    crate::vm::snapshot::image_build_hooks(&host.vm, limits, signals::stopping).map_err(|e| {
+        eprintln!("microvm-local: {e}");
+        if signals::stopping() {
+            130
+        } else {
+            255
+        }
+    })
 }
 
-fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image_path: &str) -> i32 {
+fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image: &Image, image_path: &str) -> i32 {
     let req = &a.request;
     let endpoint = match std::net::TcpListener::bind(("127.0.0.1", a.endpoint_port)) {
         Ok(l) => l,
@@ -189,7 +211,7 @@ fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image_path: &str) -> i
         }
     };
     let endpoint_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
-    if let Err(code) = image_build_hooks(host) {
+    if let Err(code) = image_build_hooks(host, image) {
         return finish(host, code);
     }
     let mut envelope = a.envelope.clone();
@@ -197,6 +219,8 @@ fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image_path: &str) -> i
     envelope.region = Some(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()));
     envelope.clock = Some(host::clock());
     envelope.entropy = Some(host::entropy_b64());
+    // Test-only, in the envelope: a snapshot froze the kernel command line.
+    envelope.test_min_idle_seconds = a.test_min_idle_seconds;
     if let Some(url) = &a.logs_endpoint {
         envelope.endpoints = Some(microvm_protocol::run::Endpoints {
             logs: Some(url.clone()),
@@ -310,7 +334,7 @@ fn interactive(host: &Arc<Host>) {
 
 /// Terminate cleanly if the guest still runs, then make sure nothing outlives us.
 fn finish(host: &Arc<Host>, code: i32) -> i32 {
-    if !host.vm.wait_exit(Duration::from_millis(10)) {
+    if host.suspended() || !host.vm.wait_exit(Duration::from_millis(10)) {
         if !host.terminated() {
             report("terminate", host.terminate());
         }

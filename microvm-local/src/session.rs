@@ -120,15 +120,24 @@ impl Host {
         self.lock().terminated
     }
 
+    /// Suspended (paused, or saved to a file) and not terminated since.
+    pub fn suspended(&self) -> bool {
+        let st = self.lock();
+        st.suspended && !st.terminated
+    }
+
     pub fn suspend(self: &Arc<Self>) -> Result<Value, String> {
         let _gate = self.poll_gate.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = self.lock();
         if st.suspended || st.terminated {
             return Ok(json!({"status": 200, "answer": {"state": "SUSPENDED"}}));
         }
-        let v = answer(self.vm.hook("suspend", ""))?;
+        let mut v = answer(self.vm.hook("suspend", ""))?;
         if v["status"] == 200 {
-            self.vm.pause()?;
+            if let Some(saved) = self.vm.park()? {
+                v["savedToFile"] =
+                    json!({"bytes": saved.bytes, "ms": saved.took.as_millis() as u64});
+            }
             st.suspended = true;
             st.epoch += 1;
             if let Some(after) = self.idle.and_then(|i| i.suspended_for) {
@@ -150,7 +159,7 @@ impl Host {
         if !st.suspended {
             return Ok(json!({"status": 200, "answer": {"state": "RUNNING"}}));
         }
-        self.vm.unpause()?;
+        let restored = self.vm.unpark()?;
         st.suspended = false;
         let body = ResumeEnvelope {
             clock: Some(host::clock()),
@@ -159,7 +168,11 @@ impl Host {
             credentials: self.next_credentials(),
         };
         let body = serde_json::to_string(&body).map_err(|e| e.to_string())?;
-        answer(self.vm.hook("resume", &body))
+        let mut v = answer(self.vm.hook("resume", &body))?;
+        if let Some(took) = restored {
+            v["restoredFromFile"] = json!({"ms": took.as_millis() as u64});
+        }
+        Ok(v)
     }
 
     pub fn resume(&self) -> Result<Value, String> {
@@ -173,7 +186,8 @@ impl Host {
             return Ok(json!({"status": 200, "answer": {"state": "TERMINATED"}}));
         }
         if st.suspended {
-            self.vm.unpause()?;
+            // The application's /terminate hook runs, as for a running MicroVM.
+            self.vm.unpark()?;
             st.suspended = false;
         }
         st.terminated = true;

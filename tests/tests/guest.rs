@@ -81,11 +81,25 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Cold boot (the runner's `--cold-boot`; the test image has a snapshot): the
+/// kernel, the agent's initramfs stage onto the virtio-blk root, the image-build
+/// hooks, then the lifecycle, its suspend through a file as every x86_64 run's.
 #[test]
 fn a_real_guest_runs_suspends_resumes_and_powers_off() {
-    let Some(vm) = boot("lifecycle") else {
+    let Some(image) = image() else {
         return;
     };
+    let opts = VmOpts {
+        cold_boot: true,
+        ..VmOpts::default()
+    };
+    let vm = Vm::boot(
+        &image,
+        &opts,
+        &target_dir().join("vmtest").join("lifecycle"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!vm.from_snapshot);
     lifecycle(vm);
 }
 
@@ -136,12 +150,16 @@ fn lifecycle(vm: Vm) {
         s["boot"]["failures"].as_array().unwrap().is_empty(),
         "{s:#}"
     );
-    // devtmpfs makes no /dev/fd or /dev/std* (udev would): the agent does.
-    assert_eq!(
-        s["boot"]["created"],
-        json!(["/dev/fd", "/dev/stdin", "/dev/stdout", "/dev/stderr"]),
-        "{s:#}"
-    );
+    // devtmpfs makes no /dev/fd or /dev/std* (udev would): the agent does. A machine
+    // that can be saved always has its (restricted) NIC.
+    let mut created = json!(["/dev/fd", "/dev/stdin", "/dev/stdout", "/dev/stderr"]);
+    if vm.layout() == microvm_local::vm::Layout::Snapshot {
+        created
+            .as_array_mut()
+            .unwrap()
+            .push(json!("network eth0 10.0.2.15/24 via 10.0.2.2 dns 10.0.2.3"));
+    }
+    assert_eq!(s["boot"]["created"], created, "{s:#}");
 
     // Image build hooks, then /run with a payload that must arrive byte-exact.
     let t0 = Instant::now();
@@ -166,12 +184,13 @@ fn lifecycle(vm: Vm) {
         .serial()
         .contains("refused control connection from a CID that is not the host"));
 
-    // Suspend, pause the VM for 30 s, continue, resume with the host's clock.
+    // Suspend, stop the VM for 30 s (saved to a file where the layout allows, else
+    // paused), bring it back, resume with the host's clock.
     let r = vm.hook("suspend", "").unwrap();
     assert_eq!(r.status, 200);
-    vm.pause().unwrap();
+    vm.park().unwrap();
     std::thread::sleep(Duration::from_secs(30));
-    vm.unpause().unwrap();
+    vm.unpark().unwrap();
     let resume = json!({"clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy_b64()});
     let sent_at = now_ms();
     let r = vm.hook("resume", &resume.to_string()).unwrap();
@@ -270,8 +289,12 @@ fn the_runner_takes_run_microvm_parameters_and_cleans_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     // The example image a new user runs warns about nothing (the vsock probe lives in
-    // the test image only); the console did reach stderr.
-    assert!(stderr.contains("recorder: started"), "{stderr}");
+    // the test image only); it ran from the image's snapshot, and the console did
+    // reach stderr.
+    assert!(
+        stderr.contains("restored from the image's snapshot"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("refused"), "{stderr}");
     // The run-microvm output, pretty-printed like the CLI, then one line per action.
     let end = stdout.find("\n}\n").expect("output JSON") + 3;
@@ -303,6 +326,17 @@ fn the_runner_takes_run_microvm_parameters_and_cleans_up() {
     );
     assert_eq!(actions[1]["status"], 200);
     assert_eq!(actions[3]["status"], 200);
+    // Suspended through a file, and back from it.
+    assert!(
+        actions[1]["savedToFile"]["bytes"].as_u64().unwrap() > 1 << 20,
+        "{}",
+        actions[1]
+    );
+    assert!(
+        actions[3]["restoredFromFile"]["ms"].is_u64(),
+        "{}",
+        actions[3]
+    );
     assert_eq!(actions[4]["answer"]["state"], "TERMINATED");
     // The application's logs were streamed.
     assert!(
@@ -886,4 +920,188 @@ fn sdk_app(image: &Image, name: &str) {
     let r = vm.hook("terminate", "").unwrap();
     assert_eq!(r.status, 200, "{}", r.json());
     assert!(vm.wait_exit(Duration::from_secs(60)));
+}
+
+/// The image's snapshot, as `make rootfs` saved it (`microvm-local snapshot-image`).
+fn snapshotted_image() -> Option<Image> {
+    let image = image()?;
+    assert!(
+        image.snapshot.is_some(),
+        "{} has no snapshot: make rootfs takes one",
+        image.dir.display()
+    );
+    Some(image)
+}
+
+fn restore(image: &Image, name: &str, cid: u32) -> Vm {
+    let opts = VmOpts {
+        cid,
+        ..VmOpts::default()
+    };
+    let vm = Vm::boot(image, &opts, &target_dir().join("vmtest").join(name))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(vm.from_snapshot, "restored, not booted");
+    vm
+}
+
+/// Two MicroVMs restored from one snapshot at the same time (CIDs 3 and 4, disks of
+/// their own) both take `/run` with their own payloads, draw different random bytes
+/// right after it (the application's getrandom(2), which the agent's reseed with the
+/// host's entropy made diverge), and read a wall clock within 50 ms of the host's
+/// although the snapshot is older; terminate powers off cleanly and each disk chain
+/// (overlay, frozen snapshot disk, image) checks clean.
+#[test]
+fn two_microvms_restored_from_one_snapshot_run_apart() {
+    let Some(image) = snapshotted_image() else {
+        return;
+    };
+    let snap = image.snapshot.clone().unwrap();
+    assert!(snap.memory_snapshot_size_in_bytes > 1 << 20, "{snap:?}");
+    assert!(snap.disk_snapshot_size_in_bytes > 0, "{snap:?}");
+    // Restored side by side, each from its own thread (the runner keeps the VMs
+    // alive whichever thread started them).
+    let vms: Vec<Vm> = std::thread::scope(|s| {
+        let a = s.spawn(|| restore(&image, "clone-a", 3));
+        let b = s.spawn(|| restore(&image, "clone-b", 4));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    for (vm, cid) in vms.iter().zip([3, 4]) {
+        // The agent announced itself again once its vsock device came back, with the
+        // CID of this restore.
+        assert_eq!(vm.announced["cid"], cid, "{}", vm.announced);
+        let s = vm.status().unwrap();
+        assert_eq!(s["state"], "PENDING", "{s:#}");
+        assert_eq!(s["guest"]["cid"], cid);
+        // The image-build hooks ran once, before the snapshot.
+        assert_eq!(s["hooks"]["validate"]["calls"], 1, "{s:#}");
+    }
+    let mut randoms = vec![];
+    for (i, vm) in vms.iter().enumerate() {
+        let payload = format!("clone {i}: {}", "✓".repeat(i + 1));
+        let run = json!({"microvmId": format!("mvm-clone-{i}"), "runHookPayload": payload,
+                         "clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy_b64()});
+        let sent_at = now_ms();
+        let r = vm.hook("run", &run.to_string()).unwrap();
+        let answered_at = now_ms();
+        assert_eq!(r.status, 200, "{}", r.json());
+        let rec = wait_record(vm, |v| v["hook"] == "run");
+        assert_eq!(rec["runHookPayload"], payload);
+        let t = rec["t"].as_i64().unwrap();
+        assert!(
+            t >= sent_at - 50 && t <= answered_at + 50,
+            "guest clock {t} vs host window [{sent_at}, {answered_at}] (snapshot taken {})",
+            snap.created_at
+        );
+        randoms.push(rec["random"].as_str().unwrap().to_string());
+    }
+    assert_eq!(randoms[0].len(), 32, "{randoms:?}");
+    assert_ne!(randoms[0], randoms[1], "clones drew the same random bytes");
+    for vm in &vms {
+        let r = vm.hook("terminate", "").unwrap();
+        assert_eq!(r.status, 200, "{}", r.json());
+        assert!(vm.wait_exit(Duration::from_secs(30)), "QEMU did not exit");
+        let serial = vm.serial();
+        assert!(serial.contains("reboot: Power down"), "{serial}");
+        assert!(!serial.contains("Kernel panic"), "{serial}");
+        let report = microvm_local::vm::snapshot::check_disk(
+            &vm.dir.join("disk.qcow2"),
+            &vm.dir.join("flat.raw"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            report.contains("clean") || report.contains("files"),
+            "{report}"
+        );
+    }
+}
+
+/// Suspend and resume through a file, three times, on a MicroVM restored from the
+/// snapshot and shipping its logs through a forward: while suspended no QEMU runs
+/// (no CPU, no guest memory on the host) and the memory is in a file; after each
+/// resume the application is the same process; every line it wrote, including the
+/// ones inside each `/suspend` and `/resume`, is in CloudWatch Logs once, in order.
+#[test]
+fn suspend_and_resume_through_a_file_keep_the_application_and_its_logs() {
+    let Some(image) = snapshotted_image() else {
+        return;
+    };
+    let (moto, _proxy, vm) = boot_with_a_forward(&image, "file-suspend");
+    assert!(vm.from_snapshot);
+    const GROUP: &str = "/guest/snapshots";
+    const STREAM: &str = "cycles";
+    const LINES: usize = 1000;
+    let run = json!({
+        "microvmId": "mvm-cycles",
+        "runHookPayload": format!("lines:{LINES}"),
+        "region": "us-east-1",
+        "credentials": {"accessKeyId": "AKIDCYCLES", "secretAccessKey": "s"},
+        "endpoints": {"logs": "http://10.0.2.100:4566"},
+        "logging": {"cloudWatch": {"logGroup": GROUP, "logStream": STREAM}},
+        "clock": {"unixTimeNanos": now_nanos()},
+        "entropy": entropy_b64(),
+    });
+    let r = vm.hook("run", &run.to_string()).unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    let pid = vm.status().unwrap()["application"]["pid"].clone();
+    assert!(pid.as_u64().is_some());
+    for cycle in 0..3 {
+        let r = vm.hook("suspend", "").unwrap();
+        assert_eq!(r.status, 200, "{}", r.json());
+        let saved = vm.suspend_to_file().unwrap_or_else(|e| panic!("{e}"));
+        assert!(saved.bytes > 1 << 20, "{saved:?}");
+        assert_eq!(vm.qemu_pid(), None, "no QEMU while suspended");
+        assert!(vm.dir.join("suspended.mem.zst").is_file());
+        assert!(
+            !vm.wait_exit(Duration::from_millis(100)),
+            "suspended is not off"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        vm.resume_from_file().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!vm.dir.join("suspended.mem.zst").exists());
+        let body = json!({"clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy_b64()});
+        let r = vm.hook("resume", &body.to_string()).unwrap();
+        assert_eq!(r.status, 200, "cycle {cycle}: {}", r.json());
+        let s = vm.status().unwrap();
+        assert_eq!(s["application"]["pid"], pid, "cycle {cycle}");
+        assert_eq!(s["application"]["starts"], 1, "cycle {cycle}");
+    }
+    let r = vm.hook("terminate", "").unwrap();
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert!(vm.wait_exit(Duration::from_secs(30)));
+    let got = moto.messages(GROUP, STREAM);
+    let numbered: Vec<String> = (0..LINES).map(|i| format!("line {i} of {LINES}")).collect();
+    let lines: Vec<String> = got
+        .iter()
+        .filter(|m| m.starts_with("line "))
+        .cloned()
+        .collect();
+    assert_eq!(lines, numbered, "every line, once, in order");
+    let hooks: Vec<String> = got
+        .iter()
+        .filter_map(|m| m.strip_prefix("recorder: "))
+        .filter_map(|j| serde_json::from_str::<Value>(j).ok())
+        .filter_map(|v| v["hook"].as_str().map(str::to_string))
+        .collect();
+    // What the application wrote during the image build (before the snapshot) was
+    // still buffered in the snapshot's memory, so it ships with this run's logs.
+    assert_eq!(
+        hooks,
+        [
+            "ready",
+            "validate",
+            "run",
+            "suspend",
+            "resume",
+            "suspend",
+            "resume",
+            "suspend",
+            "resume",
+            "terminate"
+        ],
+        "{got:?}"
+    );
+    let serial = vm.serial();
+    assert!(serial.contains("reboot: Power down"), "{serial}");
+    microvm_local::vm::snapshot::check_disk(&vm.dir.join("disk.qcow2"), &vm.dir.join("flat.raw"))
+        .unwrap_or_else(|e| panic!("{e}"));
 }

@@ -6,9 +6,16 @@ use std::process::{Command, Stdio};
 
 #[derive(Debug, Clone)]
 pub struct Image {
+    /// The image directory (what `make rootfs` wrote).
+    pub dir: PathBuf,
     pub rootfs: PathBuf,
     pub kernel: PathBuf,
     pub arch: Arch,
+    /// The agent's initramfs stage (`initrd.cpio`): a virtio-blk root, so the VM can
+    /// be saved.
+    pub initrd: Option<PathBuf>,
+    /// The snapshot taken after the image-build hooks, if one was.
+    pub snapshot: Option<super::Snapshot>,
 }
 
 /// The CPU architecture an image is built for, by the service model's names
@@ -87,30 +94,55 @@ impl Image {
                 ));
             }
         }
-        let arch = read_arch(&dir.join("manifest.json"))?;
+        let manifest = read_manifest(&dir.join("manifest.json"))?;
+        let arch = arch_of(&manifest)?;
+        let snapshot = match manifest.get("snapshot") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(s) => {
+                let s: super::Snapshot = serde_json::from_value(s.clone())
+                    .map_err(|e| format!("{}: snapshot: {e}: rebuild the image", dir.display()))?;
+                for f in [&s.memory, &s.disk] {
+                    if !dir.join(f).is_file() {
+                        return Err(format!(
+                            "{}: the snapshot's {f} is missing: rebuild the image",
+                            dir.display()
+                        ));
+                    }
+                }
+                Some(s)
+            }
+        };
+        let initrd = Some(dir.join("initrd.cpio")).filter(|p| p.is_file());
         Ok(Image {
+            dir,
             rootfs,
             kernel,
             arch,
+            initrd,
+            snapshot,
         })
     }
 }
 
-/// The architecture an image records. Images from before manifests existed were
-/// all x86_64; a manifest that is there but unreadable is an error, never a guess.
-fn read_arch(manifest: &Path) -> Result<Arch, String> {
+/// What an image records about itself (`manifest.json`). Images from before
+/// manifests existed were all x86_64 (an empty record says so); a manifest that is
+/// there but unreadable is an error, never a guess.
+pub fn read_manifest(manifest: &Path) -> Result<serde_json::Value, String> {
     let text = match std::fs::read_to_string(manifest) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arch::X86_64),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(serde_json::json!({"architecture": "X86_64"}))
+        }
         Err(e) => return Err(format!("read {}: {e}", manifest.display())),
     };
-    arch_of(&text).map_err(|e| format!("{}: {e}: rebuild the image", manifest.display()))
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not JSON ({e}): rebuild the image", manifest.display()))?;
+    arch_of(&v).map_err(|e| format!("{}: {e}: rebuild the image", manifest.display()))?;
+    Ok(v)
 }
 
-fn arch_of(manifest: &str) -> Result<Arch, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(manifest).map_err(|e| format!("not JSON ({e})"))?;
-    match v.get("architecture").and_then(|a| a.as_str()) {
+fn arch_of(manifest: &serde_json::Value) -> Result<Arch, String> {
+    match manifest.get("architecture").and_then(|a| a.as_str()) {
         Some(a) => Arch::from_model(a),
         None => Err("no \"architecture\" string".into()),
     }
@@ -157,18 +189,18 @@ mod tests {
 
     #[test]
     fn manifests_name_the_architecture_by_the_models_names() {
+        let arch = |s: &str| arch_of(&serde_json::from_str(s).unwrap());
         assert_eq!(
-            arch_of(r#"{"architecture":"ARM_64","kernelRelease":"6.1"}"#),
+            arch(r#"{"architecture":"ARM_64","kernelRelease":"6.1"}"#),
             Ok(Arch::Arm64)
         );
-        assert_eq!(arch_of(r#"{"architecture":"X86_64"}"#), Ok(Arch::X86_64));
-        assert!(arch_of(r#"{"architecture":"aarch64"}"#)
+        assert_eq!(arch(r#"{"architecture":"X86_64"}"#), Ok(Arch::X86_64));
+        assert!(arch(r#"{"architecture":"aarch64"}"#)
             .unwrap_err()
             .contains("not one of X86_64, ARM_64"));
-        assert!(arch_of(r#"{"kernelRelease":"6.1"}"#)
+        assert!(arch(r#"{"kernelRelease":"6.1"}"#)
             .unwrap_err()
             .contains("no \"architecture\""));
-        assert!(arch_of("[").unwrap_err().contains("not JSON"));
         for a in [Arch::X86_64, Arch::Arm64] {
             assert_eq!(Arch::from_model(a.model_name()), Ok(a));
         }
@@ -186,6 +218,19 @@ mod tests {
         std::fs::write(dir.join("manifest.json"), "{}").unwrap();
         let e = Image::open(&dir).unwrap_err();
         assert!(e.contains("manifest.json") && e.contains("rebuild"), "{e}");
+        std::fs::write(dir.join("manifest.json"), "[").unwrap();
+        let e = Image::open(&dir).unwrap_err();
+        assert!(e.contains("not JSON"), "{e}");
+        // A snapshot whose files are gone is an error, not a cold boot in disguise.
+        std::fs::write(
+            dir.join("manifest.json"),
+            r#"{"architecture":"X86_64","snapshot":{"memory":"m.zst","disk":"d.qcow2",
+                "memorySnapshotSizeInBytes":1,"diskSnapshotSizeInBytes":1,"memoryMiB":128,
+                "kernelCommandLine":"x","createdAt":"2026-11-22T00:00:00Z","saveMs":1}}"#,
+        )
+        .unwrap();
+        let e = Image::open(&dir).unwrap_err();
+        assert!(e.contains("m.zst is missing"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,16 +9,19 @@
 
 mod image;
 mod qmp;
+pub mod snapshot;
 mod vsock;
 
 pub use image::{tool, tools_available, tools_available_for, Arch, Image};
-pub use qmp::PAUSE_SETTLE;
+pub use qmp::{Qmp, PAUSE_SETTLE};
+pub use snapshot::Snapshot;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::Read;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -30,16 +33,20 @@ pub const ANNOUNCE_PORT: u32 = 9999;
 pub struct VmOpts {
     pub mem_mib: u32,
     pub cid: u32,
-    /// Extra kernel command-line words (`microvm.log=debug`, ...).
+    /// Extra kernel command-line words (`microvm.log=debug`, ...). A snapshot freezes
+    /// the command line: with words here, boot cold.
     pub cmdline: String,
     pub boot_timeout: Duration,
-    /// A NIC with QEMU user-mode networking; None: loopback only.
+    /// A NIC with QEMU user-mode networking; None: loopback only (on a snapshot
+    /// layout the NIC is always there, restricted, with no forwards).
     pub net: Option<NetOpts>,
+    /// Boot the kernel even when the image has a snapshot.
+    pub cold_boot: bool,
 }
 
 /// The guest's NIC: QEMU user-mode networking (10.0.2.0/24, the guest 10.0.2.15, the
 /// gateway 10.0.2.2, DNS 10.0.2.3).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NetOpts {
     /// Guest port on [`FORWARD_ADDR`] -> a TCP address on this machine, one
     /// connection each through `bridge`.
@@ -89,20 +96,56 @@ impl Default for VmOpts {
             cmdline: String::new(),
             boot_timeout: Duration::from_secs(60),
             net: None,
+            cold_boot: false,
         }
     }
 }
 
+/// How a machine is put together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// NVMe root (built into the kernel), vsock on the root bus: boots only cold.
+    /// Images without an initramfs, and arm64 (vsock hot-unplug on `-M virt` is
+    /// unverified).
+    Nvme,
+    /// What a save and a restore need (../shared/notes/snapshots.md): a virtio-blk
+    /// root (migratable; the agent's initramfs stage mounts it) on a qcow2 overlay
+    /// per VM, vsock on a PCIe root port (hot-unplugged before a save, hotplugged
+    /// after a load: QEMU cannot migrate it), and always a NIC (a restoring QEMU needs
+    /// the saved one's devices).
+    Snapshot,
+}
+
+/// Everything needed to start this VM's QEMU again (a resume from a file).
+struct Launch {
+    image: Image,
+    opts: VmOpts,
+    layout: Layout,
+    append: String,
+}
+
 pub struct Vm {
     pub dir: PathBuf,
-    /// None until started; Drop kills whatever exists.
+    /// None until started and while saved to a file; Drop kills whatever exists.
     qemu: Mutex<Option<Child>>,
-    backend: Child,
+    backend: Mutex<Option<Child>>,
     /// QEMU start to the agent's announcement.
     pub boot_time: Duration,
     /// What the agent announced (JSON), as sent: older agents send fewer fields.
     pub announced: Value,
     pub started: Instant,
+    /// Restored from the image's snapshot (its image-build hooks already ran).
+    pub from_snapshot: bool,
+    /// Saved to a file: no QEMU runs, yet the VM is not off.
+    saved: AtomicBool,
+    launch: Launch,
+}
+
+/// A save's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Saved {
+    pub bytes: u64,
+    pub took: Duration,
 }
 
 /// Children die with the thread that started them, even if it is SIGKILLed: no
@@ -123,6 +166,38 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
     }
 }
 
+/// Spawn `cmd` (made with [`die_with_parent`]) from one thread that lives as long as
+/// the process. PR_SET_PDEATHSIG fires when the *thread* that forked the child ends:
+/// a VM restored from a short-lived thread (an endpoint client's, a test's scoped
+/// thread) would be killed the moment that thread returned.
+fn spawn_kept(mut cmd: Command) -> std::io::Result<Child> {
+    type Request = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+    static KEEPER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Request>>> =
+        std::sync::OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        std::thread::spawn(move || {
+            for (mut c, back) in rx {
+                let _ = back.send(c.spawn());
+            }
+        });
+        Mutex::new(tx)
+    });
+    let (back, answer) = std::sync::mpsc::channel();
+    let sent = keeper
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, back));
+    if let Err(std::sync::mpsc::SendError((c, _))) = sent {
+        // The keeper is gone (it never ends by itself): spawn here, as before.
+        cmd = c;
+        return cmd.spawn();
+    }
+    answer
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the process keeper thread ended")))
+}
+
 fn wait_for(path: &Path, timeout: Duration) -> bool {
     let t0 = Instant::now();
     while !path.exists() {
@@ -140,85 +215,317 @@ fn log_file(dir: &Path, name: &str) -> Result<std::fs::File, String> {
 }
 
 impl Vm {
+    /// Start a VM from `image`: restored from its snapshot when it has one (and
+    /// `opts.cold_boot` is off), else booted.
     pub fn boot(image: &Image, opts: &VmOpts, dir: &Path) -> Result<Vm, String> {
+        let layout = if image.arch == Arch::X86_64 && image.initrd.is_some() {
+            Layout::Snapshot
+        } else {
+            Layout::Nvme
+        };
+        let mut opts = opts.clone();
+        if layout == Layout::Snapshot && opts.net.is_none() {
+            opts.net = Some(NetOpts::default());
+        }
         if let Some(net) = &opts.net {
             netdev_arg(net)?;
         }
+        let snapshot = match (&image.snapshot, layout, opts.cold_boot) {
+            (Some(s), Layout::Snapshot, false) => Some(s.clone()),
+            _ => None,
+        };
+        let append = match &snapshot {
+            Some(s) => {
+                if !opts.cmdline.is_empty() {
+                    return Err(format!(
+                        "kernel parameters {:?}: the image's snapshot froze its command line; boot cold to change it",
+                        opts.cmdline
+                    ));
+                }
+                if s.memory_mib != opts.mem_mib {
+                    return Err(format!(
+                        "the image's snapshot has {} MiB of memory, not {}",
+                        s.memory_mib, opts.mem_mib
+                    ));
+                }
+                s.kernel_command_line.clone()
+            }
+            None => kernel_command_line(image.arch, layout, &opts),
+        };
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if layout == Layout::Snapshot {
+            match &snapshot {
+                Some(s) => {
+                    snapshot::overlay(&image.dir.join(&s.disk), "qcow2", &dir.join("disk.qcow2"))?
+                }
+                None => snapshot::overlay(&image.rootfs, "raw", &dir.join("disk.qcow2"))?,
+            }
+        }
+        // From here on, Drop cleans up whatever was started.
+        let mut vm = Vm {
+            dir: dir.to_path_buf(),
+            qemu: Mutex::new(None),
+            backend: Mutex::new(None),
+            boot_time: Duration::ZERO,
+            announced: Value::Null,
+            started: Instant::now(),
+            from_snapshot: snapshot.is_some(),
+            saved: AtomicBool::new(false),
+            launch: Launch {
+                image: image.clone(),
+                opts,
+                layout,
+                append,
+            },
+        };
+        let memory = snapshot.as_ref().map(|s| image.dir.join(&s.memory));
+        vm.announced = vm.start(memory.as_deref())?;
+        vm.boot_time = vm.started.elapsed();
+        Ok(vm)
+    }
+
+    /// How this VM is put together.
+    pub fn layout(&self) -> Layout {
+        self.launch.layout
+    }
+
+    /// Start the backend and QEMU (booting, or loading `incoming`, a saved memory
+    /// file), and wait for the agent's announcement; returns it.
+    fn start(&self, incoming: Option<&Path>) -> Result<Value, String> {
+        let dir = &self.dir;
         let vhost = dir.join("vhost.sock");
         let uds = dir.join("vm.vsock");
-        let backend = die_with_parent(&mut Command::new(tool("vhost-device-vsock")))
+        let announce_path = dir.join(format!("vm.vsock_{ANNOUNCE_PORT}"));
+        for stale in [&vhost, &uds, &announce_path, &dir.join("qmp.sock")] {
+            let _ = std::fs::remove_file(stale);
+        }
+        let mut backend = Command::new(tool("vhost-device-vsock"));
+        die_with_parent(&mut backend)
             .arg("--guest-cid")
-            .arg(opts.cid.to_string())
+            .arg(self.launch.opts.cid.to_string())
             .arg("--socket")
             .arg(&vhost)
             .arg("--uds-path")
             .arg(&uds)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file(dir, "backend.log")?)
-            .spawn()
-            .map_err(|e| format!("start vhost-device-vsock: {e}"))?;
-        // From here on, Drop cleans up whatever was started.
-        let mut vm = Vm {
-            dir: dir.to_path_buf(),
-            qemu: Mutex::new(None),
-            backend,
-            boot_time: Duration::ZERO,
-            announced: Value::Null,
-            started: Instant::now(),
-        };
+            .stderr(log_file(dir, "backend.log")?);
+        let backend = spawn_kept(backend).map_err(|e| format!("start vhost-device-vsock: {e}"))?;
+        *self.backend.lock().unwrap_or_else(|p| p.into_inner()) = Some(backend);
         if !wait_for(&vhost, Duration::from_secs(10)) {
             return Err("vhost-device-vsock did not create its socket".into());
         }
         // Listen for the announcement before the guest can make it.
-        let announce = UnixListener::bind(dir.join(format!("vm.vsock_{ANNOUNCE_PORT}")))
-            .map_err(|e| e.to_string())?;
+        let announce = UnixListener::bind(&announce_path).map_err(|e| e.to_string())?;
         announce.set_nonblocking(true).map_err(|e| e.to_string())?;
-        vm.started = Instant::now();
-        let qemu = die_with_parent(&mut qemu_command(image, opts, dir))
+        let t0 = Instant::now();
+        let image = &self.launch.image;
+        let mut cmd = qemu_command(&self.launch, dir, incoming)?;
+        die_with_parent(&mut cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file(dir, "qemu.log")?)
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "start {}: {e} (`make setup` installs it)",
-                    image.arch.qemu()
-                )
-            })?;
-        vm.qemu = Mutex::new(Some(qemu));
+            .stderr(log_file(dir, "qemu.log")?);
+        let qemu = spawn_kept(cmd).map_err(|e| {
+            format!(
+                "start {}: {e} (`make setup` installs it)",
+                image.arch.qemu()
+            )
+        })?;
+        *self.qemu.lock().unwrap_or_else(|p| p.into_inner()) = Some(qemu);
+        if incoming.is_some() {
+            self.attach_vsock_after_load()?;
+        }
         loop {
             match announce.accept() {
                 Ok((mut s, _)) => {
-                    vm.boot_time = vm.started.elapsed();
                     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                     let mut line = String::new();
                     let _ = s.read_to_string(&mut line);
-                    vm.announced = serde_json::from_str(line.trim()).unwrap_or(Value::Null);
-                    return Ok(vm);
+                    return Ok(serde_json::from_str(line.trim()).unwrap_or(Value::Null));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(format!("announce listener: {e}")),
             }
-            if let Some(st) = vm.exited() {
+            if let Some(st) = self.exited() {
                 return Err(format!(
-                    "qemu exited during boot ({st}); serial:\n{}",
-                    vm.serial()
+                    "qemu exited during boot ({st}); serial:\n{}\nqemu:\n{}",
+                    self.serial(),
+                    std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default()
                 ));
             }
             if crate::signals::stopping() {
                 return Err("stopped during boot".into());
             }
-            if vm.started.elapsed() > opts.boot_timeout {
+            if t0.elapsed() > self.launch.opts.boot_timeout {
                 return Err(format!(
                     "guest did not announce itself within {:?}; serial:\n{}",
-                    opts.boot_timeout,
-                    vm.serial()
+                    self.launch.opts.boot_timeout,
+                    self.serial()
                 ));
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// After a load: the vsock device comes back by hotplug (QEMU cannot migrate it),
+    /// then the VM runs. The agent notices the device and announces itself again.
+    fn attach_vsock_after_load(&self) -> Result<(), String> {
+        let mut q = self.qmp_session()?;
+        q.wait_migration(Duration::from_secs(120))
+            .map_err(|e| format!("load: {e}"))?;
+        q.execute(
+            "chardev-add",
+            json!({"id": VSOCK_CHARDEV, "backend": {"type": "socket", "data": {
+                "addr": {"type": "unix", "data": {"path": self.dir.join("vhost.sock")}},
+                "server": false}}}),
+        )?;
+        q.execute(
+            "device_add",
+            json!({"driver": "vhost-user-vsock-pci", "chardev": VSOCK_CHARDEV,
+                   "id": VSOCK_DEVICE, "bus": ROOT_PORT}),
+        )?;
+        q.execute("cont", Value::Null)?;
+        Ok(())
+    }
+
+    /// A QMP session, once QEMU has made its socket.
+    fn qmp_session(&self) -> Result<Qmp, String> {
+        let path = self.dir.join("qmp.sock");
+        let t0 = Instant::now();
+        loop {
+            match Qmp::connect(&path) {
+                Ok(q) => return Ok(q),
+                Err(e) if t0.elapsed() > Duration::from_secs(10) => return Err(e),
+                Err(_) => {
+                    if let Some(st) = self.exited() {
+                        return Err(format!(
+                            "qemu exited ({st}): {}",
+                            std::fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default()
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    /// Save the VM's memory and device state to `file` (zstd) and end its QEMU and
+    /// backend: the VM then costs no CPU and no memory. Its disk stays in the VM's
+    /// overlay. Only a [`Layout::Snapshot`] VM can be saved.
+    pub fn save(&self, file: &Path) -> Result<Saved, String> {
+        if self.launch.layout != Layout::Snapshot {
+            return Err("this VM's layout cannot be saved (NVMe root or arm64): boot it from an image with an initramfs".into());
+        }
+        let t0 = Instant::now();
+        let target = qmp::shell_quoted(file)?;
+        // Quiet vsock first (see PAUSE_SETTLE), then the device goes: QEMU refuses to
+        // migrate vhost-user-vsock.
+        std::thread::sleep(PAUSE_SETTLE);
+        let mut q = self.qmp_session()?;
+        q.execute("device_del", json!({"id": VSOCK_DEVICE}))?;
+        q.wait_event(
+            "DEVICE_DELETED",
+            |d| d["device"] == VSOCK_DEVICE,
+            Duration::from_secs(15),
+        )
+        .map_err(|e| format!("vsock unplug: {e}"))?;
+        q.execute("chardev-remove", json!({"id": VSOCK_CHARDEV}))?;
+        q.execute("stop", Value::Null)?;
+        let tmp = file.with_extension("partial");
+        let tmp_target = qmp::shell_quoted(&tmp)?;
+        q.execute(
+            "migrate",
+            json!({"uri": format!("exec:zstd -q -1 > {tmp_target}")}),
+        )?;
+        q.wait_migration(Duration::from_secs(300))
+            .map_err(|e| format!("save: {e}"))?;
+        std::fs::rename(&tmp, file).map_err(|e| format!("save {target}: {e}"))?;
+        let _ = q.execute("quit", Value::Null);
+        drop(q);
+        self.wait_exit(Duration::from_secs(20));
+        self.kill_qemu();
+        self.kill_backend();
+        let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        Ok(Saved {
+            bytes,
+            took: t0.elapsed(),
+        })
+    }
+
+    /// Where a suspended VM's memory lives.
+    fn suspend_file(&self) -> PathBuf {
+        self.dir.join("suspended.mem.zst")
+    }
+
+    /// Suspend through a file: save and end the VM (after the agent's /suspend).
+    pub fn suspend_to_file(&self) -> Result<Saved, String> {
+        let saved = self.save(&self.suspend_file())?;
+        self.saved.store(true, Ordering::SeqCst);
+        Ok(saved)
+    }
+
+    /// Stop the VM after its agent answered /suspend: saved to a file where the
+    /// layout allows (then `Some`), else paused in memory (QMP stop).
+    pub fn park(&self) -> Result<Option<Saved>, String> {
+        match self.launch.layout {
+            Layout::Snapshot => self.suspend_to_file().map(Some),
+            Layout::Nvme => self.pause().map(|_| None),
+        }
+    }
+
+    /// Undo [`Vm::park`]: restored from the file (`Some`: how long it took, to the
+    /// agent's announcement) or continued.
+    pub fn unpark(&self) -> Result<Option<Duration>, String> {
+        if self.saved.load(Ordering::SeqCst) {
+            return self.resume_from_file().map(Some);
+        }
+        self.unpause().map(|_| None)
+    }
+
+    /// Restore a VM suspended to its file, and wait for its agent's announcement;
+    /// the file is removed once loaded.
+    pub fn resume_from_file(&self) -> Result<Duration, String> {
+        let file = self.suspend_file();
+        if !file.is_file() {
+            return Err(format!(
+                "{} is not there: the VM is not suspended to a file",
+                file.display()
+            ));
+        }
+        let t0 = Instant::now();
+        self.start(Some(&file))?;
+        self.saved.store(false, Ordering::SeqCst);
+        let _ = std::fs::remove_file(&file);
+        Ok(t0.elapsed())
+    }
+
+    /// QEMU's pid while it runs (None before it starts and while saved to a file).
+    pub fn qemu_pid(&self) -> Option<u32> {
+        let mut q = self.qemu.lock().unwrap_or_else(|p| p.into_inner());
+        let c = q.as_mut()?;
+        match c.try_wait() {
+            Ok(None) => Some(c.id()),
+            _ => None,
+        }
+    }
+
+    fn kill_qemu(&self) {
+        if let Some(mut c) = self.qemu.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn kill_backend(&self) {
+        if let Some(mut c) = self
+            .backend
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -243,12 +550,14 @@ impl Vm {
         q.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
-    /// Wait for QEMU to exit (power-off), true if it did within `timeout`.
+    /// Wait for QEMU to exit (power-off), true if it did within `timeout`. A VM saved
+    /// to a file is not off.
     pub fn wait_exit(&self, timeout: Duration) -> bool {
         let t0 = Instant::now();
         loop {
             let running = self.qemu.lock().map(|q| q.is_some()).unwrap_or(false);
-            if !running || self.exited().is_some() {
+            let saved = self.saved.load(Ordering::SeqCst);
+            if !saved && (!running || self.exited().is_some()) {
                 return true;
             }
             if t0.elapsed() >= timeout {
@@ -259,31 +568,43 @@ impl Vm {
     }
 }
 
-fn qemu_command(image: &Image, opts: &VmOpts, dir: &Path) -> Command {
+/// The vsock device and its chardev, by the names a save and a restore use.
+const VSOCK_DEVICE: &str = "vsock0";
+const VSOCK_CHARDEV: &str = "vs0";
+/// The PCIe root port the vsock device sits on, so it can be unplugged and added.
+const ROOT_PORT: &str = "rp0";
+
+fn kernel_command_line(arch: Arch, layout: Layout, opts: &VmOpts) -> String {
+    let root = match layout {
+        Layout::Nvme => "root=/dev/nvme0n1 rootfstype=ext4 rw",
+        Layout::Snapshot => "microvm.root=/dev/vda",
+    };
+    let mut words = vec![
+        format!("console={}", arch.console()),
+        "panic=-1 loglevel=4".into(),
+        root.into(),
+        format!("microvm.announce={ANNOUNCE_PORT}"),
+    ];
+    if opts.net.is_some() {
+        words.push(GUEST_NET_CMDLINE.into());
+    }
+    if !opts.cmdline.is_empty() {
+        words.push(opts.cmdline.clone());
+    }
+    words.join(" ")
+}
+
+/// QEMU's command line. A restoring QEMU (`incoming`) must be the saved one's device
+/// for device, minus vsock (added after the load), so both come from here.
+fn qemu_command(launch: &Launch, dir: &Path, incoming: Option<&Path>) -> Result<Command, String> {
+    let (image, opts) = (&launch.image, &launch.opts);
     let mem = format!("{}M", opts.mem_mib);
-    let append = format!(
-        "console={} panic=-1 loglevel=4 root=/dev/nvme0n1 rootfstype=ext4 rw \
-         microvm.announce={ANNOUNCE_PORT} {} {}",
-        image.arch.console(),
-        if opts.net.is_some() {
-            GUEST_NET_CMDLINE
-        } else {
-            ""
-        },
-        opts.cmdline
-    );
     let mut c = Command::new(tool(image.arch.qemu()));
     c.args(image.arch.machine_args())
         .args(["-accel", "tcg"])
         .args(["-m", &mem, "-smp", "1"])
         .arg("-object")
         .arg(format!("memory-backend-memfd,id=mem,size={mem},share=on"))
-        .arg("-chardev")
-        .arg(format!(
-            "socket,id=vs0,path={}",
-            dir.join("vhost.sock").display()
-        ))
-        .args(["-device", "vhost-user-vsock-pci,chardev=vs0"])
         .args([
             "-display",
             "none",
@@ -291,8 +612,13 @@ fn qemu_command(image: &Image, opts: &VmOpts, dir: &Path) -> Command {
             "-no-user-config",
             "-no-reboot",
         ])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.join("serial.log").display()))
+        // Appended, not truncated: a restored VM's console follows its history.
+        .arg("-chardev")
+        .arg(format!(
+            "file,id=ser0,path={},append=on",
+            dir.join("serial.log").display()
+        ))
+        .args(["-serial", "chardev:ser0"])
         .arg("-qmp")
         .arg(format!(
             "unix:{},server=on,wait=off",
@@ -301,34 +627,70 @@ fn qemu_command(image: &Image, opts: &VmOpts, dir: &Path) -> Command {
         .arg("-kernel")
         .arg(&image.kernel)
         .arg("-append")
-        .arg(append)
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=none,id=root,format=raw,snapshot=on",
-            image.rootfs.display()
-        ))
-        .args(["-device", "nvme,drive=root,serial=root"]);
-    if let Some(net) = &opts.net {
-        // Checked in `boot` before QEMU starts; an error here leaves the NIC out.
-        if let Ok(arg) = netdev_arg(net) {
-            c.arg("-netdev")
-                .arg(arg)
-                .args(["-device", "virtio-net-pci,netdev=n0,romfile="]);
+        .arg(&launch.append);
+    let vsock_chardev = format!(
+        "socket,id={VSOCK_CHARDEV},path={}",
+        dir.join("vhost.sock").display()
+    );
+    match launch.layout {
+        Layout::Nvme => {
+            c.arg("-chardev")
+                .arg(vsock_chardev)
+                .args([
+                    "-device",
+                    &format!("vhost-user-vsock-pci,chardev={VSOCK_CHARDEV},id={VSOCK_DEVICE}"),
+                ])
+                .arg("-drive")
+                .arg(format!(
+                    "file={},if=none,id=root,format=raw,snapshot=on",
+                    image.rootfs.display()
+                ))
+                .args(["-device", "nvme,drive=root,serial=root"]);
+        }
+        Layout::Snapshot => {
+            let initrd = image
+                .initrd
+                .as_ref()
+                .ok_or("a snapshot layout needs the image's initrd.cpio")?;
+            c.arg("-initrd")
+                .arg(initrd)
+                .args([
+                    "-device",
+                    &format!("pcie-root-port,id={ROOT_PORT},bus=pcie.0,chassis=1"),
+                ])
+                .arg("-drive")
+                .arg(format!(
+                    "file={},if=none,id=root,format=qcow2",
+                    dir.join("disk.qcow2").display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=root"]);
+            match incoming {
+                None => {
+                    c.arg("-chardev").arg(vsock_chardev).args([
+                        "-device",
+                        &format!("vhost-user-vsock-pci,chardev={VSOCK_CHARDEV},id={VSOCK_DEVICE},bus={ROOT_PORT}"),
+                    ]);
+                }
+                Some(file) => {
+                    c.arg("-S")
+                        .arg("-incoming")
+                        .arg(format!("exec:zstd -q -dc {}", qmp::shell_quoted(file)?));
+                }
+            }
         }
     }
-    c
+    if let Some(net) = &opts.net {
+        c.arg("-netdev")
+            .arg(netdev_arg(net)?)
+            .args(["-device", "virtio-net-pci,netdev=n0,romfile="]);
+    }
+    Ok(c)
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        if let Ok(q) = self.qemu.get_mut() {
-            if let Some(c) = q.as_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        let _ = self.backend.kill();
-        let _ = self.backend.wait();
+        self.kill_qemu();
+        self.kill_backend();
         // Sockets and logs of a VM that is gone; kept when the caller asked for them.
         if std::env::var_os("MICROVM_LOCAL_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);

@@ -68,6 +68,7 @@ fn main() {
     }
     if let Some(image) = &o.image {
         out.push_str(&vm::bench(image, &o));
+        out.push_str(&vm::snapshots(image, &o));
     }
     print!("{out}");
     std::fs::write(o.out.join("report.md"), &out).expect("write report.md");

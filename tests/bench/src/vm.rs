@@ -6,7 +6,7 @@ use crate::report::{ms, pct};
 use crate::Opts;
 use microvm_local::vm::{tools_available_for, Image, Vm, VmOpts};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Seconds on the guest's boot clock of the first console line containing `what`.
 fn stamp(serial: &str, what: &str) -> Option<f64> {
@@ -25,7 +25,11 @@ pub fn bench(image: &Path, o: &Opts) -> String {
     let mut used_kib = 0;
     for n in 0..o.vm_boots {
         let dir = o.out.join(format!("vm-{n}"));
-        let vm = Vm::boot(&img, &VmOpts::default(), &dir).expect("boot");
+        let cold = VmOpts {
+            cold_boot: true,
+            ..VmOpts::default()
+        };
+        let vm = Vm::boot(&img, &cold, &dir).expect("boot");
         announce.push(vm.boot_time);
         let s = vm.status().expect("status over vsock");
         first_rt.push(vm.started.elapsed());
@@ -82,5 +86,90 @@ pub fn bench(image: &Path, o: &Opts) -> String {
         size / 1024,
         used,
         used_kib
+    )
+}
+
+/// `/run` with the host's clock and entropy, timed to its answer.
+fn run_hook(vm: &Vm) {
+    let body = serde_json::json!({
+        "runHookPayload": "bench",
+        "clock": {"unixTimeNanos": microvm_local::host::now_nanos()},
+        "entropy": microvm_local::host::entropy_b64(),
+    });
+    let r = vm.hook("run", &body.to_string()).expect("/run");
+    assert_eq!(r.status, 200, "/run: {}", r.json());
+}
+
+/// Snapshots (x86_64 images `make rootfs` snapshotted): QEMU start to `/run`
+/// answered, cold (boot, image-build hooks, run) against restored (load, vsock
+/// hotplug, the agent's announcement, run), interleaved; then suspend and resume
+/// through a file on one restored VM.
+pub fn snapshots(image: &Path, o: &Opts) -> String {
+    let img = Image::open(image).expect("image");
+    let Some(snap) = img.snapshot.clone() else {
+        return "\nsnapshots: the image has none (x86_64 images get one from make rootfs)\n".into();
+    };
+    let (mut cold, mut restored) = (vec![], vec![]);
+    for n in 0..o.vm_boots {
+        let t0 = Instant::now();
+        let opts = VmOpts {
+            cold_boot: true,
+            ..VmOpts::default()
+        };
+        let vm = Vm::boot(&img, &opts, &o.out.join(format!("cold-{n}"))).expect("cold boot");
+        let limits = microvm_local::vm::snapshot::build_hook_timeouts(&img.dir);
+        microvm_local::vm::snapshot::image_build_hooks(&vm, limits, || false).expect("hooks");
+        run_hook(&vm);
+        cold.push(t0.elapsed());
+        drop(vm);
+        let t0 = Instant::now();
+        let vm = Vm::boot(
+            &img,
+            &VmOpts::default(),
+            &o.out.join(format!("restored-{n}")),
+        )
+        .expect("restore");
+        run_hook(&vm);
+        restored.push(t0.elapsed());
+    }
+    let vm = Vm::boot(&img, &VmOpts::default(), &o.out.join("cycles")).expect("restore");
+    run_hook(&vm);
+    let (mut suspend, mut resume, mut bytes) = (vec![], vec![], 0);
+    for _ in 0..o.vm_boots {
+        let t0 = Instant::now();
+        assert_eq!(vm.hook("suspend", "").expect("/suspend").status, 200);
+        bytes = vm.suspend_to_file().expect("save").bytes;
+        suspend.push(t0.elapsed());
+        let t0 = Instant::now();
+        vm.resume_from_file().expect("restore");
+        let body = serde_json::json!({
+            "clock": {"unixTimeNanos": microvm_local::host::now_nanos()},
+            "entropy": microvm_local::host::entropy_b64(),
+        });
+        assert_eq!(
+            vm.hook("resume", &body.to_string())
+                .expect("/resume")
+                .status,
+            200
+        );
+        resume.push(t0.elapsed());
+    }
+    let _ = vm.hook("terminate", "");
+    let (c, r) = (ms(pct(&mut cold, 0.5)), ms(pct(&mut restored, 0.5)));
+    format!(
+        "\nsnapshots (QEMU TCG, {} MiB; medians of {} each, cold and restored interleaved):\n\
+         - image snapshot: memory {} KiB (zstd -1), disk overlay {} KiB, saved in {} ms\n\
+         - QEMU start to /run answered: cold {c:.0} ms (boot, /ready, /validate, /run), restored {r:.0} ms: {:.2}x\n\
+         - suspend through a file (/suspend, vsock unplug, save, QEMU ends): {:.0} ms, {} KiB\n\
+         - resume from the file (load, vsock hotplug, announcement, /resume): {:.0} ms\n",
+        snap.memory_mib,
+        o.vm_boots,
+        snap.memory_snapshot_size_in_bytes / 1024,
+        snap.disk_snapshot_size_in_bytes / 1024,
+        snap.save_ms,
+        r / c,
+        ms(pct(&mut suspend, 0.5)),
+        bytes / 1024,
+        ms(pct(&mut resume, 0.5)),
     )
 }
