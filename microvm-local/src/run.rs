@@ -53,9 +53,9 @@ fn print_json(v: &Value) {
 /// `snapshot-image`: the image-build phase, then the snapshot beside the image.
 fn snapshot_image(dir: &std::path::Path) -> i32 {
     signals::install_handlers();
-    let scratch = std::env::temp_dir()
-        .join("microvm-local")
-        .join(format!("snapshot-{}", host::microvm_id()));
+    // Beside the image: the VM's overlay becomes the image's disk by a rename, which
+    // must not cross filesystems (a tmpfs /tmp).
+    let scratch = dir.join(".snapshot-scratch");
     let r = crate::vm::snapshot::build(dir, &scratch);
     let _ = std::fs::remove_dir_all(&scratch);
     match r {

@@ -293,6 +293,10 @@ impl Vm {
     /// Start the backend and QEMU (booting, or loading `incoming`, a saved memory
     /// file), and wait for the agent's announcement; returns it.
     fn start(&self, incoming: Option<&Path>) -> Result<Value, String> {
+        // A failed earlier attempt may have left processes (one holding the disk's
+        // lock): a start begins from none.
+        self.kill_qemu();
+        self.kill_backend();
         let dir = &self.dir;
         let vhost = dir.join("vhost.sock");
         let uds = dir.join("vm.vsock");
@@ -440,9 +444,22 @@ impl Vm {
         )?;
         q.wait_migration(Duration::from_secs(300))
             .map_err(|e| format!("save: {e}"))?;
-        std::fs::rename(&tmp, file).map_err(|e| format!("save {target}: {e}"))?;
         let _ = q.execute("quit", Value::Null);
         drop(q);
+        // QEMU says "completed" before its exec: child has finished writing; only
+        // a whole zstd frame becomes the file.
+        let whole = Command::new("zstd")
+            .args(["-q", "-t"])
+            .arg(&tmp)
+            .status()
+            .map_err(|e| format!("zstd -t: {e}"))?;
+        if !whole.success() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!(
+                "save {target}: the memory file is not a whole zstd frame"
+            ));
+        }
+        std::fs::rename(&tmp, file).map_err(|e| format!("save {target}: {e}"))?;
         self.wait_exit(Duration::from_secs(20));
         self.kill_qemu();
         self.kill_backend();

@@ -113,51 +113,59 @@ pub fn build(image_dir: &Path, scratch: &Path) -> Result<Snapshot, String> {
         cold_boot: true,
         ..VmOpts::default()
     };
-    let vm = Vm::boot(&image, &opts, scratch)?;
-    if vm.layout() != Layout::Snapshot {
-        return Err(format!(
-            "{}: no initrd.cpio or not x86_64: this image boots only cold",
-            image_dir.display()
-        ));
+    let r = (|| {
+        let vm = Vm::boot(&image, &opts, scratch)?;
+        if vm.layout() != Layout::Snapshot {
+            return Err(format!(
+                "{}: no initrd.cpio or not x86_64: this image boots only cold",
+                image_dir.display()
+            ));
+        }
+        image_build_hooks(
+            &vm,
+            build_hook_timeouts(image_dir),
+            crate::signals::stopping,
+        )?;
+        let memory = image_dir.join(MEMORY_FILE);
+        let saved = vm.save(&memory)?;
+        // The VM's overlay, frozen, is the image's disk snapshot; its backing file is
+        // named relative to it, so the image directory can move.
+        let disk = image_dir.join(DISK_FILE);
+        std::fs::rename(vm.dir.join("disk.qcow2"), &disk)
+            .map_err(|e| format!("{}: {e}", disk.display()))?;
+        run(Command::new("qemu-img")
+            .args([
+                "rebase",
+                "-u",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                "rootfs.ext4",
+            ])
+            .arg(&disk))?;
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let snapshot = Snapshot {
+            memory: MEMORY_FILE.into(),
+            disk: DISK_FILE.into(),
+            memory_snapshot_size_in_bytes: saved.bytes,
+            disk_snapshot_size_in_bytes: size(&disk),
+            memory_mib: opts.mem_mib,
+            kernel_command_line: vm.launch.append.clone(),
+            created_at: crate::host::now_rfc3339(),
+            save_ms: saved.took.as_millis() as u64,
+        };
+        drop(vm);
+        record(image_dir, Some(&snapshot))?;
+        Ok(snapshot)
+    })();
+    if r.is_err() {
+        // Nothing half-made stays beside the image.
+        let _ = forget(image_dir);
+        let _ = std::fs::remove_file(image_dir.join(MEMORY_FILE).with_extension("partial"));
     }
-    image_build_hooks(
-        &vm,
-        build_hook_timeouts(image_dir),
-        crate::signals::stopping,
-    )?;
-    let memory = image_dir.join(MEMORY_FILE);
-    let saved = vm.save(&memory)?;
-    // The VM's overlay, frozen, is the image's disk snapshot; its backing file is
-    // named relative to it, so the image directory can move.
-    let disk = image_dir.join(DISK_FILE);
-    std::fs::rename(vm.dir.join("disk.qcow2"), &disk)
-        .map_err(|e| format!("{}: {e}", disk.display()))?;
-    run(Command::new("qemu-img")
-        .args([
-            "rebase",
-            "-u",
-            "-f",
-            "qcow2",
-            "-F",
-            "raw",
-            "-b",
-            "rootfs.ext4",
-        ])
-        .arg(&disk))?;
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let snapshot = Snapshot {
-        memory: MEMORY_FILE.into(),
-        disk: DISK_FILE.into(),
-        memory_snapshot_size_in_bytes: saved.bytes,
-        disk_snapshot_size_in_bytes: size(&disk),
-        memory_mib: opts.mem_mib,
-        kernel_command_line: vm.launch.append.clone(),
-        created_at: crate::host::now_rfc3339(),
-        save_ms: saved.took.as_millis() as u64,
-    };
-    drop(vm);
-    record(image_dir, Some(&snapshot))?;
-    Ok(snapshot)
+    r
 }
 
 /// Remove an image's snapshot (files and record).
