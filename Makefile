@@ -33,7 +33,7 @@ else
 SNAPSHOT = : no snapshot for $(ARCH)
 endif
 
-.PHONY: help setup build app sdk-image rootfs test lint run bench clean
+.PHONY: help setup build app sdk-image rootfs test check-binaries lint run bench clean
 
 help:
 	@echo "make setup  - install what the build and tests need (idempotent)"
@@ -78,7 +78,19 @@ sdk-image: build
 test:
 	$(MAKE) ARCH=x86_64 rootfs sdk-image
 	$(MAKE) ARCH=aarch64 rootfs sdk-image
+	$(MAKE) check-binaries
 	$(CARGO) test --workspace --exclude sdk-app --no-fail-fast
+
+# What goes into images, for both architectures: static (the guest has no libc) and
+# stripped, as `file` sees them.
+GUEST_BINARIES := $(foreach a,x86_64 aarch64,target/$(a)-unknown-linux-musl/release/microvm-agent \
+  target/$(a)-unknown-linux-musl/release/examples/recorder target/$(a)-unknown-linux-musl/sdk-example/sdk-app)
+check-binaries:
+	@for b in $(GUEST_BINARIES); do \
+	  f=$$(file -b $$b) || exit 1; echo "$$b: $$f"; \
+	  echo "$$f" | grep -Eq 'statically linked|static-pie linked' || { echo "$$b is not static" >&2; exit 1; }; \
+	  echo "$$f" | grep -q ', stripped' || { echo "$$b is not stripped" >&2; exit 1; }; \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

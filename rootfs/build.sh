@@ -27,7 +27,19 @@ esac
 for bin in "$agent" $( [ -d "$app" ] || echo "$app" ); do
   file -L "$bin" | grep -q "$machine" || { echo "rootfs: $bin is not an $ARCH binary: $(file -L "$bin")" >&2; exit 2; }
 done
-KERNEL_PKG=${KERNEL_PKG:-linux-image-6.1.0-56-cloud-$debarch}
+# The kernel: one Debian package, pinned by name, version and checksum (an ABI name
+# alone lets the revision move). KERNEL_PKG (and KERNEL_VERSION) pick another; then
+# no checksum is known, and the build says so.
+PINNED_PKG=linux-image-6.1.0-56-cloud-$debarch
+PINNED_VERSION=6.1.192-2
+case $debarch in
+  amd64) PINNED_SHA256=e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee ;;
+  arm64) PINNED_SHA256=481ab54a27246579aadeb372315c56de02f2fe0cba4e09b387946269fff2f415 ;;
+esac
+KERNEL_PKG=${KERNEL_PKG:-$PINNED_PKG}
+if [ "$KERNEL_PKG" = "$PINNED_PKG" ]; then
+  KERNEL_VERSION=${KERNEL_VERSION:-$PINNED_VERSION}
+fi
 SIZE=${SIZE:-64M}
 # virtio-pci and vsock are modules in Debian's cloud kernel; order matters.
 MODULES=(
@@ -62,19 +74,36 @@ if [ ! -f "$kdir/.extracted" ]; then
   apt=(-o APT::Sandbox::User=root)
   if [ "$debarch" != "$(dpkg --print-architecture)" ]; then
     # A foreign kernel is only downloaded: package lists for its architecture go to a
-    # private apt state under the cache, and the machine's dpkg never learns of it.
-    state=${KERNEL_CACHE:-$out/kernel}/apt-$debarch
+    # private apt state under the cache (absolute: apt reads a relative Dir:: setting
+    # as relative to its parent, /var/lib/apt), with no dpkg status of its own, so the
+    # machine's apt and dpkg never learn of the architecture.
+    state=$(realpath -m "${KERNEL_CACHE:-$out/kernel}")/apt-$debarch
     mkdir -p "$state/lists/partial" "$state/cache/archives/partial"
     apt+=(-o "Dir::State::Lists=$state/lists" -o "Dir::Cache=$state/cache"
+      -o "Dir::State::status=/dev/null"
       -o "APT::Architecture=$debarch" -o "APT::Architectures::=$debarch")
     apt-get -qq "${apt[@]}" update
   fi
-  if ! (cd "$kdir" && apt-get "${apt[@]}" download "$KERNEL_PKG" >/dev/null 2>&1); then
-    # Debian drops an ABI package at its next point release; say so, and use the
-    # current one so the build still works (kernel and modules stay from one package).
+  want=$KERNEL_PKG${KERNEL_VERSION:+=$KERNEL_VERSION}
+  if ! (cd "$kdir" && apt-get -q "${apt[@]}" download "$want" >/dev/null); then
+    # Debian drops an ABI package at its next point release. CI must not quietly
+    # build on another kernel: it stops; elsewhere the current one is used, loudly.
     current=$(apt-cache "${apt[@]}" depends "linux-image-cloud-$debarch" | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-    echo "rootfs: $KERNEL_PKG is not downloadable; using $current (set KERNEL_PKG to pin it)" >&2
+    if [ -n "${CI:-}" ]; then
+      echo "rootfs: $want is not downloadable (Debian's current one is $current): bump the pin in rootfs/build.sh" >&2
+      exit 1
+    fi
+    echo "rootfs: WARNING: $want is not downloadable; using $current, unpinned (set KERNEL_PKG to choose)" >&2
     (cd "$kdir" && apt-get "${apt[@]}" download "$current" >/dev/null)
+  elif [ "$want" = "$PINNED_PKG=$PINNED_VERSION" ]; then
+    got=$(sha256sum "$kdir"/linux-image-*.deb | cut -d' ' -f1)
+    if [ "$got" != "$PINNED_SHA256" ]; then
+      echo "rootfs: $want has checksum $got, not the pinned $PINNED_SHA256" >&2
+      rm -rf "$kdir"
+      exit 1
+    fi
+  else
+    echo "rootfs: $want has no pinned checksum" >&2
   fi
   dpkg-deb -x "$kdir"/linux-image-*.deb "$kdir/x"
   touch "$kdir/.extracted"
@@ -125,5 +154,6 @@ cp "$kdir/x/boot/vmlinuz-$release" "$out/vmlinuz"
 install -m 0644 "$cfg" "$out/image.json"
 # A new root makes an old snapshot (taken over the old one) wrong: it goes.
 rm -f "$out"/snapshot-memory.zst "$out"/snapshot-disk.qcow2
-printf '{"architecture":"%s","kernelRelease":"%s"}\n' "$model" "$release" > "$out/manifest.json"
+kversion=$(dpkg-deb -f "$kdir"/linux-image-*.deb Version)
+printf '{"architecture":"%s","kernelRelease":"%s","kernelPackage":"%s"}\n' "$model" "$release" "$(basename "$kdir")=$kversion" > "$out/manifest.json"
 echo "rootfs: $out/rootfs.ext4 ($(du -k --apparent-size "$out/rootfs.ext4" | cut -f1) KiB, $(du -sk "$stage" | cut -f1) KiB used), kernel $out/vmlinuz ($release), initramfs $out/initrd.cpio ($(du -k --apparent-size "$out/initrd.cpio" | cut -f1) KiB)"

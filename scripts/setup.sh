@@ -29,10 +29,15 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
   rustup target list --installed | grep -qx $t || rustup target add $t
 done
-case $(aarch64-linux-gnu-gcc -dumpversion) in
-  12*) ;;
-  *) echo "setup: aarch64-linux-gnu-gcc $(aarch64-linux-gnu-gcc -dumpversion) is not Debian 12's cross gcc 12" >&2; exit 1 ;;
+# The cross compiler is Debian 12's, 12.2.0 (the release fixes the upstream version;
+# only Debian revisions move), and the aarch64-linux-gnu-gcc on PATH is that package's.
+cross=$(dpkg-query -W -f='${Version}' gcc-12-aarch64-linux-gnu 2>/dev/null || true)
+case $cross in
+  12.2.0-*) ;;
+  *) echo "setup: gcc-12-aarch64-linux-gnu is '${cross:-not installed}', not Debian 12's 12.2.0" >&2; exit 1 ;;
 esac
+gcc_path=$(readlink -f "$(command -v aarch64-linux-gnu-gcc)")
+dpkg -S "$gcc_path" >/dev/null 2>&1 || { echo "setup: $gcc_path does not come from a Debian package" >&2; exit 1; }
 # The vhost-user vsock backend for real guests (pure Rust, pinned), into .tools/.
 root=$(cd "$(dirname "$0")/.." && pwd)
 if ! "$root/.tools/bin/vhost-device-vsock" --version >/dev/null 2>&1; then

@@ -239,6 +239,9 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
         boot,
         metadata,
         sdk_config_file,
+        // Decided at boot, as for the metadata address: a test namespace is the
+        // agent's own only while it has nothing but lo (a NIC may come later).
+        network_ours: crate::metadata::network_is_ours(role).is_ok(),
     });
 
     if let Some(sup) = supervisor {

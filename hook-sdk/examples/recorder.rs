@@ -19,7 +19,8 @@
 //! - `RECORDER_ACTIONS=1`: a `/run` payload of space-separated words acts on them
 //!   before answering: `lines:N` prints N numbered lines (`line <i> of <N>`) to stdout;
 //!   `connect:HOST:PORT` tries a TCP connection (1 s) and records
-//!   `{"connect": ..., "ok": bool, "error": ...}`
+//!   `{"connect": ..., "ok": bool, "error": ...}`; `tick:MS` prints `tick <i>` every
+//!   MS milliseconds from then on, from a thread of its own (at most 100,000 lines)
 //!
 //! Every record carries `t`, this process's wall clock in Unix milliseconds, and is
 //! also printed to stdout as `recorder: {json}` so a guest's console carries it.
@@ -54,6 +55,14 @@ impl Recorder {
                 let _ = writeln!(out, "line {i} of {n}");
             }
             let _ = out.flush();
+        } else if let Some(ms) = word.strip_prefix("tick:") {
+            let every = std::time::Duration::from_millis(ms.parse().unwrap_or(10).max(1));
+            std::thread::spawn(move || {
+                for i in 0..100_000u64 {
+                    println!("tick {i}");
+                    std::thread::sleep(every);
+                }
+            });
         } else if let Some(addr) = word.strip_prefix("connect:") {
             use std::net::ToSocketAddrs;
             let result = addr

@@ -178,6 +178,16 @@ where
             )));
         }
     }
+    if let Some(n) = a.test_credentials_seconds {
+        // Credentials that expire within the agent's warning window would be warned
+        // about, and so rotated, as soon as they arrive.
+        let window = microvm_protocol::limits::CREDENTIALS_WARNING_SECONDS;
+        if n <= window {
+            return Err(CliError::Usage(format!(
+                "aws: error: argument --test-credentials-seconds: must exceed {window} (the agent warns that long before expiry), got {n}"
+            )));
+        }
+    }
     let args = RunArgs {
         request,
         then: a

@@ -92,7 +92,14 @@ fn run(a: &RunArgs) -> i32 {
         }
     };
     let microvm_id = host::microvm_id();
-    let dir = std::env::temp_dir().join("microvm-local").join(&microvm_id);
+    let base = std::env::temp_dir().join("microvm-local");
+    for gone in crate::vm::sweep_stale(&base) {
+        eprintln!(
+            "microvm-local: removed {}, left by a runner that is gone",
+            gone.display()
+        );
+    }
+    let dir = base.join(&microvm_id);
     // Hard timeout: whatever happens, the run ends.
     let timeout = Duration::from_secs(a.timeout_s);
     std::thread::spawn(move || {
@@ -102,8 +109,20 @@ fn run(a: &RunArgs) -> i32 {
     });
     let mut opts = VmOpts {
         cold_boot: a.cold_boot,
+        // Each MicroVM its own CID, as on the platform (the backend is per VM, so
+        // nothing here needs it; the guest must cope with whatever it is given).
+        cid: host::guest_cid(),
         ..VmOpts::default()
     };
+    if image.arch == crate::vm::Arch::X86_64
+        && image.initrd.is_some()
+        && image.snapshot.is_none()
+        && !a.cold_boot
+    {
+        eprintln!(
+            "microvm-local: {image_path} has no snapshot (`microvm-local snapshot-image --image-identifier {image_path}` makes one): booting it cold, with its image-build hooks"
+        );
+    }
     match network(a) {
         Ok(net) => opts.net = net,
         Err(e) => {
@@ -338,7 +357,10 @@ fn finish(host: &Arc<Host>, code: i32) -> i32 {
         if !host.terminated() {
             report("terminate", host.terminate());
         }
-        if !host.vm.wait_exit(Duration::from_secs(20)) {
+        if host.vm.saved() {
+            // Nothing runs to wait for; the memory file goes with the VM's directory.
+            eprintln!("microvm-local: the suspended MicroVM could not be restored to terminate it; discarding it");
+        } else if !host.vm.wait_exit(Duration::from_secs(20)) {
             eprintln!("microvm-local: guest did not power off; killing QEMU");
         }
     }

@@ -45,6 +45,8 @@ pub struct Host {
     idle: Option<IdleSettings>,
     /// Where the execution role's credentials come from; None without a role.
     role: Option<crate::credentials::Source>,
+    /// The last set a rotation sent.
+    last_rotation: Mutex<Option<microvm_protocol::run::Credentials>>,
 }
 
 #[derive(Default)]
@@ -80,6 +82,7 @@ impl Host {
             poll_gate: Mutex::new(()),
             idle,
             role: None,
+            last_rotation: Mutex::new(None),
         }
     }
 
@@ -98,9 +101,22 @@ impl Host {
         self.role.map(|r| r.next(|k| std::env::var(k).ok(), now))
     }
 
-    /// The agent warned that the credentials expire soon: hand it the next set.
+    /// The agent warned that the credentials expire soon: hand it the next set, unless
+    /// the role's source has none newer than the last one sent (the agent warns again
+    /// a minute later; re-sending the same set would only make it warn again).
     fn rotate_credentials(&self) -> Result<Value, String> {
         let c = self.next_credentials().ok_or("no execution role")?;
+        {
+            let mut last = self.last_rotation.lock().unwrap_or_else(|p| p.into_inner());
+            if last.as_ref() == Some(&c) {
+                return Err(format!(
+                    "the role's source has no newer credentials than {} (expiring {}); not sent again",
+                    c.access_key_id,
+                    c.expiration.as_deref().unwrap_or("never")
+                ));
+            }
+            *last = Some(c.clone());
+        }
         let body = serde_json::to_vec(&c).map_err(|e| e.to_string())?;
         let r = self
             .vm
@@ -134,9 +150,26 @@ impl Host {
         }
         let mut v = answer(self.vm.hook("suspend", ""))?;
         if v["status"] == 200 {
-            if let Some(saved) = self.vm.park()? {
-                v["savedToFile"] =
-                    json!({"bytes": saved.bytes, "ms": saved.took.as_millis() as u64});
+            match self.vm.park() {
+                Ok(Some(saved)) => {
+                    v["savedToFile"] =
+                        json!({"bytes": saved.bytes, "ms": saved.took.as_millis() as u64});
+                }
+                Ok(None) => {}
+                Err(e) if self.vm.lost() => {
+                    st.terminated = true;
+                    return Err(e);
+                }
+                Err(e) => {
+                    // The VM runs on, its agent SUSPENDED: both must agree again.
+                    let back = self.resume_envelope().and_then(|body| {
+                        answer(self.vm.hook("resume", &body)).map(|v| v["status"].clone())
+                    });
+                    return Err(format!(
+                        "{e}; the agent was told to resume: {}",
+                        back.map_or_else(|e| e, |s| format!("status {s}"))
+                    ));
+                }
             }
             st.suspended = true;
             st.epoch += 1;
@@ -155,19 +188,36 @@ impl Host {
         Ok(v)
     }
 
-    fn resume_locked(&self, st: &mut HostState) -> Result<Value, String> {
-        if !st.suspended {
-            return Ok(json!({"status": 200, "answer": {"state": "RUNNING"}}));
-        }
-        let restored = self.vm.unpark()?;
-        st.suspended = false;
+    /// `/resume`'s body: the host's clock, fresh entropy, and (as on the platform) a
+    /// resumed MicroVM's fresh credentials.
+    fn resume_envelope(&self) -> Result<String, String> {
         let body = ResumeEnvelope {
             clock: Some(host::clock()),
             entropy: Some(host::entropy_b64()),
-            // As on the platform: a resumed MicroVM gets fresh credentials.
             credentials: self.next_credentials(),
         };
-        let body = serde_json::to_string(&body).map_err(|e| e.to_string())?;
+        serde_json::to_string(&body).map_err(|e| e.to_string())
+    }
+
+    fn resume_locked(&self, st: &mut HostState) -> Result<Value, String> {
+        self.resume_for(st, true)
+    }
+
+    fn resume_for(&self, st: &mut HostState, cancellable: bool) -> Result<Value, String> {
+        if !st.suspended {
+            return Ok(json!({"status": 200, "answer": {"state": "RUNNING"}}));
+        }
+        let restored = match self.vm.unpark_for(cancellable) {
+            Ok(r) => r,
+            Err(e) => {
+                if self.vm.lost() {
+                    st.terminated = true;
+                }
+                return Err(e);
+            }
+        };
+        st.suspended = false;
+        let body = self.resume_envelope()?;
         let mut v = answer(self.vm.hook("resume", &body))?;
         if let Some(took) = restored {
             v["restoredFromFile"] = json!({"ms": took.as_millis() as u64});
@@ -186,9 +236,14 @@ impl Host {
             return Ok(json!({"status": 200, "answer": {"state": "TERMINATED"}}));
         }
         if st.suspended {
-            // The application's /terminate hook runs, as for a running MicroVM.
-            self.vm.unpark()?;
-            st.suspended = false;
+            // The application's /terminate hook runs, as for a running MicroVM, and
+            // its last lines are shipped: the guest first gets the clock (a request
+            // signed with a clock hours behind is refused), entropy and credentials,
+            // which only /resume carries. A stop signal does not cancel this restore.
+            report("resume (to terminate)", self.resume_for(&mut st, false));
+            if st.terminated {
+                return Err("the suspended MicroVM could not be restored to terminate it".into());
+            }
         }
         st.terminated = true;
         answer(self.vm.hook("terminate", ""))

@@ -146,6 +146,9 @@ pub struct FaultProxy {
     pub access_keys: Arc<std::sync::Mutex<Vec<String>>>,
     /// The credential scope of every signed request (`KEY/DATE/REGION/SERVICE/aws4_request`).
     pub scopes: Arc<std::sync::Mutex<Vec<String>>>,
+    /// In `Expired` mode, requests signed with this access key are forwarded all the
+    /// same: the service accepts new credentials and refuses the old ones.
+    accept_key: Arc<std::sync::Mutex<Option<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -162,9 +165,11 @@ impl FaultProxy {
             dropped: Arc::default(),
             access_keys: Arc::default(),
             scopes: Arc::default(),
+            accept_key: Arc::default(),
             stop: Arc::default(),
         };
         let scopes = p.scopes.clone();
+        let accept = p.accept_key.clone();
         let (mode, puts, thr, drp, stop, keys) = (
             p.mode.clone(),
             p.forwarded_puts.clone(),
@@ -182,7 +187,7 @@ impl FaultProxy {
                     continue;
                 };
                 let (mode, puts, thr, drp) = (mode.clone(), puts.clone(), thr.clone(), drp.clone());
-                let seen = (keys.clone(), scopes.clone());
+                let seen = (keys.clone(), scopes.clone(), accept.clone());
                 std::thread::spawn(move || {
                     let _ = client.set_nonblocking(false);
                     let _ = client.set_nodelay(true);
@@ -191,6 +196,11 @@ impl FaultProxy {
             }
         });
         p
+    }
+
+    /// In `Expired` mode, accept requests signed with `key` (see `accept_key`).
+    pub fn accept_key(&self, key: &str) {
+        *self.accept_key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.to_string());
     }
 
     pub fn set(&self, m: Mode) {
@@ -208,10 +218,11 @@ impl Drop for FaultProxy {
     }
 }
 
-/// Access keys and credential scopes seen, in order.
+/// Access keys and credential scopes seen, in order; the key accepted while expired.
 type Seen = (
     Arc<std::sync::Mutex<Vec<String>>>,
     Arc<std::sync::Mutex<Vec<String>>>,
+    Arc<std::sync::Mutex<Option<String>>>,
 );
 
 fn serve_one(
@@ -227,6 +238,7 @@ fn serve_one(
     let mut head = Vec::new();
     let mut len = 0usize;
     let mut is_put = false;
+    let mut signed_by = None;
     loop {
         let mut line = String::new();
         if r.read_line(&mut line)? == 0 {
@@ -243,6 +255,7 @@ fn serve_one(
             if let Some((_, rest)) = line.split_once("Credential=") {
                 let scope = rest.split([',', ' ']).next().unwrap_or("").to_string();
                 let key = scope.split('/').next().unwrap_or("").to_string();
+                signed_by = Some(key.clone());
                 seen.0.lock().unwrap_or_else(|p| p.into_inner()).push(key);
                 seen.1.lock().unwrap_or_else(|p| p.into_inner()).push(scope);
             }
@@ -259,6 +272,8 @@ fn serve_one(
     let mut body = vec![0; len];
     r.read_exact(&mut body)?;
     let mut client = client;
+    let accepted = signed_by.is_some()
+        && *seen.2.lock().unwrap_or_else(|p| p.into_inner()) == signed_by;
     match mode.load(Ordering::SeqCst) {
         1 => {
             throttled.fetch_add(1, Ordering::SeqCst);
@@ -274,7 +289,7 @@ fn serve_one(
             let _ = client.shutdown(std::net::Shutdown::Both);
             Ok(())
         }
-        3 => {
+        3 if !accepted => {
             throttled.fetch_add(1, Ordering::SeqCst);
             let b = r#"{"__type":"ExpiredTokenException","message":"The security token included in the request is expired"}"#;
             let resp = format!(

@@ -673,7 +673,8 @@ fn boot_with_a_forward(image: &Image, name: &str) -> (Moto, FaultProxy, Vm) {
 /// the application's stdout arrives byte-exact, signed with the run's access key,
 /// including what it wrote right before `/suspend` and right before `/terminate`
 /// (the recorder prints a line in each hook, before answering). From inside the guest
-/// the forward connects; the gateway's port 22 and an unforwarded port do not.
+/// the forward connects; a port listening on this machine (moto's, through the gateway)
+/// and an unforwarded port do not.
 #[test]
 fn a_guest_with_restricted_egress_ships_its_logs_through_a_forward() {
     let Some(image) = image() else {
@@ -698,7 +699,8 @@ fn a_guest_with_restricted_egress_ships_its_logs_through_a_forward() {
     let run = json!({
         "microvmId": "mvm-egress",
         "runHookPayload": format!(
-            "lines:{LINES} connect:10.0.2.100:4566 connect:10.0.2.2:22 connect:10.0.2.100:4567"
+            "lines:{LINES} connect:10.0.2.100:4566 connect:10.0.2.2:{} connect:10.0.2.100:4567",
+            moto.port
         ),
         "region": "us-east-1",
         "credentials": {"accessKeyId": "AKIDGUEST", "secretAccessKey": "guest-secret"},
@@ -715,9 +717,11 @@ fn a_guest_with_restricted_egress_ships_its_logs_through_a_forward() {
             .unwrap()
     };
     assert!(connected("10.0.2.100:4566"), "the forward answers");
+    // Moto listens on this machine's loopback: without `restrict=on` the gateway's
+    // address would reach it.
     assert!(
-        !connected("10.0.2.2:22"),
-        "restricted: the host is not reachable"
+        !connected(&format!("10.0.2.2:{}", moto.port)),
+        "restricted: the host's own listening port is not reachable"
     );
     assert!(!connected("10.0.2.100:4567"), "an unforwarded port");
 
@@ -975,8 +979,25 @@ fn two_microvms_restored_from_one_snapshot_run_apart() {
         // The image-build hooks ran once, before the snapshot.
         assert_eq!(s["hooks"]["validate"]["calls"], 1, "{s:#}");
     }
+    // The guest's wall clock against this machine's, from one status read: the
+    // offset at the read's midpoint, and how uncertain that is (half its round trip).
+    let offset = |vm: &Vm| {
+        let h0 = now_ms();
+        let s = vm.status().unwrap();
+        let h1 = now_ms();
+        let g = s["guest"]["unixTimeMs"].as_i64().expect("guest.unixTimeMs");
+        (g - (h0 + h1) / 2, (h1 - h0) / 2 + 1)
+    };
     let mut randoms = vec![];
     for (i, vm) in vms.iter().enumerate() {
+        // Restored, the guest's clock is where it was at the save: behind by the
+        // snapshot's age (at least the seconds since make rootfs took it).
+        let (before, _) = offset(vm);
+        assert!(
+            before < -1000,
+            "the restored guest clock is only {before} ms off (snapshot taken {})",
+            snap.created_at
+        );
         let payload = format!("clone {i}: {}", "✓".repeat(i + 1));
         let run = json!({"microvmId": format!("mvm-clone-{i}"), "runHookPayload": payload,
                          "clock": {"unixTimeNanos": now_nanos()}, "entropy": entropy_b64()});
@@ -991,6 +1012,11 @@ fn two_microvms_restored_from_one_snapshot_run_apart() {
             t >= sent_at - 50 && t <= answered_at + 50,
             "guest clock {t} vs host window [{sent_at}, {answered_at}] (snapshot taken {})",
             snap.created_at
+        );
+        let (after, uncertainty) = offset(vm);
+        assert!(
+            after.abs() <= 50 + uncertainty,
+            "guest clock {after} ms off after /run (+-{uncertainty} ms; {before} ms before)"
         );
         randoms.push(rec["random"].as_str().unwrap().to_string());
         // The divergence is the agent's doing: it reseeded with the run's entropy.
@@ -1021,7 +1047,8 @@ fn two_microvms_restored_from_one_snapshot_run_apart() {
 /// snapshot and shipping its logs through a forward: while suspended no QEMU runs
 /// (no CPU, no guest memory on the host) and the memory is in a file; after each
 /// resume the application is the same process; every line it wrote, including the
-/// ones inside each `/suspend` and `/resume`, is in CloudWatch Logs once, in order.
+/// ones inside each `/suspend` and `/resume` and a line every 10 ms throughout (held
+/// from `/suspend` to `/resume`), is in CloudWatch Logs once, in order.
 #[test]
 fn suspend_and_resume_through_a_file_keep_the_application_and_its_logs() {
     let Some(image) = snapshotted_image() else {
@@ -1034,7 +1061,9 @@ fn suspend_and_resume_through_a_file_keep_the_application_and_its_logs() {
     const LINES: usize = 1000;
     let run = json!({
         "microvmId": "mvm-cycles",
-        "runHookPayload": format!("lines:{LINES}"),
+        // A line every 10 ms throughout: between /suspend and the save, while held,
+        // and right after the restore.
+        "runHookPayload": format!("lines:{LINES} tick:10"),
         "region": "us-east-1",
         "credentials": {"accessKeyId": "AKIDCYCLES", "secretAccessKey": "s"},
         "endpoints": {"logs": "http://10.0.2.100:4566"},
@@ -1078,6 +1107,14 @@ fn suspend_and_resume_through_a_file_keep_the_application_and_its_logs() {
         .cloned()
         .collect();
     assert_eq!(lines, numbered, "every line, once, in order");
+    let ticks: Vec<u64> = got
+        .iter()
+        .filter_map(|m| m.strip_prefix("tick "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(ticks.len() > 300, "ticks through three cycles: {}", ticks.len());
+    let want: Vec<u64> = (0..ticks.len() as u64).collect();
+    assert_eq!(ticks, want, "no tick lost, none twice, in order");
     let hooks: Vec<String> = got
         .iter()
         .filter_map(|m| m.strip_prefix("recorder: "))

@@ -68,6 +68,8 @@ pub mod limits {
     pub const EVENTS_RETAINED: usize = 4096;
     /// Longest `waitSeconds` of `GET /v1/events`.
     pub const EVENTS_MAX_WAIT_SECONDS: u64 = 60;
+    /// The agent's `credentialsExpiring` comes this long before the expiration.
+    pub const CREDENTIALS_WARNING_SECONDS: u64 = 20 * 60;
 }
 
 /// The log group of a run whose `logging` names none: this prefix and the image name.

@@ -80,6 +80,10 @@ pub struct RunEnvelope {
     pub maximum_duration_in_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// The guest's NIC for this run, for a host whose guest network differs per run
+    /// (a snapshot froze the kernel command line and its `microvm.*` parameters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
     /// Service endpoints for this run, in place of the public ones: per run, never on
     /// the kernel command line (a snapshot freezes that).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +100,24 @@ pub struct RunEnvelope {
     /// envelope, not on the kernel command line, which a snapshot freezes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_min_idle_seconds: Option<u64>,
+}
+
+/// The run envelope's `network`: what the `microvm.ip`, `microvm.gateway`,
+/// `microvm.mtu`, `microvm.dns` and `microvm.iface` kernel parameters say.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Network {
+    /// `ADDRESS/PREFIX` (IPv4).
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// The interface; the first one besides `lo` when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
 }
 
 /// Endpoint overrides in the run envelope (`http://` or `https://` URLs).

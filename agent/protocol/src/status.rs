@@ -182,6 +182,9 @@ pub struct RunInfo {
     pub logging: Option<Logging>,
     pub idle_policy: Option<IdlePolicy>,
     pub maximum_duration_in_seconds: Option<u64>,
+    /// What the run's `network` configured (`eth0 10.0.2.15/24 via 10.0.2.2 ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 /// Credentials without their secrets: secrets never appear in status or logs.
@@ -370,6 +373,10 @@ pub struct GuestInfo {
     /// vsock device came back (a snapshot restore). Absent from agents before it.
     #[serde(default)]
     pub announcements: u32,
+    /// The guest's wall clock when it answered (ms since the epoch): after a restore
+    /// it is behind by the time on disk until `/run` or `/resume` sets it.
+    #[serde(default)]
+    pub unix_time_ms: Option<i64>,
 }
 
 /// `GET /v1/status`.

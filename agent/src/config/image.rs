@@ -300,6 +300,16 @@ impl ImageConfig {
                 format!("must be 1-64, got {hops}"),
             ));
         }
+        if self.hooks.port == 80
+            && self.metadata.http_endpoint == microvm_protocol::status::HttpEndpoint::Enabled
+        {
+            // The metadata service listens on 169.254.169.254:80 inside the guest, and
+            // Linux refuses a wildcard bind of a port a specific address listens on.
+            return Err(FieldError::new(
+                "hooks.port",
+                "80 is taken in the guest by the metadata service (169.254.169.254:80): pick another port, or set metadata.httpEndpoint to disabled",
+            ));
+        }
         if let Some(m) = self.memory_limit_mib {
             // Shifted into bytes for memory.max: keep it far from overflow.
             if !(MIN_LIMIT_MIB..=1 << 30).contains(&m) {
@@ -523,6 +533,10 @@ mod tests {
             let cfg = img(&with_hooks(&format!(r#"{{"port":{ok}}}"#))).expect("valid");
             assert_eq!(u32::from(cfg.hooks.port()), ok);
         }
+        // 80 belongs to the metadata service unless the image turns it off.
+        assert_eq!(err_field(&with_hooks(r#"{"port":80}"#)), "hooks.port");
+        let off = r#"{"imageName":"i","command":["/a"],"hooks":{"port":80},"metadata":{"httpEndpoint":"disabled"}}"#;
+        assert_eq!(img(off).expect("valid").hooks.port(), 80);
     }
 
     #[test]

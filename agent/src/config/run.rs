@@ -7,7 +7,7 @@ use microvm_protocol::limits::{
     MAX_DURATION_SECONDS, MAX_MICROVM_ID, MAX_RUN_HOOK_PAYLOAD, MIN_ENTROPY_BYTES, MIN_IDLE_SECONDS,
 };
 use microvm_protocol::run::{
-    Clock, Credentials, Empty, IdlePolicy, Logging, ResumeEnvelope, RunEnvelope,
+    Clock, Credentials, Empty, IdlePolicy, Logging, Network, ResumeEnvelope, RunEnvelope,
 };
 use std::time::Duration;
 
@@ -32,6 +32,8 @@ pub struct RunRequest {
     pub logs_endpoint: Option<String>,
     /// Test only (`testMinIdleSeconds`): the lowered minimum idle duration.
     pub test_min_idle: Option<Duration>,
+    /// The guest's NIC for this run (`network`), validated.
+    pub network: Option<crate::sys::network::NetSettings>,
     pub fresh: Freshness,
 }
 
@@ -141,11 +143,16 @@ impl RunRequest {
                 .into());
             }
         }
+        if let Some(c) = &raw.credentials {
+            check_credentials(c, "credentials.")?;
+        }
+        let network = raw.network.as_ref().map(network_settings).transpose()?;
         let logs_endpoint = raw.endpoints.and_then(|e| e.logs);
         if let Some(url) = &logs_endpoint {
             valid_endpoint(url).map_err(|why| FieldError::new("endpoints.logs", why))?;
         }
         Ok(RunRequest {
+            network,
             logs_endpoint,
             microvm_id,
             run_hook_payload: raw.run_hook_payload,
@@ -175,6 +182,9 @@ impl RunRequest {
 /// The host's `/resume` body (all optional).
 pub fn parse_resume(body: &[u8]) -> Result<Freshness, RequestError> {
     let raw: ResumeEnvelope = from_json_objects(body_or_empty(body), &[])?;
+    if let Some(c) = &raw.credentials {
+        check_credentials(c, "credentials.")?;
+    }
     Ok(Freshness {
         clock: raw.clock,
         entropy: decode_entropy(raw.entropy)?,
@@ -208,6 +218,74 @@ pub fn valid_endpoint(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The envelope's `network`, checked as the kernel parameters are; an error names the
+/// envelope's field.
+fn network_settings(n: &Network) -> Result<crate::sys::network::NetSettings, FieldError> {
+    use crate::sys::network::NetParams;
+    let params = NetParams {
+        ip: Some(n.address.clone()),
+        gateway: n.gateway.clone(),
+        mtu: n.mtu.map(|m| m.to_string()),
+        dns: (!n.dns.is_empty()).then(|| n.dns.join(",")),
+        iface: n.interface.clone(),
+    };
+    match params.settings() {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(FieldError::new("network.address", "is required")),
+        Err(e) => {
+            let field = [
+                ("microvm.ip", "network.address"),
+                ("microvm.gateway", "network.gateway"),
+                ("microvm.mtu", "network.mtu"),
+                ("microvm.dns", "network.dns"),
+                ("microvm.iface", "network.interface"),
+            ]
+            .into_iter()
+            .find(|(p, _)| e.starts_with(p))
+            .map_or("network", |(_, f)| f);
+            Err(FieldError::new(field, e))
+        }
+    }
+}
+
+/// Unix seconds of an RFC 3339 UTC time (`2026-11-22T16:00:00Z`).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    use aws_sdk_cloudwatchlogs::primitives::{DateTime, DateTimeFormat};
+    DateTime::from_str(s, DateTimeFormat::DateTime)
+        .ok()
+        .map(|d| d.secs())
+}
+
+/// Credentials as the SDKs will take them from the metadata service: keys of
+/// printable ASCII with no blank (they go into headers and a JSON document the SDK
+/// parses), and an expiration in RFC 3339 UTC (`...Z`), the form the SDKs parse; a
+/// value they refuse would cost the application its credentials silently.
+pub fn check_credentials(c: &Credentials, prefix: &str) -> Result<(), FieldError> {
+    let printable = |v: &str| v.bytes().all(|b| b.is_ascii_graphic());
+    for (name, v) in [
+        ("accessKeyId", Some(&c.access_key_id)),
+        ("secretAccessKey", Some(&c.secret_access_key)),
+        ("sessionToken", c.session_token.as_ref()),
+    ] {
+        let Some(v) = v else { continue };
+        if v.is_empty() || v.len() > 8192 || !printable(v) {
+            return Err(FieldError::new(
+                format!("{prefix}{name}"),
+                "must be 1-8192 printable ASCII characters with no blank",
+            ));
+        }
+    }
+    if let Some(e) = &c.expiration {
+        if !e.ends_with('Z') || !printable(e) || parse_rfc3339(e).is_none() {
+            return Err(FieldError::new(
+                format!("{prefix}expiration"),
+                format!("must be an RFC 3339 time in UTC such as 2026-11-22T16:00:00Z, got {e:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// An AWS region name: a DNS label of lowercase letters, digits and hyphens (the
 /// SDKs put it in host names). Nothing else gets through: the region is written into
 /// places the application's SDK reads, where a newline or a `;` would be an injection.
@@ -224,6 +302,62 @@ pub fn valid_region(r: &str) -> bool {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_network_comes_in_the_envelope_checked_as_the_kernel_parameters_are() {
+        let run = |n: &str| RunRequest::parse(format!(r#"{{"microvmId":"m","network":{n}}}"#).as_bytes());
+        let ok = run(r#"{"address":"10.9.0.2/24","gateway":"10.9.0.1","mtu":1400,"dns":["10.9.0.53"],"interface":"eth0"}"#)
+            .unwrap()
+            .network
+            .unwrap();
+        assert_eq!(ok.address, std::net::Ipv4Addr::new(10, 9, 0, 2));
+        assert_eq!(ok.prefix, 24);
+        assert_eq!(ok.gateway, Some(std::net::Ipv4Addr::new(10, 9, 0, 1)));
+        assert_eq!(ok.mtu, Some(1400));
+        assert_eq!(ok.interface.as_deref(), Some("eth0"));
+        assert_eq!(RunRequest::parse(br#"{"microvmId":"m"}"#).unwrap().network, None);
+        for (bad, field) in [
+            (r#"{"address":"10.9.0.2"}"#, "network.address"),
+            (r#"{"address":"10.9.0.2/24","gateway":"10.8.0.1"}"#, "network.gateway"),
+            (r#"{"address":"10.9.0.2/24","mtu":20}"#, "network.mtu"),
+            (r#"{"address":"10.9.0.2/24","dns":["x"]}"#, "network.dns"),
+            (r#"{"address":"10.9.0.2/24","interface":"../x"}"#, "network.interface"),
+            (r#"{"address":"10.9.0.2/24","ip":"x"}"#, "network.ip"),
+            (r#"{"gateway":"10.9.0.1"}"#, "network.address"),
+        ] {
+            match run(bad) {
+                Err(RequestError::Invalid(e)) => assert_eq!(e.field, field, "{bad}: {e}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn credentials_the_sdks_would_refuse_are_refused_naming_the_field() {
+        let ok = Credentials {
+            access_key_id: "ASIAXYZ".into(),
+            secret_access_key: "s/e+c=".into(),
+            session_token: Some("T0k/en=".into()),
+            expiration: Some("2026-11-22T16:00:00Z".into()),
+        };
+        assert_eq!(check_credentials(&ok, "credentials."), Ok(()));
+        let field = |c: Credentials| check_credentials(&c, "credentials.").unwrap_err().field;
+        for bad in ["2026-11-22T16:00:00+01:00", "2026-11-22 16:00:00Z", "soon", "2026-13-01T00:00:00Z", ""] {
+            let c = Credentials { expiration: Some(bad.into()), ..ok.clone() };
+            assert_eq!(field(c), "credentials.expiration", "{bad}");
+        }
+        let c = Credentials { access_key_id: "".into(), ..ok.clone() };
+        assert_eq!(field(c), "credentials.accessKeyId");
+        let c = Credentials { secret_access_key: "a b".into(), ..ok.clone() };
+        assert_eq!(field(c), "credentials.secretAccessKey");
+        let c = Credentials { session_token: Some("x\ncredential_process=/bin/sh".into()), ..ok.clone() };
+        assert_eq!(field(c), "credentials.sessionToken");
+        let body = br#"{"credentials":{"accessKeyId":"a","secretAccessKey":"s","expiration":"tomorrow"}}"#;
+        match parse_resume(body) {
+            Err(RequestError::Invalid(e)) => assert_eq!(e.field, "credentials.expiration"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn endpoints_are_plain_http_urls_with_a_host() {

@@ -165,20 +165,17 @@ async fn credentials_request(lc: &Arc<Lifecycle>, body: Incoming) -> Answer {
     };
     match config::json::from_json_objects::<microvm_protocol::run::Credentials>(&body, &[]) {
         Err(e) => request_error(RequestError::Invalid(e)),
-        Ok(c) if c.access_key_id.is_empty() || c.secret_access_key.is_empty() => ApiError::new(
-            ErrorCode::BadRequest,
-            "accessKeyId and secretAccessKey must not be empty",
-        )
-        .with_field("accessKeyId")
-        .into(),
-        Ok(c) => {
+        Ok(c) => match config::run::check_credentials(&c, "") {
+            Err(e) => request_error(RequestError::Invalid(e)),
+            Ok(()) => {
             let info = microvm_protocol::status::CredentialsInfo {
                 access_key_id: c.access_key_id.clone(),
                 expiration: c.expiration.clone(),
             };
-            lc.set_credentials(c);
-            Answer::ok(&serde_json::json!({ "credentials": info }))
-        }
+                lc.set_credentials(c);
+                Answer::ok(&serde_json::json!({ "credentials": info }))
+            }
+        },
     }
 }
 

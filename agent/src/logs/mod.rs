@@ -85,6 +85,12 @@ struct State {
     /// Monotonic ms since the service first refused the current credentials; None
     /// while they work (or since new ones arrived).
     credentials_refused_since: Option<u64>,
+    /// From `/suspend` to `/resume`: no batch leaves. A request under way while the
+    /// VM is saved is cut, and its retry after the restore would send twice what the
+    /// service had already taken.
+    held: bool,
+    /// A batch is in the sender's hands.
+    in_flight: bool,
 }
 
 pub struct Logs {
@@ -117,6 +123,8 @@ impl Logs {
                 last_error: None,
                 flush_requested: false,
                 credentials_refused_since: None,
+                held: false,
+                in_flight: false,
             }),
             settings,
             wake_sender: Notify::new(),
@@ -207,6 +215,37 @@ impl Logs {
                 return self.lock().buffer.resolved() >= target;
             }
         }
+    }
+
+    /// Stop sending (at `/suspend`, after the flush), and wait within `deadline` for
+    /// a batch under way to be answered; true if none is left in flight. New lines
+    /// are captured and buffered meanwhile, as the buffer's policy says.
+    pub async fn hold(&self, deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        loop {
+            let progress = self.progress.notified();
+            {
+                let mut st = self.lock();
+                st.held = true;
+                if !st.in_flight {
+                    return true;
+                }
+            }
+            // A retry pause ends now and sees the hold.
+            self.sink_changed.notify_one();
+            if tokio::time::timeout_at(until.into(), progress)
+                .await
+                .is_err()
+            {
+                return !self.lock().in_flight;
+            }
+        }
+    }
+
+    /// Send again (at `/resume`, once the clock is right, and at `/terminate`).
+    pub fn release(&self) {
+        self.lock().held = false;
+        self.wake_sender.notify_one();
     }
 
     pub fn status(&self) -> LogsStatus {

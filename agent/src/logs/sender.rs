@@ -13,17 +13,18 @@ const RETRY_CAP: Duration = Duration::from_secs(10);
 
 impl Logs {
     pub async fn run_sender(self: Arc<Self>) {
-        let mut backoff =
-            Backoff::new(RETRY_INITIAL, RETRY_CAP).jittered(self.clock.unix_ms() as u64);
         loop {
             let (batch, mut sink) = self.next_batch().await;
-            backoff.reset();
+            // Seeded per batch, not once at boot: every clone of a snapshot booted
+            // with the same seed, and would retry in lockstep against the service.
+            let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_CAP).jittered(jitter_seed());
             loop {
                 match sink.put(&batch).await {
                     Ok(Delivery::Sent(rejected)) => {
                         {
                             let mut st = self.lock();
                             st.buffer.ack_sent(&batch, &rejected);
+                            st.in_flight = false;
                             st.last_error = None;
                             st.credentials_refused_since = None;
                         }
@@ -31,7 +32,11 @@ impl Logs {
                         break;
                     }
                     Ok(Delivery::Dropped(reason)) => {
-                        self.lock().buffer.ack_dropped(&batch, reason);
+                        {
+                            let mut st = self.lock();
+                            st.buffer.ack_dropped(&batch, reason);
+                            st.in_flight = false;
+                        }
                         self.progress.notify_waiters();
                         break;
                     }
@@ -40,6 +45,7 @@ impl Logs {
                         {
                             let mut st = self.lock();
                             st.buffer.ack_dropped(&batch, "InvalidBatch");
+                            st.in_flight = false;
                             st.last_error = Some(e.to_string());
                         }
                         self.progress.notify_waiters();
@@ -60,13 +66,22 @@ impl Logs {
                         tracing::warn!(attempt, "PutLogEvents: {e}; retrying in {pause:?}");
                         // New credentials or a new destination cut the wait short.
                         let _ = tokio::time::timeout(pause, self.sink_changed.notified()).await;
-                        let current = self.lock().sink.clone();
+                        let (current, held) = {
+                            let st = self.lock();
+                            (st.sink.clone(), st.held)
+                        };
                         match current {
                             // The same batch, through the current sink (new credentials,
                             // or a destination that now drops it).
-                            Some(current) => sink = current,
-                            None => {
-                                self.lock().buffer.requeue(batch);
+                            Some(current) if !held => sink = current,
+                            // No sink, or held for a snapshot: back to the queue's head.
+                            _ => {
+                                {
+                                    let mut st = self.lock();
+                                    st.buffer.requeue(batch);
+                                    st.in_flight = false;
+                                }
+                                self.progress.notify_waiters();
                                 break;
                             }
                         }
@@ -83,6 +98,7 @@ impl Logs {
             let wait = {
                 let mut st = self.lock();
                 match st.sink.clone() {
+                    _ if st.held => None,
                     None => {
                         st.flush_requested = false;
                         None
@@ -94,6 +110,7 @@ impl Logs {
                         match st.buffer.ready(now, max_age, hurry) {
                             super::buffer::Ready::Now => {
                                 let batch = st.buffer.take_batch();
+                                st.in_flight = true;
                                 if st.buffer.buffered_events() == batch.len() {
                                     st.flush_requested = false;
                                 }
@@ -120,4 +137,12 @@ impl Logs {
             }
         }
     }
+}
+
+/// Nanoseconds of the wall clock: after `/run` set it, no two clones share them.
+fn jitter_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }

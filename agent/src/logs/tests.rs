@@ -394,3 +394,59 @@ async fn refused_credentials_drop_after_a_grace_instead_of_blocking() {
     assert_eq!(*delivered.last().unwrap(), 99, "the newest are kept");
     balanced(&r.logs);
 }
+
+/// From `/suspend` to `/resume` nothing leaves: a hold waits for the batch under way,
+/// lines written meanwhile are kept, and they go, in order, once released.
+#[tokio::test]
+async fn a_hold_waits_for_the_batch_under_way_and_sends_nothing_until_released() {
+    let r = rig(64 << 20, WhenFull::Block);
+    r.logs.configure(cloudwatch(), None);
+    r.sink.stall(true);
+    r.logs.push(lines(0..10)).await;
+    while r.sink.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        r.logs.flush(Duration::ZERO).await;
+    }
+    // The batch is in the sink's hands: the hold is not done within its deadline.
+    assert!(!r.logs.hold(Duration::from_millis(100)).await);
+    let logs = r.logs.clone();
+    let hold = tokio::spawn(async move { logs.hold(5 * SECOND).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    r.sink.stall(false);
+    assert!(hold.await.unwrap(), "done once the batch was answered");
+    assert_eq!(r.sink.delivered(), (0..10).collect::<Vec<u64>>());
+    // Held: new lines are captured and stay, even when a flush hurries the sender.
+    r.logs.push(lines(10..20)).await;
+    assert!(!r.logs.flush(Duration::from_millis(300)).await);
+    assert_eq!(r.sink.calls.load(Ordering::SeqCst), 1, "no request while held");
+    assert_eq!(r.logs.status().buffered_events, 10);
+    balanced(&r.logs);
+    r.logs.release();
+    assert!(r.logs.flush(5 * SECOND).await);
+    assert_eq!(r.sink.delivered(), (0..20).collect::<Vec<u64>>());
+    balanced(&r.logs);
+}
+
+/// A batch whose delivery fails while a hold is asked goes back to the queue's head
+/// instead of being retried during the hold, and leaves first after the release.
+#[tokio::test]
+async fn a_failing_batch_is_requeued_by_a_hold_and_keeps_its_place() {
+    let r = rig(64 << 20, WhenFull::Block);
+    r.logs.configure(cloudwatch(), None);
+    r.sink.fail_next.store(u32::MAX, Ordering::SeqCst);
+    r.logs.push(lines(0..5)).await;
+    while r.sink.calls.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        r.logs.flush(Duration::ZERO).await;
+    }
+    assert!(r.logs.hold(5 * SECOND).await, "the retry pause ends at the hold");
+    let calls = r.sink.calls.load(Ordering::SeqCst);
+    r.sink.fail_next.store(0, Ordering::SeqCst);
+    r.logs.push(lines(5..8)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(r.sink.calls.load(Ordering::SeqCst), calls, "no retry while held");
+    r.logs.release();
+    assert!(r.logs.flush(5 * SECOND).await);
+    assert_eq!(r.sink.delivered(), (0..8).collect::<Vec<u64>>());
+    balanced(&r.logs);
+}

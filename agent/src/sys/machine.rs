@@ -133,15 +133,18 @@ mod sys {
     nix::ioctl_write_ptr!(rnd_add_entropy, b'R', 0x03, [libc::c_int; 2]);
     nix::ioctl_none!(rnd_reseed_crng, b'R', 0x07);
 
-    /// The request codes, for the unit test against the kernel's headers. (Their type
-    /// is glibc's `c_ulong` but musl's `c_int`: the casts are needed on one of them.)
-    #[cfg(test)]
+    /// The request codes. (Their type is glibc's `c_ulong` but musl's `c_int`: the
+    /// casts are needed on one of them.)
     #[allow(clippy::unnecessary_cast)]
     pub const RND_ADD_ENTROPY: u64 =
         nix::request_code_write!(b'R', 0x03, std::mem::size_of::<[libc::c_int; 2]>()) as u64;
-    #[cfg(test)]
     #[allow(clippy::unnecessary_cast)]
     pub const RND_RESEED_CRNG: u64 = nix::request_code_none!(b'R', 0x07) as u64;
+    // Checked when the agent is compiled, for whichever target: tests run on this
+    // x86_64 machine only, so a unit test would never see the arm64 values. Both
+    // architectures use asm-generic's ioctl encoding (`<linux/random.h>`).
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    const _: () = assert!(RND_ADD_ENTROPY == 0x4008_5203 && RND_RESEED_CRNG == 0x5207);
 
     pub fn add_entropy_and_reseed(bytes: &[u8]) -> std::io::Result<()> {
         // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }

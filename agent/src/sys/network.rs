@@ -1,4 +1,5 @@
-//! The guest's network interface, from `microvm.*` kernel parameters: an IPv4
+//! The guest's network interface, from `microvm.*` kernel parameters (or the `/run`
+//! envelope's `network`, which carries the same settings): an IPv4
 //! address and prefix, a default gateway, an MTU, DNS servers. No `microvm.ip`: only
 //! loopback, as before. Interface ioctls as in [`super::netdev`], no netlink, no DHCP
 //! (the host knows the address it hands out; a DHCP exchange would cost boot time).
@@ -149,7 +150,11 @@ pub fn apply(s: &NetSettings) -> Result<String, String> {
     }
     step("up", netdev::up(&sock, &name))?;
     if let Some(gw) = s.gateway {
-        step("default route", netdev::add_default_route(&sock, gw))?;
+        match netdev::add_default_route(&sock, gw) {
+            // Configured once already (the kernel parameters, then the run): kept.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            r => step("default route", r)?,
+        }
     }
     if !s.dns.is_empty() {
         std::fs::create_dir_all("/run/microvm")

@@ -19,7 +19,7 @@
 //! udev's re-broadcasts (starting `libudev`) are ignored.
 
 use nix::sys::socket::{
-    bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+    bind, recvfrom, socket, AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -121,15 +121,18 @@ impl Listener {
         loop {
             let mut ready = self.fd.readable().await?;
             let got = ready.try_io(|fd| {
-                recv(fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_DONTWAIT)
+                recvfrom::<NetlinkAddr>(fd.as_raw_fd(), &mut self.buf)
                     .map_err(std::io::Error::from)
             });
             match got {
-                Ok(Ok(n)) => {
+                // Only the kernel (port id 0) speaks for devices: a process in the
+                // guest sending to the group must not trigger announcements.
+                Ok(Ok((n, Some(from)))) if from.pid() == 0 => {
                     if let Some(e) = parse(&self.buf[..n.min(self.buf.len())]) {
                         return Ok(e);
                     }
                 }
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }

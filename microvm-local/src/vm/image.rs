@@ -94,8 +94,22 @@ impl Image {
                 ));
             }
         }
-        let manifest = read_manifest(&dir.join("manifest.json"))?;
-        let arch = arch_of(&manifest)?;
+        let manifest_path = dir.join("manifest.json");
+        let booted = kernel_arch(&kernel);
+        let arch = match (manifest_path.exists(), booted) {
+            // Images from before manifests: the kernel says what it is.
+            (false, Some(k)) => k,
+            _ => arch_of(&read_manifest(&manifest_path)?)?,
+        };
+        if let Some(k) = booted.filter(|k| *k != arch) {
+            return Err(format!(
+                "{}: the manifest says {}, but vmlinuz is an {} kernel: rebuild the image",
+                dir.display(),
+                arch.model_name(),
+                k.model_name()
+            ));
+        }
+        let manifest = read_manifest(&manifest_path)?;
         let snapshot = match manifest.get("snapshot") {
             None | Some(serde_json::Value::Null) => None,
             Some(s) => {
@@ -139,6 +153,30 @@ pub fn read_manifest(manifest: &Path) -> Result<serde_json::Value, String> {
         .map_err(|e| format!("{}: not JSON ({e}): rebuild the image", manifest.display()))?;
     arch_of(&v).map_err(|e| format!("{}: {e}: rebuild the image", manifest.display()))?;
     Ok(v)
+}
+
+/// The architecture a kernel image is for, from its boot header: an arm64 `Image`
+/// has the magic `ARM\x64` at 0x38, an x86 bzImage `HdrS` at 0x202; None for
+/// anything else.
+pub fn kernel_arch(kernel: &Path) -> Option<Arch> {
+    use std::io::Read;
+    let mut head = [0u8; 0x206];
+    let mut f = std::fs::File::open(kernel).ok()?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return None,
+        }
+    }
+    if n >= 0x3c && &head[0x38..0x3c] == b"ARM\x64" {
+        Some(Arch::Arm64)
+    } else if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        Some(Arch::X86_64)
+    } else {
+        None
+    }
 }
 
 fn arch_of(manifest: &serde_json::Value) -> Result<Arch, String> {
@@ -231,6 +269,29 @@ mod tests {
         .unwrap();
         let e = Image::open(&dir).unwrap_err();
         assert!(e.contains("m.zst is missing"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_kernel_names_its_architecture_and_a_manifest_that_disagrees_is_refused() {
+        let dir = std::env::temp_dir().join(format!("image-kernel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("rootfs.ext4"), b"").unwrap();
+        let mut arm = vec![0u8; 0x400];
+        arm[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        let mut x86 = vec![0u8; 0x400];
+        x86[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(dir.join("vmlinuz"), &arm).unwrap();
+        assert_eq!(kernel_arch(&dir.join("vmlinuz")), Some(Arch::Arm64));
+        // No manifest: the kernel decides (an arm64 image is never booted as x86).
+        assert_eq!(Image::open(&dir).unwrap().arch, Arch::Arm64);
+        std::fs::write(dir.join("manifest.json"), r#"{"architecture":"X86_64"}"#).unwrap();
+        let e = Image::open(&dir).unwrap_err();
+        assert!(e.contains("says X86_64") && e.contains("ARM_64 kernel"), "{e}");
+        std::fs::write(dir.join("vmlinuz"), &x86).unwrap();
+        assert_eq!(Image::open(&dir).unwrap().arch, Arch::X86_64);
+        std::fs::write(dir.join("vmlinuz"), b"short").unwrap();
+        assert_eq!(kernel_arch(&dir.join("vmlinuz")), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

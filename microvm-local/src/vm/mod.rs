@@ -138,7 +138,27 @@ pub struct Vm {
     pub from_snapshot: bool,
     /// Saved to a file: no QEMU runs, yet the VM is not off.
     saved: AtomicBool,
+    /// Gone for good: a save that could not be undone, or a restore that failed after
+    /// the guest ran again (its memory file no longer matches its disk).
+    lost: AtomicBool,
+    /// A restore's `cont` was sent: from then on the guest writes to its overlay.
+    continued: AtomicBool,
+    /// The file under this VM's overlay as it was at boot: a rebuilt image replaces
+    /// it at the same path, and a suspended VM must not wake on another disk.
+    backing: Option<(PathBuf, FileId)>,
     launch: Launch,
+}
+
+/// Which file a path names (device, inode, size, mtime).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64, u64, i64);
+
+impl FileId {
+    fn of(path: &Path) -> Result<FileId, String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(FileId(m.dev(), m.ino(), m.size(), m.mtime()))
+    }
 }
 
 /// A save's figures.
@@ -254,13 +274,18 @@ impl Vm {
         };
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Who owns the directory: a runner that died unclean (SIGKILL) leaves it, and
+        // the next one sweeps it (`sweep_stale`).
+        std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut backing = None;
         if layout == Layout::Snapshot {
-            match &snapshot {
-                Some(s) => {
-                    snapshot::overlay(&image.dir.join(&s.disk), "qcow2", &dir.join("disk.qcow2"))?
-                }
-                None => snapshot::overlay(&image.rootfs, "raw", &dir.join("disk.qcow2"))?,
-            }
+            let (file, fmt) = match &snapshot {
+                Some(s) => (image.dir.join(&s.disk), "qcow2"),
+                None => (image.rootfs.clone(), "raw"),
+            };
+            snapshot::overlay(&file, fmt, &dir.join("disk.qcow2"))?;
+            backing = Some((file.clone(), FileId::of(&file)?));
         }
         // From here on, Drop cleans up whatever was started.
         let mut vm = Vm {
@@ -272,6 +297,9 @@ impl Vm {
             started: Instant::now(),
             from_snapshot: snapshot.is_some(),
             saved: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+            continued: AtomicBool::new(false),
+            backing,
             launch: Launch {
                 image: image.clone(),
                 opts,
@@ -280,7 +308,7 @@ impl Vm {
             },
         };
         let memory = snapshot.as_ref().map(|s| image.dir.join(&s.memory));
-        vm.announced = vm.start(memory.as_deref())?;
+        vm.announced = vm.start(memory.as_deref(), true)?;
         vm.boot_time = vm.started.elapsed();
         Ok(vm)
     }
@@ -291,17 +319,50 @@ impl Vm {
     }
 
     /// Start the backend and QEMU (booting, or loading `incoming`, a saved memory
-    /// file), and wait for the agent's announcement; returns it.
-    fn start(&self, incoming: Option<&Path>) -> Result<Value, String> {
+    /// file), and wait for the agent's announcement; returns it. A stop signal cancels
+    /// it when `cancellable` (a restore that terminate needs is not).
+    fn start(&self, incoming: Option<&Path>, cancellable: bool) -> Result<Value, String> {
         // A failed earlier attempt may have left processes (one holding the disk's
         // lock): a start begins from none.
         self.kill_qemu();
         self.kill_backend();
         let dir = &self.dir;
+        let _ = std::fs::remove_file(dir.join("qmp.sock"));
+        self.start_backend()?;
+        // Listen for the announcement before the guest can make it.
+        let announce = self.announce_listener()?;
+        let t0 = Instant::now();
+        let image = &self.launch.image;
+        let mut cmd = qemu_command(&self.launch, dir, incoming)?;
+        die_with_parent(&mut cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(dir, "qemu.log")?);
+        let qemu = spawn_kept(cmd).map_err(|e| {
+            format!(
+                "start {}: {e} (`make setup` installs it)",
+                image.arch.qemu()
+            )
+        })?;
+        *self.qemu.lock().unwrap_or_else(|p| p.into_inner()) = Some(qemu);
+        if incoming.is_some() {
+            let mut q = self.qmp_session()?;
+            q.wait_migration(Duration::from_secs(120))
+                .map_err(|e| format!("load: {e}"))?;
+            self.attach_vsock(&mut q)?;
+            self.continued.store(true, Ordering::SeqCst);
+            q.execute("cont", Value::Null)?;
+        }
+        self.wait_announcement(&announce, t0, cancellable)
+    }
+
+    /// A vhost-device-vsock backend for this VM's CID, on fresh sockets.
+    fn start_backend(&self) -> Result<(), String> {
+        self.kill_backend();
+        let dir = &self.dir;
         let vhost = dir.join("vhost.sock");
         let uds = dir.join("vm.vsock");
-        let announce_path = dir.join(format!("vm.vsock_{ANNOUNCE_PORT}"));
-        for stale in [&vhost, &uds, &announce_path, &dir.join("qmp.sock")] {
+        for stale in [&vhost, &uds] {
             let _ = std::fs::remove_file(stale);
         }
         let mut backend = Command::new(tool("vhost-device-vsock"));
@@ -320,33 +381,37 @@ impl Vm {
         if !wait_for(&vhost, Duration::from_secs(10)) {
             return Err("vhost-device-vsock did not create its socket".into());
         }
-        // Listen for the announcement before the guest can make it.
-        let announce = UnixListener::bind(&announce_path).map_err(|e| e.to_string())?;
-        announce.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let t0 = Instant::now();
-        let image = &self.launch.image;
-        let mut cmd = qemu_command(&self.launch, dir, incoming)?;
-        die_with_parent(&mut cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file(dir, "qemu.log")?);
-        let qemu = spawn_kept(cmd).map_err(|e| {
-            format!(
-                "start {}: {e} (`make setup` installs it)",
-                image.arch.qemu()
-            )
-        })?;
-        *self.qemu.lock().unwrap_or_else(|p| p.into_inner()) = Some(qemu);
-        if incoming.is_some() {
-            self.attach_vsock_after_load()?;
-        }
+        Ok(())
+    }
+
+    /// Where the agent's announcement arrives (the backend's `<uds>_<port>`).
+    fn announce_listener(&self) -> Result<UnixListener, String> {
+        let path = self.dir.join(format!("vm.vsock_{ANNOUNCE_PORT}"));
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        l.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(l)
+    }
+
+    /// The agent's announcement line (JSON; an empty or garbled line is no
+    /// announcement), within the boot timeout from `t0`.
+    fn wait_announcement(
+        &self,
+        announce: &UnixListener,
+        t0: Instant,
+        cancellable: bool,
+    ) -> Result<Value, String> {
         loop {
             match announce.accept() {
                 Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
                     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                     let mut line = String::new();
                     let _ = s.read_to_string(&mut line);
-                    return Ok(serde_json::from_str(line.trim()).unwrap_or(Value::Null));
+                    match serde_json::from_str::<Value>(line.trim()) {
+                        Ok(v) if v["event"] == "ready" => return Ok(v),
+                        _ => eprintln!("microvm-local: not an announcement: {line:?}"),
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(format!("announce listener: {e}")),
@@ -355,10 +420,10 @@ impl Vm {
                 return Err(format!(
                     "qemu exited during boot ({st}); serial:\n{}\nqemu:\n{}",
                     self.serial(),
-                    std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default()
+                    std::fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default()
                 ));
             }
-            if crate::signals::stopping() {
+            if cancellable && crate::signals::stopping() {
                 return Err("stopped during boot".into());
             }
             if t0.elapsed() > self.launch.opts.boot_timeout {
@@ -372,24 +437,24 @@ impl Vm {
         }
     }
 
-    /// After a load: the vsock device comes back by hotplug (QEMU cannot migrate it),
-    /// then the VM runs. The agent notices the device and announces itself again.
-    fn attach_vsock_after_load(&self) -> Result<(), String> {
-        let mut q = self.qmp_session()?;
-        q.wait_migration(Duration::from_secs(120))
-            .map_err(|e| format!("load: {e}"))?;
+    /// The vsock device back on its root port (after a load, or when a save is
+    /// undone): QEMU cannot migrate it. The agent notices and announces itself again.
+    fn attach_vsock(&self, q: &mut Qmp) -> Result<(), String> {
         q.execute(
             "chardev-add",
             json!({"id": VSOCK_CHARDEV, "backend": {"type": "socket", "data": {
                 "addr": {"type": "unix", "data": {"path": self.dir.join("vhost.sock")}},
                 "server": false}}}),
         )?;
+        self.add_vsock_device(q)
+    }
+
+    fn add_vsock_device(&self, q: &mut Qmp) -> Result<(), String> {
         q.execute(
             "device_add",
             json!({"driver": "vhost-user-vsock-pci", "chardev": VSOCK_CHARDEV,
                    "id": VSOCK_DEVICE, "bus": ROOT_PORT}),
         )?;
-        q.execute("cont", Value::Null)?;
         Ok(())
     }
 
@@ -416,51 +481,39 @@ impl Vm {
 
     /// Save the VM's memory and device state to `file` (zstd) and end its QEMU and
     /// backend: the VM then costs no CPU and no memory. Its disk stays in the VM's
-    /// overlay. Only a [`Layout::Snapshot`] VM can be saved.
+    /// overlay. Only a [`Layout::Snapshot`] VM can be saved. A save that fails is
+    /// undone (the VM runs on, vsock back) or, if even that fails, the VM is
+    /// [`Vm::lost`]; the error says which.
     pub fn save(&self, file: &Path) -> Result<Saved, String> {
         if self.launch.layout != Layout::Snapshot {
             return Err("this VM's layout cannot be saved (NVMe root or arm64): boot it from an image with an initramfs".into());
         }
         let t0 = Instant::now();
-        let target = qmp::shell_quoted(file)?;
         // Quiet vsock first (see PAUSE_SETTLE), then the device goes: QEMU refuses to
         // migrate vhost-user-vsock.
         std::thread::sleep(PAUSE_SETTLE);
         let mut q = self.qmp_session()?;
-        q.execute("device_del", json!({"id": VSOCK_DEVICE}))?;
-        q.wait_event(
-            "DEVICE_DELETED",
-            |d| d["device"] == VSOCK_DEVICE,
-            Duration::from_secs(15),
-        )
-        .map_err(|e| format!("vsock unplug: {e}"))?;
-        q.execute("chardev-remove", json!({"id": VSOCK_CHARDEV}))?;
-        q.execute("stop", Value::Null)?;
+        let mut done = SaveSteps::default();
         let tmp = file.with_extension("partial");
-        let tmp_target = qmp::shell_quoted(&tmp)?;
-        q.execute(
-            "migrate",
-            json!({"uri": format!("exec:zstd -q -1 > {tmp_target}")}),
-        )?;
-        q.wait_migration(Duration::from_secs(300))
-            .map_err(|e| format!("save: {e}"))?;
+        let r = self.save_steps(&mut q, &tmp, &mut done).and_then(|()| {
+            std::fs::rename(&tmp, file).map_err(|e| format!("save {}: {e}", file.display()))
+        });
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(match self.undo_save(&mut q, done) {
+                Ok(()) => format!("save failed ({e}); undone: the VM runs on as before"),
+                Err(undo) => {
+                    self.lose();
+                    format!("save failed ({e}), and undoing it failed ({undo}): the VM is gone")
+                }
+            });
+        }
+        // Saved from here on: QEMU's exit is no power-off (a caller waiting for one,
+        // the runner's main loop, must not take it for the end of the MicroVM).
+        self.saved.store(true, Ordering::SeqCst);
         let _ = q.execute("quit", Value::Null);
         drop(q);
-        // QEMU says "completed" before its exec: child has finished writing; only
-        // a whole zstd frame becomes the file.
-        let whole = Command::new("zstd")
-            .args(["-q", "-t"])
-            .arg(&tmp)
-            .status()
-            .map_err(|e| format!("zstd -t: {e}"))?;
-        if !whole.success() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(format!(
-                "save {target}: the memory file is not a whole zstd frame"
-            ));
-        }
-        std::fs::rename(&tmp, file).map_err(|e| format!("save {target}: {e}"))?;
-        self.wait_exit(Duration::from_secs(20));
+        self.wait_qemu(Duration::from_secs(20));
         self.kill_qemu();
         self.kill_backend();
         let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
@@ -468,6 +521,119 @@ impl Vm {
             bytes,
             took: t0.elapsed(),
         })
+    }
+
+    /// Unplug vsock, stop, and migrate into a zstd this runner owns: QEMU's own
+    /// `exec:` child is SIGTERMed when the migration channel closes, possibly before
+    /// its last block is out, so the runner hands QEMU a pipe (`getfd`) and waits for
+    /// its compressor's exit status itself. `tmp` is whole when this returns Ok.
+    fn save_steps(&self, q: &mut Qmp, tmp: &Path, done: &mut SaveSteps) -> Result<(), String> {
+        q.execute("device_del", json!({"id": VSOCK_DEVICE}))?;
+        done.unplug_asked = true;
+        q.wait_event(
+            "DEVICE_DELETED",
+            |d| d["device"] == VSOCK_DEVICE,
+            Duration::from_secs(15),
+        )
+        .map_err(|e| format!("vsock unplug: {e}"))?;
+        done.unplugged = true;
+        q.execute("chardev-remove", json!({"id": VSOCK_CHARDEV}))?;
+        done.chardev_removed = true;
+        q.execute("stop", Value::Null)?;
+        done.stopped = true;
+        let (reader, writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let out = std::fs::File::create(tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let mut zstd = Command::new("zstd");
+        die_with_parent(&mut zstd)
+            .args(["-q", "-1", "-c"])
+            .stdin(reader)
+            .stdout(out)
+            .stderr(log_file(&self.dir, "zstd.log")?);
+        let mut zstd =
+            spawn_kept(zstd).map_err(|e| format!("zstd: {e} (`make setup` installs it)"))?;
+        let migrated = (|| {
+            use std::os::fd::AsFd;
+            q.execute_with_fd("getfd", json!({"fdname": MIGRATION_FD}), writer.as_fd())?;
+            // QEMU holds the only write end now: its close at the end is zstd's EOF.
+            drop(writer);
+            q.execute("migrate", json!({"uri": format!("fd:{MIGRATION_FD}")}))?;
+            q.wait_migration(Duration::from_secs(300))
+                .map_err(|e| format!("save: {e}"))
+        })();
+        if let Err(e) = migrated {
+            let _ = zstd.kill();
+            let _ = zstd.wait();
+            return Err(e);
+        }
+        let t0 = Instant::now();
+        loop {
+            match zstd.try_wait() {
+                Ok(Some(st)) if st.success() => break,
+                Ok(Some(st)) => return Err(format!("zstd ended with {st}")),
+                Ok(None) if t0.elapsed() > Duration::from_secs(60) => {
+                    let _ = zstd.kill();
+                    let _ = zstd.wait();
+                    return Err("zstd did not finish within 60 s of the migration".into());
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(format!("zstd: {e}")),
+            }
+        }
+        std::fs::File::open(tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("{}: {e}", tmp.display()))
+    }
+
+    /// Undo what a failed save did, newest first; the VM runs again with vsock.
+    fn undo_save(&self, q: &mut Qmp, done: SaveSteps) -> Result<(), String> {
+        if done.unplug_asked && !done.unplugged {
+            // The guest never let the device go: it may still be there, or go later.
+            // Either way the VM was never stopped.
+            return Ok(());
+        }
+        let announce = if done.unplugged {
+            if done.chardev_removed {
+                // The old backend served a connection that is gone: a fresh one.
+                self.start_backend()?;
+            }
+            Some(self.announce_listener()?)
+        } else {
+            None
+        };
+        if done.unplugged {
+            if done.chardev_removed {
+                self.attach_vsock(q)?;
+            } else {
+                self.add_vsock_device(q)?;
+            }
+        }
+        if done.stopped {
+            // After a completed migration too: `cont` takes the disks back.
+            q.execute("cont", Value::Null)?;
+        }
+        match announce {
+            Some(a) => self.wait_announcement(&a, Instant::now(), false).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// Gone for good: nothing runs, nothing of it can be restored.
+    fn lose(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.saved.store(false, Ordering::SeqCst);
+        self.kill_qemu();
+        self.kill_backend();
+        let _ = std::fs::remove_file(self.suspend_file());
+    }
+
+    /// Saved to a file and not restored since.
+    pub fn saved(&self) -> bool {
+        self.saved.load(Ordering::SeqCst)
+    }
+
+    /// The VM is gone for good (see [`Vm::save`], [`Vm::resume_from_file`]).
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
     }
 
     /// Where a suspended VM's memory lives.
@@ -494,8 +660,14 @@ impl Vm {
     /// Undo [`Vm::park`]: restored from the file (`Some`: how long it took, to the
     /// agent's announcement) or continued.
     pub fn unpark(&self) -> Result<Option<Duration>, String> {
+        self.unpark_for(true)
+    }
+
+    /// [`Vm::unpark`]; a stop signal cancels it only when `cancellable` (terminating
+    /// a suspended VM must still restore it, so that its application hears of it).
+    pub fn unpark_for(&self, cancellable: bool) -> Result<Option<Duration>, String> {
         if self.saved.load(Ordering::SeqCst) {
-            return self.resume_from_file().map(Some);
+            return self.restore(cancellable).map(Some);
         }
         self.unpause().map(|_| None)
     }
@@ -503,15 +675,39 @@ impl Vm {
     /// Restore a VM suspended to its file, and wait for its agent's announcement;
     /// the file is removed once loaded.
     pub fn resume_from_file(&self) -> Result<Duration, String> {
+        self.restore(true)
+    }
+
+    fn restore(&self, cancellable: bool) -> Result<Duration, String> {
         let file = self.suspend_file();
-        if !file.is_file() {
+        if self.lost() || !file.is_file() {
             return Err(format!(
                 "{} is not there: the VM is not suspended to a file",
                 file.display()
             ));
         }
+        if let Some((path, id)) = &self.backing {
+            if FileId::of(path).ok().as_ref() != Some(id) {
+                self.lose();
+                return Err(format!(
+                    "{} changed while this MicroVM was suspended (the image was rebuilt): its disk is gone, and so is the MicroVM",
+                    path.display()
+                ));
+            }
+        }
         let t0 = Instant::now();
-        self.start(Some(&file))?;
+        self.continued.store(false, Ordering::SeqCst);
+        if let Err(e) = self.start(Some(&file), cancellable) {
+            if self.continued.load(Ordering::SeqCst) {
+                // The guest ran and wrote to its overlay: the file's memory no longer
+                // matches the disk, and loading it again would corrupt it.
+                self.lose();
+                return Err(format!("{e}; the guest had run again after the load: the MicroVM is gone"));
+            }
+            self.kill_qemu();
+            self.kill_backend();
+            return Err(e);
+        }
         self.saved.store(false, Ordering::SeqCst);
         let _ = std::fs::remove_file(&file);
         Ok(t0.elapsed())
@@ -568,13 +764,28 @@ impl Vm {
     }
 
     /// Wait for QEMU to exit (power-off), true if it did within `timeout`. A VM saved
-    /// to a file is not off.
+    /// to a file (or being saved) is not off.
     pub fn wait_exit(&self, timeout: Duration) -> bool {
         let t0 = Instant::now();
         loop {
             let running = self.qemu.lock().map(|q| q.is_some()).unwrap_or(false);
             let saved = self.saved.load(Ordering::SeqCst);
-            if !saved && (!running || self.exited().is_some()) {
+            if self.lost() || (!saved && (!running || self.exited().is_some())) {
+                return true;
+            }
+            if t0.elapsed() >= timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the QEMU process alone to end (after `quit`), whatever the VM's state.
+    fn wait_qemu(&self, timeout: Duration) -> bool {
+        let t0 = Instant::now();
+        loop {
+            let running = self.qemu.lock().map(|q| q.is_some()).unwrap_or(false);
+            if !running || self.exited().is_some() {
                 return true;
             }
             if t0.elapsed() >= timeout {
@@ -584,6 +795,52 @@ impl Vm {
         }
     }
 }
+
+/// The runner's pid, in each VM directory.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Remove the VM directories under `base` whose runner is gone (overlays and suspend
+/// files of a runner that was SIGKILLed, tens of MB each); returns them. A directory
+/// without an owner, or whose owner lives, is left alone.
+pub fn sweep_stale(base: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let mut swept = Vec::new();
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Some(pid) = std::fs::read_to_string(dir.join(OWNER_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0)
+        else {
+            continue;
+        };
+        if !process_exists(pid) && std::fs::remove_dir_all(&dir).is_ok() {
+            swept.push(dir);
+        }
+    }
+    swept
+}
+
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists; it sends
+    // nothing and touches no memory of ours.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// How far a save got, so that a failure undoes exactly that.
+#[derive(Debug, Default, Clone, Copy)]
+struct SaveSteps {
+    unplug_asked: bool,
+    unplugged: bool,
+    chardev_removed: bool,
+    stopped: bool,
+}
+
+/// The name QEMU knows the migration pipe's write end by (`getfd`).
+const MIGRATION_FD: &str = "migfd";
 
 /// The vsock device and its chardev, by the names a save and a restore use.
 const VSOCK_DEVICE: &str = "vsock0";
@@ -709,8 +966,66 @@ impl Drop for Vm {
         self.kill_qemu();
         self.kill_backend();
         // Sockets and logs of a VM that is gone; kept when the caller asked for them.
-        if std::env::var_os("MICROVM_LOCAL_KEEP").is_none() {
+        if std::env::var_os("MICROVM_LOCAL_KEEP").is_some() {
+            // Kept on purpose: no sweep takes it later.
+            let _ = std::fs::remove_file(self.dir.join(OWNER_FILE));
+        } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_whose_runner_is_gone_is_swept_and_no_other() {
+        let base = std::env::temp_dir().join(format!("sweep-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        for (name, owner) in [
+            ("dead", Some(dead.to_string())),
+            ("alive", Some(std::process::id().to_string())),
+            ("unowned", None),
+            ("garbled", Some("x".to_string())),
+        ] {
+            let d = base.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("disk.qcow2"), b"overlay").unwrap();
+            if let Some(o) = owner {
+                std::fs::write(d.join(OWNER_FILE), o).unwrap();
+            }
+        }
+        assert_eq!(sweep_stale(&base), vec![base.join("dead")]);
+        let mut left: Vec<String> = std::fs::read_dir(&base)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["alive", "garbled", "unowned"]);
+        assert!(sweep_stale(&base.join("absent")).is_empty());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn egress_is_restricted_unless_opened() {
+        let net = NetOpts {
+            forwards: vec![(4566, "127.0.0.1:4566".parse().unwrap())],
+            bridge: "/usr/bin/microvm-local".into(),
+            open_egress: false,
+        };
+        assert_eq!(
+            netdev_arg(&net).unwrap(),
+            "user,id=n0,net=10.0.2.0/24,restrict=on,guestfwd=tcp:10.0.2.100:4566-cmd:/usr/bin/microvm-local bridge 127.0.0.1:4566"
+        );
+        assert!(netdev_arg(&NetOpts::default()).unwrap().contains("restrict=on"));
+        let open = NetOpts {
+            open_egress: true,
+            ..NetOpts::default()
+        };
+        assert!(netdev_arg(&open).unwrap().contains("restrict=off"));
     }
 }

@@ -58,6 +58,11 @@ impl Qmp {
         self.w
             .write_all(format!("{msg}\n").as_bytes())
             .map_err(|e| format!("qmp {command}: {e}"))?;
+        self.answer(command)
+    }
+
+    /// The answer to the command just sent; events that come first are kept.
+    fn answer(&mut self, command: &str) -> Result<Value, String> {
         loop {
             let v = self.read()?;
             if v.get("event").is_some() {
@@ -69,6 +74,32 @@ impl Qmp {
             }
             return Ok(v["return"].clone());
         }
+    }
+
+    /// Run `command` with `fd` attached (SCM_RIGHTS), as `getfd` wants its descriptor.
+    pub fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<Value, String> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        use std::os::fd::AsRawFd;
+        let msg = format!("{}\n", json!({ "execute": command, "arguments": arguments }));
+        let fds = [fd.as_raw_fd()];
+        let sent = sendmsg::<()>(
+            self.w.as_raw_fd(),
+            &[std::io::IoSlice::new(msg.as_bytes())],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|e| format!("qmp {command}: {e}"))?;
+        // The descriptor went with the first byte; the rest is plain stream data.
+        self.w
+            .write_all(&msg.as_bytes()[sent..])
+            .map_err(|e| format!("qmp {command}: {e}"))?;
+        self.answer(command)
     }
 
     /// Wait for event `name` whose `data` satisfies `matches`.

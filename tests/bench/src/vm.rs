@@ -134,12 +134,14 @@ pub fn snapshots(image: &Path, o: &Opts) -> String {
     }
     let vm = Vm::boot(&img, &VmOpts::default(), &o.out.join("cycles")).expect("restore");
     run_hook(&vm);
-    let (mut suspend, mut resume, mut bytes) = (vec![], vec![], 0);
+    let (mut suspend, mut save, mut resume, mut sizes) = (vec![], vec![], vec![], vec![]);
     for _ in 0..o.vm_boots {
         let t0 = Instant::now();
         assert_eq!(vm.hook("suspend", "").expect("/suspend").status, 200);
-        bytes = vm.suspend_to_file().expect("save").bytes;
+        let saved = vm.suspend_to_file().expect("save");
         suspend.push(t0.elapsed());
+        save.push(saved.took);
+        sizes.push(saved.bytes);
         let t0 = Instant::now();
         vm.resume_from_file().expect("restore");
         let body = serde_json::json!({
@@ -156,11 +158,12 @@ pub fn snapshots(image: &Path, o: &Opts) -> String {
     }
     let _ = vm.hook("terminate", "");
     let (c, r) = (ms(pct(&mut cold, 0.5)), ms(pct(&mut restored, 0.5)));
+    sizes.sort_unstable();
     format!(
         "\nsnapshots (QEMU TCG, {} MiB; medians of {} each, cold and restored interleaved):\n\
-         - image snapshot: memory {} KiB (zstd -1), disk overlay {} KiB, saved in {} ms\n\
+         - image snapshot (make rootfs): memory {} KiB (zstd -1), disk overlay {} KiB, saved in {} ms\n\
          - QEMU start to /run answered: cold {c:.0} ms (boot, /ready, /validate, /run), restored {r:.0} ms: {:.2}x\n\
-         - suspend through a file (/suspend, vsock unplug, save, QEMU ends): {:.0} ms, {} KiB\n\
+         - suspend through a file (/suspend, vsock unplug, save, QEMU ends): {:.0} ms, of which the save {:.0} ms; memory file {} KiB\n\
          - resume from the file (load, vsock hotplug, announcement, /resume): {:.0} ms\n",
         snap.memory_mib,
         o.vm_boots,
@@ -169,7 +172,8 @@ pub fn snapshots(image: &Path, o: &Opts) -> String {
         snap.save_ms,
         r / c,
         ms(pct(&mut suspend, 0.5)),
-        bytes / 1024,
+        ms(pct(&mut save, 0.5)),
+        sizes.get(sizes.len() / 2).copied().unwrap_or(0) / 1024,
         ms(pct(&mut resume, 0.5)),
     )
 }

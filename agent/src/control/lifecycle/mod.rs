@@ -36,10 +36,17 @@ use tokio::sync::{mpsc, watch};
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long /suspend and /terminate wait for captured logs to be sent.
 pub const LOG_FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+/// How long /suspend waits, after the flush, for a batch already under way.
+pub const LOG_HOLD_DEADLINE: Duration = Duration::from_secs(5);
 /// Longest we wait for sync(2) before answering anyway.
 pub const STORAGE_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// The host hears `credentialsExpiring` this long before the credentials expire.
-pub const CREDENTIALS_WARNING: Duration = Duration::from_secs(20 * 60);
+pub const CREDENTIALS_WARNING: Duration =
+    Duration::from_secs(microvm_protocol::limits::CREDENTIALS_WARNING_SECONDS);
+/// While no newer set arrives, the warning is repeated this often (a rotation may
+/// have failed), and no two warnings, of any set, come closer together: credentials
+/// that arrive inside the window must not make host and agent rotate in a loop.
+pub const CREDENTIALS_REWARN: Duration = Duration::from_secs(60);
 /// After the agent ended the VM itself (application exit, maximum duration), how long
 /// the host has to read `/v1/status` before power-off; a host `/terminate` cuts it short.
 pub const SELF_TERMINATE_REPORT_WINDOW: Duration = Duration::from_secs(5);
@@ -76,6 +83,8 @@ struct Inner {
     credentials: Option<Credentials>,
     /// Bumped by every credentials update: a warning timer of older ones stands down.
     credentials_generation: u64,
+    /// When the last `credentialsExpiring` went out (any set): at most one a minute.
+    credentials_warned: Option<Instant>,
     state_reason: Option<String>,
 }
 
@@ -95,6 +104,9 @@ pub struct Context {
     /// The agent owns the application's `AWS_CONFIG_FILE` (see `sdkconfig`) and
     /// writes the run's region there.
     pub sdk_config_file: bool,
+    /// The network is the agent's to configure (a real guest, or a namespace of its
+    /// own): the run's `network` is applied only then.
+    pub network_ours: bool,
 }
 
 pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -107,6 +119,9 @@ pub struct Lifecycle {
     /// deadline, is recomputed (the monotonic clock stood still while a snapshot was
     /// on disk, so a monotonic sleep computed before would be late).
     clock_stepped: tokio::sync::Notify,
+    /// One credentials update at a time, end to end: the CloudWatch client, the
+    /// metadata service and the status always hold the same (the newest) set.
+    credentials_gate: Mutex<()>,
 }
 
 impl Lifecycle {
@@ -121,11 +136,13 @@ impl Lifecycle {
                 run: None,
                 credentials: None,
                 credentials_generation: 0,
+                credentials_warned: None,
                 state_reason: None,
             }),
             ctx,
             started: Instant::now(),
             clock_stepped: tokio::sync::Notify::new(),
+            credentials_gate: Mutex::new(()),
         })
     }
 

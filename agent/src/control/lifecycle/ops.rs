@@ -2,9 +2,10 @@
 //! `/suspend`, `/resume` and `/terminate` do, and the agent's own termination.
 
 use super::{
-    Input, Lifecycle, CREDENTIALS_WARNING, LOG_FLUSH_DEADLINE, SELF_TERMINATE_REPORT_WINDOW,
+    Input, Lifecycle, CREDENTIALS_REWARN, CREDENTIALS_WARNING, LOG_FLUSH_DEADLINE, SELF_TERMINATE_REPORT_WINDOW,
 };
-use super::{STOP_GRACE, STORAGE_SYNC_TIMEOUT};
+use super::{LOG_HOLD_DEADLINE, STOP_GRACE, STORAGE_SYNC_TIMEOUT};
+use crate::config::run::parse_rfc3339;
 use crate::config::{Freshness, RunRequest, Toggle};
 use crate::control::answer::Answer;
 use crate::events::EventType;
@@ -31,6 +32,8 @@ impl Lifecycle {
                 if let Err(a) = self.refresh(fresh) {
                     return a;
                 }
+                // The clock is right again: what the app wrote meanwhile may leave.
+                self.release_logs();
                 let answer = answer(self.call_hook(Hook::Resume, b"{}".to_vec()).await);
                 // Idle time counts again only once the guest really runs: a failed
                 // resume leaves it SUSPENDED, and suspended time is never idle time.
@@ -70,6 +73,18 @@ impl Lifecycle {
                 .into();
             }
         }
+        let logs_destination = match self.plan_logs(&run) {
+            Ok(d) => d,
+            Err(a) => return a,
+        };
+        // Before the run's facts: the logs endpoint and the application may need it.
+        let network = match &run.network {
+            None => None,
+            Some(n) => match self.configure_network(n.clone()).await {
+                Ok(line) => Some(line),
+                Err(a) => return a,
+            },
+        };
         {
             let mut g = self.lock();
             g.run = Some(RunInfo {
@@ -78,6 +93,7 @@ impl Lifecycle {
                 logging: run.logging.clone(),
                 idle_policy: run.idle_policy.clone(),
                 maximum_duration_in_seconds: run.maximum_duration.map(|d| d.as_secs()),
+                network,
             });
         }
         if let Some(md) = &self.ctx.metadata {
@@ -99,8 +115,9 @@ impl Lifecycle {
         if let Err(a) = self.refresh(run.fresh.clone()) {
             return a;
         }
-        if let Err(a) = self.configure_logs(&run) {
-            return a;
+        if let (Some(logs), Some(dest)) = (&self.ctx.logs, logs_destination) {
+            let creds = self.lock().credentials.clone();
+            logs.configure(dest, creds.as_ref());
         }
         let mut hook = match self.call_hook(Hook::Run, run.app_body()).await {
             Ok(h) => h,
@@ -136,32 +153,78 @@ impl Lifecycle {
         }
     }
 
-    /// The effective logging union decides where the application's lines go from now on.
-    fn configure_logs(&self, run: &RunRequest) -> Result<(), Answer> {
-        let (Some(logs), Ok(cfg)) = (&self.ctx.logs, &self.ctx.config) else {
-            return Ok(());
+    /// Where the application's lines go for this run (the effective logging union),
+    /// decided before anything of the run is applied: a run refused for its logging
+    /// leaves no trace in the metadata service, the clock or the credentials.
+    fn plan_logs(&self, run: &RunRequest) -> Result<Option<crate::logs::Destination>, Answer> {
+        let (Some(_), Ok(cfg)) = (&self.ctx.logs, &self.ctx.config) else {
+            return Ok(None);
         };
-        let creds = self.lock().credentials.clone();
+        let has_creds = run.fresh.credentials.is_some() || self.lock().credentials.is_some();
         let effective = crate::logs::effective(run.logging.as_ref(), cfg.logging.as_ref());
-        let dest = crate::logs::destination(
+        crate::logs::destination(
             &effective,
             &cfg.image_name,
             &run.microvm_id,
             run.region.as_deref(),
             run.logs_endpoint.as_deref(),
-            creds.is_some(),
+            has_creds,
         )
+        .map(Some)
         .map_err(|e| {
-            ApiError::new(ErrorCode::BadRequest, format!("logging: {e}")).with_field("logging")
-        })?;
-        logs.configure(dest, creds.as_ref());
-        Ok(())
+            ApiError::new(ErrorCode::BadRequest, format!("logging: {e}"))
+                .with_field("logging")
+                .into()
+        })
+    }
+
+    /// The run's `network` on the guest's NIC (interface ioctls, which may wait up to
+    /// 3 s for the NIC to appear: off the runtime thread).
+    async fn configure_network(
+        &self,
+        n: crate::sys::network::NetSettings,
+    ) -> Result<String, Answer> {
+        if !self.ctx.network_ours {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "network: this agent does not own its network (not a guest's PID 1, nor in a network namespace of its own)",
+            )
+            .with_field("network")
+            .into());
+        }
+        let applied = tokio::task::spawn_blocking(move || crate::sys::network::apply(&n))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        match applied {
+            Ok(line) => {
+                tracing::info!("{line} (from /run)");
+                Ok(line)
+            }
+            Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("network: {e}"))
+                .with_field("network")
+                .into()),
+        }
     }
 
     /// Send what the application wrote so far; reports whether it all left in time.
     async fn flush_logs(&self) -> Option<bool> {
         let logs = self.ctx.logs.as_ref()?;
         Some(logs.flush(LOG_FLUSH_DEADLINE).await)
+    }
+
+    /// Flush, then hold the sender until `/resume`: nothing is on the wire when the
+    /// host saves the VM. True only if both finished in time.
+    async fn flush_and_hold_logs(&self) -> Option<bool> {
+        let logs = self.ctx.logs.as_ref()?;
+        let flushed = logs.flush(LOG_FLUSH_DEADLINE).await;
+        Some(logs.hold(LOG_HOLD_DEADLINE).await && flushed)
+    }
+
+    fn release_logs(&self) {
+        if let Some(logs) = &self.ctx.logs {
+            logs.release();
+        }
     }
 
     /// Clock, entropy and credentials from the host, before the application hears of
@@ -190,15 +253,24 @@ impl Lifecycle {
     }
 
     /// New credentials for everyone at once: the agent's CloudWatch client, the
-    /// metadata service, the status; and the host is warned before they expire.
+    /// metadata service, the status; and the host is warned before they expire, then
+    /// once a minute until a newer set arrives. The same set sent again changes
+    /// nothing (its warning timer runs on).
     pub fn set_credentials(self: &Arc<Self>, c: Credentials) {
-        if let Some(logs) = &self.ctx.logs {
-            logs.update_credentials(&c);
-        }
-        if let Some(md) = &self.ctx.metadata {
-            md.set_credentials(&c);
-        }
         let generation = {
+            let _one = self
+                .credentials_gate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if self.lock().credentials.as_ref() == Some(&c) {
+                return;
+            }
+            if let Some(logs) = &self.ctx.logs {
+                logs.update_credentials(&c);
+            }
+            if let Some(md) = &self.ctx.metadata {
+                md.set_credentials(&c);
+            }
             let mut g = self.lock();
             g.credentials = Some(c.clone());
             g.credentials_generation += 1;
@@ -217,26 +289,36 @@ impl Lifecycle {
                 let stepped = this.clock_stepped.notified();
                 tokio::pin!(stepped);
                 stepped.as_mut().enable();
-                let Some(delay) = warning_delay(expires, crate::clock::unix_secs()) else {
-                    break;
+                let due = warning_delay(expires, crate::clock::unix_secs());
+                let since = this.lock().credentials_warned.map(|t| t.elapsed());
+                let delay = match (due, since) {
+                    (Some(d), _) => Some(d),
+                    (None, Some(s)) if s < CREDENTIALS_REWARN => Some(CREDENTIALS_REWARN - s),
+                    (None, _) => None,
                 };
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stepped => {}
+                if let Some(delay) = delay {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stepped => {}
+                    }
+                    // Replaced meanwhile: the newer update has its own timer.
+                    if !current(&this) {
+                        return;
+                    }
+                    continue;
                 }
-                // Replaced meanwhile (even by the same credentials sent again): the
-                // newer update has its own timer.
-                if !current(&this) {
-                    return;
+                {
+                    let mut g = this.lock();
+                    if g.credentials_generation != generation {
+                        return;
+                    }
+                    g.credentials_warned = Some(Instant::now());
                 }
+                this.ctx.events.emit(
+                    EventType::CredentialsExpiring,
+                    json!({"accessKeyId": c.access_key_id, "expiration": c.expiration}),
+                );
             }
-            if !current(&this) {
-                return;
-            }
-            this.ctx.events.emit(
-                EventType::CredentialsExpiring,
-                json!({"accessKeyId": c.access_key_id, "expiration": c.expiration}),
-            );
         });
     }
 
@@ -296,6 +378,7 @@ impl Lifecycle {
             Some(sup) => sup.stop(STOP_GRACE).await,
             None => None,
         };
+        self.release_logs();
         let logs_flushed = self.flush_logs().await;
         let storage_error = self.sync_storage(true).await.err();
         let reason = match input {
@@ -326,8 +409,9 @@ impl Lifecycle {
             Ok(h) if h.outcome.http_status() == 200 => h,
             other => return answer(other),
         };
-        hook.logs_flushed = self.flush_logs().await;
+        hook.logs_flushed = self.flush_and_hold_logs().await;
         if let Err(e) = self.sync_storage(false).await {
+            self.release_logs();
             // The app believes it is suspended while the VM stays RUNNING: tell it to
             // resume, so both agree, and say what became of that.
             let resumed = match self.call_hook(Hook::Resume, b"{}".to_vec()).await {
@@ -396,14 +480,6 @@ impl Lifecycle {
 pub fn warning_delay(expires: i64, now: i64) -> Option<Duration> {
     let warn_at = expires.saturating_sub(CREDENTIALS_WARNING.as_secs() as i64);
     (warn_at > now).then(|| Duration::from_secs(warn_at.saturating_sub(now) as u64))
-}
-
-/// Unix seconds of an RFC 3339 UTC time (`2026-11-22T16:00:00Z`).
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    use aws_sdk_cloudwatchlogs::primitives::{DateTime, DateTimeFormat};
-    DateTime::from_str(s, DateTimeFormat::DateTime)
-        .ok()
-        .map(|d| d.secs())
 }
 
 fn hook_answer(hook: Hook, outcome: HookOutcome) -> HookAnswer {

@@ -48,6 +48,7 @@ impl Lifecycle {
                     mem_total_ki_b: mem.map(|m| m.0),
                     mem_available_ki_b: mem.map(|m| m.1),
                     announcements: crate::control::announce::announcements(),
+                    unix_time_ms: Some(crate::clock::Clock::unix_ms(&crate::clock::SystemClock)),
                 }
             }),
             boot: self.ctx.boot.clone(),

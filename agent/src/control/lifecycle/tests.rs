@@ -80,6 +80,7 @@ async fn rig() -> Rig {
         boot: BootReport::default(),
         metadata: None,
         sdk_config_file: false,
+        network_ours: false,
     });
     Rig {
         lc,
