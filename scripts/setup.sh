@@ -22,7 +22,15 @@ python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need_apt[@]}"
+  # The machine image may ship a newer qemu-utils (a backport) that Breaks the
+  # release's qemu-system-common: QEMU's parts must be one version, and the one
+  # verified here (../shared/notes) is the release's, so qemu-utils follows it.
+  qemu=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  have=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+  if [ -n "$qemu" ] && [ "$qemu" != "(none)" ] && [ -n "$have" ] && [ "$have" != "$qemu" ]; then
+    need_apt+=("qemu-utils=$qemu")
+  fi
+  apt-get install -y -qq --allow-downgrades "${need_apt[@]}"
 fi
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy

@@ -200,7 +200,7 @@ fn allocate_until_killed() {
     loop {
         // Non-zero bytes: every page is really touched, none stays shared with zero.
         held.push(vec![0x5a; 4 << 20]);
-        if held.len() % 8 == 0 {
+        if held.len().is_multiple_of(8) {
             println!("recorder: allocated {} MiB", held.len() * 4);
         }
     }

@@ -77,6 +77,12 @@ pub fn now_rfc3339() -> String {
     rfc3339(now_nanos() / 1_000_000_000)
 }
 
+/// A guest CID for a new VM: 3 (the first a guest may have) up to 2^31, at random.
+pub fn guest_cid() -> u32 {
+    let b = random(4);
+    3 + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) % ((1 << 31) - 3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,10 +124,4 @@ mod tests {
         );
         assert!(id[4..].chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
     }
-}
-
-/// A guest CID for a new VM: 3 (the first a guest may have) up to 2^31, at random.
-pub fn guest_cid() -> u32 {
-    let b = random(4);
-    3 + u32::from_le_bytes([b[0], b[1], b[2], b[3]]) % ((1 << 31) - 3)
 }

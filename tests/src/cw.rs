@@ -272,8 +272,8 @@ fn serve_one(
     let mut body = vec![0; len];
     r.read_exact(&mut body)?;
     let mut client = client;
-    let accepted = signed_by.is_some()
-        && *seen.2.lock().unwrap_or_else(|p| p.into_inner()) == signed_by;
+    let accepted =
+        signed_by.is_some() && *seen.2.lock().unwrap_or_else(|p| p.into_inner()) == signed_by;
     match mode.load(Ordering::SeqCst) {
         1 => {
             throttled.fetch_add(1, Ordering::SeqCst);

@@ -1112,7 +1112,11 @@ fn suspend_and_resume_through_a_file_keep_the_application_and_its_logs() {
         .filter_map(|m| m.strip_prefix("tick "))
         .map(|n| n.parse().unwrap())
         .collect();
-    assert!(ticks.len() > 300, "ticks through three cycles: {}", ticks.len());
+    assert!(
+        ticks.len() > 300,
+        "ticks through three cycles: {}",
+        ticks.len()
+    );
     let want: Vec<u64> = (0..ticks.len() as u64).collect();
     assert_eq!(ticks, want, "no tick lost, none twice, in order");
     let hooks: Vec<String> = got

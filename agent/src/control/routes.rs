@@ -168,10 +168,10 @@ async fn credentials_request(lc: &Arc<Lifecycle>, body: Incoming) -> Answer {
         Ok(c) => match config::run::check_credentials(&c, "") {
             Err(e) => request_error(RequestError::Invalid(e)),
             Ok(()) => {
-            let info = microvm_protocol::status::CredentialsInfo {
-                access_key_id: c.access_key_id.clone(),
-                expiration: c.expiration.clone(),
-            };
+                let info = microvm_protocol::status::CredentialsInfo {
+                    access_key_id: c.access_key_id.clone(),
+                    expiration: c.expiration.clone(),
+                };
                 lc.set_credentials(c);
                 Answer::ok(&serde_json::json!({ "credentials": info }))
             }

@@ -418,7 +418,11 @@ async fn a_hold_waits_for_the_batch_under_way_and_sends_nothing_until_released()
     // Held: new lines are captured and stay, even when a flush hurries the sender.
     r.logs.push(lines(10..20)).await;
     assert!(!r.logs.flush(Duration::from_millis(300)).await);
-    assert_eq!(r.sink.calls.load(Ordering::SeqCst), 1, "no request while held");
+    assert_eq!(
+        r.sink.calls.load(Ordering::SeqCst),
+        1,
+        "no request while held"
+    );
     assert_eq!(r.logs.status().buffered_events, 10);
     balanced(&r.logs);
     r.logs.release();
@@ -439,12 +443,19 @@ async fn a_failing_batch_is_requeued_by_a_hold_and_keeps_its_place() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         r.logs.flush(Duration::ZERO).await;
     }
-    assert!(r.logs.hold(5 * SECOND).await, "the retry pause ends at the hold");
+    assert!(
+        r.logs.hold(5 * SECOND).await,
+        "the retry pause ends at the hold"
+    );
     let calls = r.sink.calls.load(Ordering::SeqCst);
     r.sink.fail_next.store(0, Ordering::SeqCst);
     r.logs.push(lines(5..8)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(r.sink.calls.load(Ordering::SeqCst), calls, "no retry while held");
+    assert_eq!(
+        r.sink.calls.load(Ordering::SeqCst),
+        calls,
+        "no retry while held"
+    );
     r.logs.release();
     assert!(r.logs.flush(5 * SECOND).await);
     assert_eq!(r.sink.delivered(), (0..8).collect::<Vec<u64>>());

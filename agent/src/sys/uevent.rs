@@ -121,8 +121,7 @@ impl Listener {
         loop {
             let mut ready = self.fd.readable().await?;
             let got = ready.try_io(|fd| {
-                recvfrom::<NetlinkAddr>(fd.as_raw_fd(), &mut self.buf)
-                    .map_err(std::io::Error::from)
+                recvfrom::<NetlinkAddr>(fd.as_raw_fd(), &mut self.buf).map_err(std::io::Error::from)
             });
             match got {
                 // Only the kernel (port id 0) speaks for devices: a process in the

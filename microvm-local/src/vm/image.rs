@@ -287,7 +287,10 @@ mod tests {
         assert_eq!(Image::open(&dir).unwrap().arch, Arch::Arm64);
         std::fs::write(dir.join("manifest.json"), r#"{"architecture":"X86_64"}"#).unwrap();
         let e = Image::open(&dir).unwrap_err();
-        assert!(e.contains("says X86_64") && e.contains("ARM_64 kernel"), "{e}");
+        assert!(
+            e.contains("says X86_64") && e.contains("ARM_64 kernel"),
+            "{e}"
+        );
         std::fs::write(dir.join("vmlinuz"), &x86).unwrap();
         assert_eq!(Image::open(&dir).unwrap().arch, Arch::X86_64);
         std::fs::write(dir.join("vmlinuz"), b"short").unwrap();

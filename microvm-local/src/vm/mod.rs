@@ -612,7 +612,9 @@ impl Vm {
             q.execute("cont", Value::Null)?;
         }
         match announce {
-            Some(a) => self.wait_announcement(&a, Instant::now(), false).map(|_| ()),
+            Some(a) => self
+                .wait_announcement(&a, Instant::now(), false)
+                .map(|_| ()),
             None => Ok(()),
         }
     }
@@ -702,7 +704,9 @@ impl Vm {
                 // The guest ran and wrote to its overlay: the file's memory no longer
                 // matches the disk, and loading it again would corrupt it.
                 self.lose();
-                return Err(format!("{e}; the guest had run again after the load: the MicroVM is gone"));
+                return Err(format!(
+                    "{e}; the guest had run again after the load: the MicroVM is gone"
+                ));
             }
             self.kill_qemu();
             self.kill_backend();
@@ -1021,7 +1025,9 @@ mod tests {
             netdev_arg(&net).unwrap(),
             "user,id=n0,net=10.0.2.0/24,restrict=on,guestfwd=tcp:10.0.2.100:4566-cmd:/usr/bin/microvm-local bridge 127.0.0.1:4566"
         );
-        assert!(netdev_arg(&NetOpts::default()).unwrap().contains("restrict=on"));
+        assert!(netdev_arg(&NetOpts::default())
+            .unwrap()
+            .contains("restrict=on"));
         let open = NetOpts {
             open_egress: true,
             ..NetOpts::default()

@@ -85,7 +85,10 @@ impl Qmp {
     ) -> Result<Value, String> {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         use std::os::fd::AsRawFd;
-        let msg = format!("{}\n", json!({ "execute": command, "arguments": arguments }));
+        let msg = format!(
+            "{}\n",
+            json!({ "execute": command, "arguments": arguments })
+        );
         let fds = [fd.as_raw_fd()];
         let sent = sendmsg::<()>(
             self.w.as_raw_fd(),

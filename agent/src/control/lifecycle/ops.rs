@@ -2,7 +2,8 @@
 //! `/suspend`, `/resume` and `/terminate` do, and the agent's own termination.
 
 use super::{
-    Input, Lifecycle, CREDENTIALS_REWARN, CREDENTIALS_WARNING, LOG_FLUSH_DEADLINE, SELF_TERMINATE_REPORT_WINDOW,
+    Input, Lifecycle, CREDENTIALS_REWARN, CREDENTIALS_WARNING, LOG_FLUSH_DEADLINE,
+    SELF_TERMINATE_REPORT_WINDOW,
 };
 use super::{LOG_HOLD_DEADLINE, STOP_GRACE, STORAGE_SYNC_TIMEOUT};
 use crate::config::run::parse_rfc3339;
@@ -201,9 +202,11 @@ impl Lifecycle {
                 tracing::info!("{line} (from /run)");
                 Ok(line)
             }
-            Err(e) => Err(ApiError::new(ErrorCode::BadRequest, format!("network: {e}"))
-                .with_field("network")
-                .into()),
+            Err(e) => Err(
+                ApiError::new(ErrorCode::BadRequest, format!("network: {e}"))
+                    .with_field("network")
+                    .into(),
+            ),
         }
     }
 
