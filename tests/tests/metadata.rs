@@ -414,7 +414,7 @@ fn metadata_errors_reach_a_client_that_sends_its_body_late() {
 }
 
 /// The run envelope's `network` configures the NIC of a guest whose network differs
-/// per run (a snapshot froze the kernel command line): here a dummy interface the
+/// per run (a snapshot froze the kernel command line): here a veth interface the
 /// "host" adds to the agent's own network namespace after boot. A bad value is 400
 /// naming the field and configures nothing; a good one sets the address and prefix,
 /// the MTU, the interface up, the default route and the resolver, and status says so.
@@ -436,7 +436,12 @@ fn the_run_envelopes_network_configures_the_guests_nic() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    ip(&["link", "add", "eth0", "type", "dummy"]);
+    // A veth pair (this machine's kernel has no dummy driver); the peer up, so the
+    // agent's end has a carrier once the agent brings it up.
+    ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    ip(&["link", "set", "eth1", "up"]);
     let bad = json!({"microvmId": "mvm-net",
                      "network": {"address": "10.9.0.2/24", "gateway": "10.8.0.1"}});
     let r = g.hook("run", &bad.to_string());
