@@ -92,6 +92,7 @@ pub fn bench(image: &Path, o: &Opts) -> String {
 /// `/run` with the host's clock and entropy, timed to its answer.
 fn run_hook(vm: &Vm) {
     let body = serde_json::json!({
+        "microvmId": microvm_local::host::microvm_id(),
         "runHookPayload": "bench",
         "clock": {"unixTimeNanos": microvm_local::host::now_nanos()},
         "entropy": microvm_local::host::entropy_b64(),
