@@ -147,13 +147,14 @@ done
 # Owned by root in the archive (-R 0:0), no device nodes: the agent mounts devtmpfs.
 rm -f "$out/initrd.cpio"
 (cd "$initrd" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) > "$out/initrd.cpio"
+# A new root makes an old snapshot (taken over the old one) wrong: it goes first, so
+# a build stopped halfway never leaves the old snapshot over a new root.
+rm -f "$out"/snapshot-memory.zst "$out"/snapshot-disk.qcow2
 rm -f "$out/rootfs.ext4"
 mkfs.ext4 -q -F -O ^has_journal -E root_owner=0:0 -d "$stage" "$out/rootfs.ext4" "$SIZE"
 cp "$kdir/x/boot/vmlinuz-$release" "$out/vmlinuz"
 # The config beside the image too: the host reads its image-build hook limits.
 install -m 0644 "$cfg" "$out/image.json"
-# A new root makes an old snapshot (taken over the old one) wrong: it goes.
-rm -f "$out"/snapshot-memory.zst "$out"/snapshot-disk.qcow2
 kversion=$(dpkg-deb -f "$kdir"/linux-image-*.deb Version)
-printf '{"architecture":"%s","kernelRelease":"%s","kernelPackage":"%s"}\n' "$model" "$release" "$(basename "$kdir")=$kversion" > "$out/manifest.json"
+printf '{"architecture":"%s","kernelRelease":"%s","kernelPackage":"%s"}\n' "$model" "$release" "$(dpkg-deb -f "$kdir"/linux-image-*.deb Package)=$kversion" > "$out/manifest.json"
 echo "rootfs: $out/rootfs.ext4 ($(du -k --apparent-size "$out/rootfs.ext4" | cut -f1) KiB, $(du -sk "$stage" | cut -f1) KiB used), kernel $out/vmlinuz ($release), initramfs $out/initrd.cpio ($(du -k --apparent-size "$out/initrd.cpio" | cut -f1) KiB)"

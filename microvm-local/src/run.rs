@@ -353,6 +353,15 @@ fn interactive(host: &Arc<Host>) {
 
 /// Terminate cleanly if the guest still runs, then make sure nothing outlives us.
 fn finish(host: &Arc<Host>, code: i32) -> i32 {
+    let code = finish_vm(host, code);
+    if host.vm.lost() {
+        eprintln!("microvm-local: the MicroVM was lost (see above)");
+        return if code == 0 { 255 } else { code };
+    }
+    code
+}
+
+fn finish_vm(host: &Arc<Host>, code: i32) -> i32 {
     if host.suspended() || !host.vm.wait_exit(Duration::from_millis(10)) {
         if !host.terminated() {
             report("terminate", host.terminate());

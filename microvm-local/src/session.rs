@@ -105,6 +105,12 @@ impl Host {
     /// the role's source has none newer than the last one sent (the agent warns again
     /// a minute later; re-sending the same set would only make it warn again).
     fn rotate_credentials(&self) -> Result<Value, String> {
+        // Never on vsock while a pause or save is under way (see vm::PAUSE_SETTLE);
+        // a suspended MicroVM gets fresh credentials with its /resume anyway.
+        let _gate = self.poll_gate.lock().unwrap_or_else(|p| p.into_inner());
+        if self.suspended() {
+            return Err("suspended: the next /resume carries fresh credentials".into());
+        }
         let c = self.next_credentials().ok_or("no execution role")?;
         {
             let mut last = self.last_rotation.lock().unwrap_or_else(|p| p.into_inner());
@@ -162,9 +168,7 @@ impl Host {
                 }
                 Err(e) => {
                     // The VM runs on, its agent SUSPENDED: both must agree again.
-                    let back = self.resume_envelope().and_then(|body| {
-                        answer(self.vm.hook("resume", &body)).map(|v| v["status"].clone())
-                    });
+                    let back = self.tell_resume().map(|v| v["status"].clone());
                     return Err(format!(
                         "{e}; the agent was told to resume: {}",
                         back.map_or_else(|e| e, |s| format!("status {s}"))
@@ -199,6 +203,26 @@ impl Host {
         serde_json::to_string(&body).map_err(|e| e.to_string())
     }
 
+    /// `/resume` to the agent of a VM that runs again, retried a few times: an agent
+    /// left SUSPENDED while its VM runs would hold its logs and its idle accounting.
+    fn tell_resume(&self) -> Result<Value, String> {
+        let mut last = Err("not sent".to_string());
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            let body = self.resume_envelope()?;
+            last = answer(self.vm.hook("resume", &body));
+            match &last {
+                Ok(v) if v["status"] == 200 => return last,
+                // The agent refused the request itself: sending it again changes nothing.
+                Ok(v) if v["status"] == 400 || v["status"] == 409 => return last,
+                _ => {}
+            }
+        }
+        last
+    }
+
     fn resume_locked(&self, st: &mut HostState) -> Result<Value, String> {
         self.resume_for(st, true)
     }
@@ -217,8 +241,7 @@ impl Host {
             }
         };
         st.suspended = false;
-        let body = self.resume_envelope()?;
-        let mut v = answer(self.vm.hook("resume", &body))?;
+        let mut v = self.tell_resume()?;
         if let Some(took) = restored {
             v["restoredFromFile"] = json!({"ms": took.as_millis() as u64});
         }

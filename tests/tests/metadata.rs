@@ -464,6 +464,8 @@ fn the_run_envelopes_network_configures_the_guests_nic() {
         resolv.ends_with("nameserver 10.9.0.53\nnameserver 10.9.0.54\n"),
         "{resolv}"
     );
+    // The agent's own /run/microvm, never the host's.
+    assert!(!std::path::Path::new("/run/microvm/resolv.conf").exists());
     assert_eq!(
         g.status()["run"]["network"],
         "network eth0 10.9.0.2/24 via 10.9.0.1 mtu 1400 dns 10.9.0.53,10.9.0.54"

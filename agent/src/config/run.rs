@@ -143,7 +143,8 @@ impl RunRequest {
                 .into());
             }
         }
-        if let Some(c) = &raw.credentials {
+        let mut credentials = raw.credentials;
+        if let Some(c) = &mut credentials {
             check_credentials(c, "credentials.")?;
         }
         let network = raw.network.as_ref().map(network_settings).transpose()?;
@@ -164,7 +165,7 @@ impl RunRequest {
             fresh: Freshness {
                 clock: raw.clock,
                 entropy: decode_entropy(raw.entropy)?,
-                credentials: raw.credentials,
+                credentials,
             },
         })
     }
@@ -181,8 +182,8 @@ impl RunRequest {
 
 /// The host's `/resume` body (all optional).
 pub fn parse_resume(body: &[u8]) -> Result<Freshness, RequestError> {
-    let raw: ResumeEnvelope = from_json_objects(body_or_empty(body), &[])?;
-    if let Some(c) = &raw.credentials {
+    let mut raw: ResumeEnvelope = from_json_objects(body_or_empty(body), &[])?;
+    if let Some(c) = &mut raw.credentials {
         check_credentials(c, "credentials.")?;
     }
     Ok(Freshness {
@@ -256,11 +257,46 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         .map(|d| d.secs())
 }
 
+/// An RFC 3339 time with any offset (`2026-11-22T17:00:00+01:00`, what `aws configure
+/// export-credentials` writes) as UTC with `Z` (`2026-11-22T16:00:00Z`), the form every
+/// SDK parses from the metadata service; None if it is no RFC 3339 time.
+pub fn utc_rfc3339(s: &str) -> Option<String> {
+    use aws_sdk_cloudwatchlogs::primitives::{DateTime, DateTimeFormat};
+    let b = s.as_bytes();
+    if !s.is_ascii() || b.len() < 20 || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    let (local, offset_secs) = match s.strip_suffix(['Z', 'z']) {
+        Some(l) => (l, 0i64),
+        None => {
+            let (l, off) = s.split_at(s.len() - 6);
+            let o = off.as_bytes();
+            if !matches!(o[0], b'+' | b'-') || o[3] != b':' {
+                return None;
+            }
+            let hh: i64 = off[1..3].parse().ok()?;
+            let mm: i64 = off[4..6].parse().ok()?;
+            if hh > 23 || mm > 59 {
+                return None;
+            }
+            let secs = hh * 3600 + mm * 60;
+            (l, if o[0] == b'+' { secs } else { -secs })
+        }
+    };
+    let utc = DateTime::from_str(&format!("{local}Z"), DateTimeFormat::DateTime).ok()?;
+    if offset_secs == 0 {
+        return Some(format!("{local}Z"));
+    }
+    let shifted = DateTime::from_secs(utc.secs() - offset_secs);
+    shifted.fmt(DateTimeFormat::DateTime).ok()
+}
+
 /// Credentials as the SDKs will take them from the metadata service: keys of
 /// printable ASCII with no blank (they go into headers and a JSON document the SDK
-/// parses), and an expiration in RFC 3339 UTC (`...Z`), the form the SDKs parse; a
-/// value they refuse would cost the application its credentials silently.
-pub fn check_credentials(c: &Credentials, prefix: &str) -> Result<(), FieldError> {
+/// parses), and an expiration in RFC 3339 (any offset; it is kept as UTC with `Z`,
+/// the form the SDKs parse); a value they refuse would cost the application its
+/// credentials silently.
+pub fn check_credentials(c: &mut Credentials, prefix: &str) -> Result<(), FieldError> {
     let printable = |v: &str| v.bytes().all(|b| b.is_ascii_graphic());
     for (name, v) in [
         ("accessKeyId", Some(&c.access_key_id)),
@@ -276,11 +312,14 @@ pub fn check_credentials(c: &Credentials, prefix: &str) -> Result<(), FieldError
         }
     }
     if let Some(e) = &c.expiration {
-        if !e.ends_with('Z') || !printable(e) || parse_rfc3339(e).is_none() {
-            return Err(FieldError::new(
-                format!("{prefix}expiration"),
-                format!("must be an RFC 3339 time in UTC such as 2026-11-22T16:00:00Z, got {e:?}"),
-            ));
+        match utc_rfc3339(e) {
+            Some(utc) => c.expiration = Some(utc),
+            None => {
+                return Err(FieldError::new(
+                    format!("{prefix}expiration"),
+                    format!("must be an RFC 3339 time such as 2026-11-22T16:00:00Z, got {e:?}"),
+                ))
+            }
         }
     }
     Ok(())
@@ -351,10 +390,26 @@ mod tests {
             session_token: Some("T0k/en=".into()),
             expiration: Some("2026-11-22T16:00:00Z".into()),
         };
-        assert_eq!(check_credentials(&ok, "credentials."), Ok(()));
-        let field = |c: Credentials| check_credentials(&c, "credentials.").unwrap_err().field;
+        assert_eq!(check_credentials(&mut ok.clone(), "credentials."), Ok(()));
+        let field =
+            |mut c: Credentials| check_credentials(&mut c, "credentials.").unwrap_err().field;
+        // Offsets are taken (aws configure export-credentials writes +00:00), kept as UTC.
+        for (given, kept) in [
+            ("2026-11-22T17:00:00+01:00", "2026-11-22T16:00:00Z"),
+            ("2026-11-22T16:00:00+00:00", "2026-11-22T16:00:00Z"),
+            ("2026-11-22T14:30:00-01:30", "2026-11-22T16:00:00Z"),
+            ("2026-11-22T16:00:00.5Z", "2026-11-22T16:00:00.5Z"),
+        ] {
+            let mut c = Credentials {
+                expiration: Some(given.into()),
+                ..ok.clone()
+            };
+            assert_eq!(check_credentials(&mut c, ""), Ok(()), "{given}");
+            assert_eq!(c.expiration.as_deref(), Some(kept), "{given}");
+        }
         for bad in [
-            "2026-11-22T16:00:00+01:00",
+            "2026-11-22T16:00:00+1:00",
+            "2026-11-22T16:00:00+24:00",
             "2026-11-22 16:00:00Z",
             "soon",
             "2026-13-01T00:00:00Z",

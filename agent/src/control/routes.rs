@@ -165,7 +165,7 @@ async fn credentials_request(lc: &Arc<Lifecycle>, body: Incoming) -> Answer {
     };
     match config::json::from_json_objects::<microvm_protocol::run::Credentials>(&body, &[]) {
         Err(e) => request_error(RequestError::Invalid(e)),
-        Ok(c) => match config::run::check_credentials(&c, "") {
+        Ok(mut c) => match config::run::check_credentials(&mut c, "") {
             Err(e) => request_error(RequestError::Invalid(e)),
             Ok(()) => {
                 let info = microvm_protocol::status::CredentialsInfo {

@@ -98,6 +98,9 @@ fn unescape_octal(s: &str) -> String {
 }
 
 /// Which of `MOUNTS` still need mounting, given what is mounted.
+/// The agent's own files under /run, when /run itself is not the agent's.
+const AGENT_RUN: MountSpec = m("tmpfs", "/run/microvm", "tmpfs", NOSUID_NODEV, "mode=0755");
+
 pub fn plan_mounts(mounted: &HashSet<String>) -> Vec<&'static MountSpec> {
     MOUNTS
         .iter()
@@ -132,6 +135,17 @@ pub fn init_pid1() -> BootReport {
         match mount_one(spec) {
             Ok(()) => report.mounted.push(spec.target.to_string()),
             Err(e) => report.failures.push(format!("mount {}: {e}", spec.target)),
+        }
+    }
+    if mounted.contains("/run") {
+        // A /run that was there before us (a namespace sharing the host's mounts) is
+        // not ours: the agent's own files (resolver, the application's AWS config)
+        // go on a tmpfs of their own in this mount namespace, never into the host's.
+        match mount_one(&AGENT_RUN) {
+            Ok(()) => report.mounted.push(AGENT_RUN.target.to_string()),
+            Err(e) => report
+                .failures
+                .push(format!("mount {}: {e}", AGENT_RUN.target)),
         }
     }
     early_console_report(&mut report);

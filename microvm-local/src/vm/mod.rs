@@ -145,7 +145,7 @@ pub struct Vm {
     continued: AtomicBool,
     /// The file under this VM's overlay as it was at boot: a rebuilt image replaces
     /// it at the same path, and a suspended VM must not wake on another disk.
-    backing: Option<(PathBuf, FileId)>,
+    backing: Vec<(PathBuf, FileId)>,
     launch: Launch,
 }
 
@@ -278,14 +278,21 @@ impl Vm {
         // the next one sweeps it (`sweep_stale`).
         std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut backing = None;
+        let mut backing = Vec::new();
         if layout == Layout::Snapshot {
             let (file, fmt) = match &snapshot {
                 Some(s) => (image.dir.join(&s.disk), "qcow2"),
                 None => (image.rootfs.clone(), "raw"),
             };
             snapshot::overlay(&file, fmt, &dir.join("disk.qcow2"))?;
-            backing = Some((file.clone(), FileId::of(&file)?));
+            // The whole chain: the snapshot's disk is itself an overlay on the rootfs.
+            let mut chain = vec![file.clone()];
+            if snapshot.is_some() {
+                chain.push(image.rootfs.clone());
+            }
+            for f in chain {
+                backing.push((f.clone(), FileId::of(&f)?));
+            }
         }
         // From here on, Drop cleans up whatever was started.
         let mut vm = Vm {
@@ -352,6 +359,9 @@ impl Vm {
             self.attach_vsock(&mut q)?;
             self.continued.store(true, Ordering::SeqCst);
             q.execute("cont", Value::Null)?;
+            // The guest runs again: cancelling now would throw away a restore that is
+            // working (the memory file cannot be loaded a second time).
+            return self.wait_announcement(&announce, t0, false);
         }
         self.wait_announcement(&announce, t0, cancellable)
     }
@@ -409,7 +419,16 @@ impl Vm {
                     let mut line = String::new();
                     let _ = s.read_to_string(&mut line);
                     match serde_json::from_str::<Value>(line.trim()) {
-                        Ok(v) if v["event"] == "ready" => return Ok(v),
+                        Ok(v) if v["event"] == "ready" => {
+                            let cid = self.launch.opts.cid;
+                            if v["cid"].as_u64().is_some_and(|c| c != u64::from(cid)) {
+                                eprintln!(
+                                    "microvm-local: warning: the agent announced CID {}, not {cid}",
+                                    v["cid"]
+                                );
+                            }
+                            return Ok(v);
+                        }
                         _ => eprintln!("microvm-local: not an announcement: {line:?}"),
                     }
                 }
@@ -561,8 +580,24 @@ impl Vm {
                 .map_err(|e| format!("save: {e}"))
         })();
         if let Err(e) = migrated {
+            // QEMU refuses device_add while a migration is active: end it first.
+            let _ = q.execute("migrate_cancel", Value::Null);
             let _ = zstd.kill();
             let _ = zstd.wait();
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(10) {
+                match q.execute("query-migrate", Value::Null) {
+                    Ok(st)
+                        if matches!(
+                            st["status"].as_str(),
+                            Some("active" | "setup" | "cancelling")
+                        ) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => break,
+                }
+            }
             return Err(e);
         }
         let t0 = Instant::now();
@@ -586,10 +621,21 @@ impl Vm {
 
     /// Undo what a failed save did, newest first; the VM runs again with vsock.
     fn undo_save(&self, q: &mut Qmp, done: SaveSteps) -> Result<(), String> {
+        let mut done = done;
         if done.unplug_asked && !done.unplugged {
-            // The guest never let the device go: it may still be there, or go later.
-            // Either way the VM was never stopped.
-            return Ok(());
+            // The unplug was asked and not seen through: the guest may still let the
+            // device go. Wait until it is known either way (the VM was never stopped).
+            let t0 = Instant::now();
+            loop {
+                if !vsock_present(q)? {
+                    done.unplugged = true;
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(30) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         let announce = if done.unplugged {
             if done.chardev_removed {
@@ -688,7 +734,7 @@ impl Vm {
                 file.display()
             ));
         }
-        if let Some((path, id)) = &self.backing {
+        for (path, id) in &self.backing {
             if FileId::of(path).ok().as_ref() != Some(id) {
                 self.lose();
                 return Err(format!(
@@ -841,6 +887,14 @@ struct SaveSteps {
     unplugged: bool,
     chardev_removed: bool,
     stopped: bool,
+}
+
+/// Whether the vsock device is still on the machine (after an unplug was asked).
+fn vsock_present(q: &mut Qmp) -> Result<bool, String> {
+    let list = q.execute("qom-list", json!({"path": "/machine/peripheral"}))?;
+    Ok(list
+        .as_array()
+        .is_some_and(|l| l.iter().any(|p| p["name"] == VSOCK_DEVICE)))
 }
 
 /// The name QEMU knows the migration pipe's write end by (`getfd`).

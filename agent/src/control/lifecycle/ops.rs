@@ -30,11 +30,13 @@ impl Lifecycle {
                     Input::Resume(f) => *f,
                     _ => Freshness::default(),
                 };
+                // The host runs the VM again, whatever becomes of this request: the
+                // logs must not stay held (a refused clock step would otherwise keep
+                // them so until /terminate).
+                self.release_logs();
                 if let Err(a) = self.refresh(fresh) {
                     return a;
                 }
-                // The clock is right again: what the app wrote meanwhile may leave.
-                self.release_logs();
                 let answer = answer(self.call_hook(Hook::Resume, b"{}".to_vec()).await);
                 // Idle time counts again only once the guest really runs: a failed
                 // resume leaves it SUSPENDED, and suspended time is never idle time.
@@ -292,7 +294,12 @@ impl Lifecycle {
                 let stepped = this.clock_stepped.notified();
                 tokio::pin!(stepped);
                 stepped.as_mut().enable();
-                let due = warning_delay(expires, crate::clock::unix_secs());
+                let now = crate::clock::unix_secs();
+                if now > expires {
+                    // Expired: the host has heard it every minute for 20 minutes.
+                    return;
+                }
+                let due = warning_delay(expires, now);
                 let since = this.lock().credentials_warned.map(|t| t.elapsed());
                 let delay = match (due, since) {
                     (Some(d), _) => Some(d),
