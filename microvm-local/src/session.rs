@@ -52,6 +52,9 @@ pub struct Host {
 #[derive(Default)]
 struct HostState {
     suspended: bool,
+    /// The agent answered /suspend and has not answered a /resume since (its VM may
+    /// run again, e.g. after a save was undone): it holds its logs until it does.
+    agent_suspended: bool,
     /// Counts suspensions, so a stale suspended-duration timer does nothing.
     epoch: u64,
     terminated: bool,
@@ -113,7 +116,7 @@ impl Host {
         }
         let c = self.next_credentials().ok_or("no execution role")?;
         {
-            let mut last = self.last_rotation.lock().unwrap_or_else(|p| p.into_inner());
+            let last = self.last_rotation.lock().unwrap_or_else(|p| p.into_inner());
             if last.as_ref() == Some(&c) {
                 return Err(format!(
                     "the role's source has no newer credentials than {} (expiring {}); not sent again",
@@ -121,7 +124,6 @@ impl Host {
                     c.expiration.as_deref().unwrap_or("never")
                 ));
             }
-            *last = Some(c.clone());
         }
         let body = serde_json::to_vec(&c).map_err(|e| e.to_string())?;
         let r = self
@@ -131,6 +133,8 @@ impl Host {
         if r.status != 200 {
             return Err(format!("{}: {}", r.status, r.json()));
         }
+        // Only a set the agent took counts as sent: a failed one is sent again.
+        *self.last_rotation.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
         Ok(json!({"accessKeyId": c.access_key_id, "expiration": c.expiration}))
     }
 
@@ -156,6 +160,7 @@ impl Host {
         }
         let mut v = answer(self.vm.hook("suspend", ""))?;
         if v["status"] == 200 {
+            st.agent_suspended = true;
             match self.vm.park() {
                 Ok(Some(saved)) => {
                     v["savedToFile"] =
@@ -168,7 +173,12 @@ impl Host {
                 }
                 Err(e) => {
                     // The VM runs on, its agent SUSPENDED: both must agree again.
-                    let back = self.tell_resume().map(|v| v["status"].clone());
+                    let back = self.tell_resume().map(|v| {
+                        if v["status"] == 200 {
+                            st.agent_suspended = false;
+                        }
+                        v["status"].clone()
+                    });
                     return Err(format!(
                         "{e}; the agent was told to resume: {}",
                         back.map_or_else(|e| e, |s| format!("status {s}"))
@@ -229,6 +239,12 @@ impl Host {
 
     fn resume_for(&self, st: &mut HostState, cancellable: bool) -> Result<Value, String> {
         if !st.suspended {
+            if st.agent_suspended {
+                // The VM runs but its agent never heard a /resume that worked.
+                let v = self.tell_resume()?;
+                st.agent_suspended = v["status"] != 200;
+                return Ok(v);
+            }
             return Ok(json!({"status": 200, "answer": {"state": "RUNNING"}}));
         }
         let restored = match self.vm.unpark_for(cancellable) {
@@ -242,6 +258,7 @@ impl Host {
         };
         st.suspended = false;
         let mut v = self.tell_resume()?;
+        st.agent_suspended = v["status"] != 200;
         if let Some(took) = restored {
             v["restoredFromFile"] = json!({"ms": took.as_millis() as u64});
         }
@@ -264,8 +281,13 @@ impl Host {
             // signed with a clock hours behind is refused), entropy and credentials,
             // which only /resume carries. A stop signal does not cancel this restore.
             report("resume (to terminate)", self.resume_for(&mut st, false));
-            if st.terminated {
-                return Err("the suspended MicroVM could not be restored to terminate it".into());
+            if st.terminated || st.suspended {
+                // Not restored: nothing runs to terminate, and nothing will.
+                self.vm.discard();
+                st.terminated = true;
+                return Err(
+                    "the suspended MicroVM could not be restored to terminate it; discarded".into(),
+                );
             }
         }
         st.terminated = true;

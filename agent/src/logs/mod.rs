@@ -231,8 +231,9 @@ impl Logs {
                     return true;
                 }
             }
-            // A retry pause ends now and sees the hold.
-            self.sink_changed.notify_one();
+            // A retry pause under way ends now and sees the hold (notify_waiters: no
+            // permit is left to cut a later pause short).
+            self.sink_changed.notify_waiters();
             if tokio::time::timeout_at(until.into(), progress)
                 .await
                 .is_err()

@@ -611,7 +611,11 @@ impl Vm {
                     return Err("zstd did not finish within 60 s of the migration".into());
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(format!("zstd: {e}")),
+                Err(e) => {
+                    let _ = zstd.kill();
+                    let _ = zstd.wait();
+                    return Err(format!("zstd: {e}"));
+                }
             }
         }
         std::fs::File::open(tmp)
@@ -672,6 +676,11 @@ impl Vm {
         self.kill_qemu();
         self.kill_backend();
         let _ = std::fs::remove_file(self.suspend_file());
+    }
+
+    /// Give up a VM that cannot be restored: nothing of it runs or stays.
+    pub fn discard(&self) {
+        self.lose();
     }
 
     /// Saved to a file and not restored since.

@@ -279,6 +279,8 @@ impl Lifecycle {
             let mut g = self.lock();
             g.credentials = Some(c.clone());
             g.credentials_generation += 1;
+            // A new set's first warning is never held back by an older set's.
+            g.credentials_warned = None;
             g.credentials_generation
         };
         let Some(expires) = c.expiration.as_deref().and_then(parse_rfc3339) else {
@@ -377,6 +379,9 @@ impl Lifecycle {
     }
 
     async fn terminate(self: &Arc<Self>, input: Input) -> Answer {
+        // From SUSPENDED too (a self-termination): the hook's and the shutdown's
+        // lines must not meet a held pipeline.
+        self.release_logs();
         let app_running = self.ctx.supervisor.as_ref().is_some_and(|s| s.is_running());
         // The app's answer is reported, but it cannot stop the termination.
         let hook = if app_running && self.ctx.config.is_ok() {
