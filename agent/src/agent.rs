@@ -6,6 +6,7 @@ use crate::config::ImageConfig;
 use crate::control::{self, announce, lifecycle};
 use crate::logs::Logs;
 use crate::supervisor::cgroup::{self, AppCgroup};
+use crate::supervisor::privileges::Policy;
 use crate::supervisor::{self, AppSpec, Reaper, Supervisor};
 use crate::sys::boot::{self, BootReport};
 use crate::sys::cmdline::{self, Cmdline};
@@ -201,13 +202,12 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
         _ => None,
     };
     let supervisor = config.as_ref().ok().map(|cfg| {
-        let mut env: Vec<(String, String)> = ["PATH", "HOME", "TERM"]
+        // HOME is the run-as user's (from the image's /etc/passwd) unless the image
+        // sets it: the spawn decides, as it resolves the user.
+        let mut env: Vec<(String, String)> = ["PATH", "TERM"]
             .iter()
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
             .collect();
-        if !env.iter().any(|(k, _)| k == "HOME") {
-            env.push(("HOME".into(), "/".into()));
-        }
         if sdk_config_file {
             env.push((sdkconfig::ENV.into(), sdkconfig::PATH.into()));
         }
@@ -221,6 +221,12 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
             stderr,
             cgroup: cgroup.clone(),
             reset_oom_score: agent_protected,
+            // Not PID 1, the agent is someone's process with nothing of its own to
+            // protect (and may lack the privileges to confine anything).
+            confine: role.is_pid1().then(|| Policy {
+                user: cfg.user.clone(),
+                all_capabilities: !cfg.additional_os_capabilities.is_empty(),
+            }),
         };
         Supervisor::new(reaper.clone(), spec, cfg.on_application_exit)
     });

@@ -159,6 +159,28 @@ pub struct AppStatus {
     /// OOM kills the kernel counted in the application's cgroup (a real guest).
     #[serde(default)]
     pub oom_kills: u64,
+    /// Who the application runs as and what it may do (PID 1 only: elsewhere it has
+    /// the agent's own privileges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privileges: Option<AppPrivileges>,
+}
+
+/// The application's identity and capabilities as the agent set them at its start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppPrivileges {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the primary group first), empty for the default root.
+    pub groups: Vec<u32>,
+    /// What it holds after exec (`CAP_CHOWN`, ...): for root its bounding set, for
+    /// another user nothing, or its ambient set under `["ALL"]`.
+    pub capabilities: Vec<String>,
+    /// The bounding set: the most it or any program it starts can ever hold.
+    pub bounding_set: Vec<String>,
+    pub no_new_privs: bool,
+    /// Mounts it sees read-only in its own mount namespace.
+    pub read_only: Vec<String>,
 }
 
 /// Per hook: how often the application was called and how the last call went.

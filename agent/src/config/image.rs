@@ -271,11 +271,44 @@ pub struct ImageConfig {
     /// The metadata service, like EC2's `MetadataOptions`.
     #[serde(default)]
     pub metadata: microvm_protocol::status::MetadataOptions,
+    /// Who the application runs as: `name`, `uid`, `name:group` or `uid:gid`, names
+    /// from the image's /etc/passwd and /etc/group. Absent: root.
+    pub user: Option<String>,
+    /// The service model's `additionalOsCapabilities`: `["ALL"]` or nothing.
+    #[serde(default)]
+    pub additional_os_capabilities: Vec<Capability>,
+    /// The service model's `resources` (a list of at most one): the memory the host
+    /// gives the guest at least. The agent only checks it; the host reads it.
+    #[serde(default)]
+    pub resources: Vec<Resources>,
 }
+
+/// The service model's `Capability` enum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Capability {
+    #[serde(rename = "ALL")]
+    All,
+}
+
+/// The service model's `Resources`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    #[serde(rename = "minimumMemoryInMiB")]
+    pub minimum_memory_in_mib: u32,
+}
+
+/// The service model's `EnvironmentVariableMap` limits.
+pub const MAX_ENV_VARS: usize = 100;
+pub const MAX_ENV_KEY_CHARS: usize = 256;
+pub const MAX_ENV_VALUE_CHARS: usize = 4096;
+/// The guest memory a `minimumMemoryInMiB` may ask for.
+pub const MEMORY_MIB: std::ops::RangeInclusive<u32> = 64..=(1 << 20);
 
 impl ImageConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, FieldError> {
-        let cfg: ImageConfig = from_json_objects(bytes, &["command"])?;
+        let cfg: ImageConfig =
+            from_json_objects(bytes, &["command", "additionalOsCapabilities", "resources"])?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -344,15 +377,71 @@ impl ImageConfig {
                 "must not contain NUL",
             ));
         }
+        if self.env.len() > MAX_ENV_VARS {
+            return Err(FieldError::new(
+                "env",
+                format!("at most {MAX_ENV_VARS} variables, got {}", self.env.len()),
+            ));
+        }
         for (k, v) in &self.env {
-            if k.is_empty() || k.contains(['=', '\0']) {
+            let chars = k.chars().count();
+            if !(1..=MAX_ENV_KEY_CHARS).contains(&chars)
+                || k.contains(['=', '\0'])
+                || k.chars().any(char::is_whitespace)
+            {
                 return Err(FieldError::new(
                     format!("env.{k}"),
-                    "variable names must be non-empty, without '=' or NUL",
+                    format!("variable names must be 1-{MAX_ENV_KEY_CHARS} characters, without blanks, '=' or NUL"),
                 ));
             }
             if v.contains('\0') {
                 return Err(FieldError::new(format!("env.{k}"), "must not contain NUL"));
+            }
+            if v.chars().count() > MAX_ENV_VALUE_CHARS {
+                return Err(FieldError::new(
+                    format!("env.{k}"),
+                    format!("at most {MAX_ENV_VALUE_CHARS} characters"),
+                ));
+            }
+        }
+        if let Some(u) = &self.user {
+            let ok = !u.is_empty()
+                && u.len() <= 256
+                && u.split(':').count() <= 2
+                && !u.split(':').any(str::is_empty)
+                && !u.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                return Err(FieldError::new(
+                    "user",
+                    "must be name, uid, name:group or uid:gid (at most 256 characters, no blanks)",
+                ));
+            }
+        }
+        if self.additional_os_capabilities.len() > 1 {
+            return Err(FieldError::new(
+                "additionalOsCapabilities",
+                "takes [\"ALL\"] or nothing",
+            ));
+        }
+        match self.resources.as_slice() {
+            [] => {}
+            [r] if MEMORY_MIB.contains(&r.minimum_memory_in_mib) => {}
+            [r] => {
+                return Err(FieldError::new(
+                    "resources[0].minimumMemoryInMiB",
+                    format!(
+                        "must be {}-{} MiB, got {}",
+                        MEMORY_MIB.start(),
+                        MEMORY_MIB.end(),
+                        r.minimum_memory_in_mib
+                    ),
+                ))
+            }
+            _ => {
+                return Err(FieldError::new(
+                    "resources",
+                    "takes at most one entry (the service model's ResourcesList)",
+                ))
             }
         }
         if let Some(dir) = &self.working_dir {
@@ -520,6 +609,113 @@ mod tests {
         assert_eq!(
             err_field(r#"{"imageName":"i","command":["/a"],"workingDir":"app"}"#),
             "workingDir"
+        );
+    }
+
+    #[test]
+    fn env_follows_the_service_models_limits() {
+        let with_env =
+            |env: serde_json::Value| format!(r#"{{"imageName":"i","command":["/a"],"env":{env}}}"#);
+        let many = |n: usize| {
+            serde_json::Value::Object(
+                (0..n)
+                    .map(|i| (format!("K{i}"), serde_json::Value::from("v")))
+                    .collect(),
+            )
+        };
+        assert!(img(&with_env(many(100))).is_ok());
+        assert_eq!(err_field(&with_env(many(101))), "env");
+        let key256 = "K".repeat(256);
+        assert!(img(&with_env(serde_json::json!({ key256.clone(): "v" }))).is_ok());
+        let key257 = "K".repeat(257);
+        assert_eq!(
+            err_field(&with_env(serde_json::json!({ key257.clone(): "v" }))),
+            format!("env.{key257}")
+        );
+        assert_eq!(
+            err_field(&with_env(serde_json::json!({"A B": "v"}))),
+            "env.A B"
+        );
+        assert_eq!(
+            err_field(&with_env(serde_json::json!({"A\tB": "v"}))),
+            "env.A\tB"
+        );
+        // Values are counted in characters, as the service counts them.
+        assert!(img(&with_env(serde_json::json!({"V": "é".repeat(4096)}))).is_ok());
+        assert_eq!(
+            err_field(&with_env(serde_json::json!({"V": "x".repeat(4097)}))),
+            "env.V"
+        );
+        assert!(img(&with_env(serde_json::json!({"V": ""}))).is_ok());
+    }
+
+    #[test]
+    fn user_capabilities_and_resources() {
+        let cfg = |extra: &str| img(&format!(r#"{{"imageName":"i","command":["/a"]{extra}}}"#));
+        let c = cfg("").unwrap();
+        assert_eq!(c.user, None);
+        assert!(c.additional_os_capabilities.is_empty());
+        assert!(c.resources.is_empty());
+        for ok in ["app", "1000", "app:staff", "1000:1000", "0"] {
+            assert_eq!(
+                cfg(&format!(r#","user":"{ok}""#)).unwrap().user.as_deref(),
+                Some(ok)
+            );
+        }
+        for bad in ["", ":", "app:", ":staff", "a:b:c", "a b", "a\n"] {
+            assert_eq!(
+                cfg(&format!(r#","user":"{bad}""#)).unwrap_err().field,
+                "user",
+                "{bad:?}"
+            );
+        }
+        let all = cfg(r#","additionalOsCapabilities":["ALL"]"#).unwrap();
+        assert_eq!(all.additional_os_capabilities, [Capability::All]);
+        assert!(cfg(r#","additionalOsCapabilities":[]"#).is_ok());
+        assert_eq!(
+            cfg(r#","additionalOsCapabilities":["SYS_TIME"]"#)
+                .unwrap_err()
+                .field,
+            "additionalOsCapabilities[0]"
+        );
+        assert_eq!(
+            cfg(r#","additionalOsCapabilities":"ALL""#)
+                .unwrap_err()
+                .field,
+            "additionalOsCapabilities"
+        );
+        assert_eq!(
+            cfg(r#","additionalOsCapabilities":["ALL","ALL"]"#)
+                .unwrap_err()
+                .field,
+            "additionalOsCapabilities"
+        );
+        let r = cfg(r#","resources":[{"minimumMemoryInMiB":256}]"#).unwrap();
+        assert_eq!(r.resources[0].minimum_memory_in_mib, 256);
+        assert_eq!(
+            cfg(r#","resources":[{"minimumMemoryInMiB":32}]"#)
+                .unwrap_err()
+                .field,
+            "resources[0].minimumMemoryInMiB"
+        );
+        assert_eq!(
+            cfg(r#","resources":[{"minimumMemoryInMiB":256},{"minimumMemoryInMiB":512}]"#)
+                .unwrap_err()
+                .field,
+            "resources"
+        );
+        // The model's form is a list: an object is refused, naming it.
+        assert_eq!(
+            cfg(r#","resources":{"minimumMemoryInMiB":256}"#)
+                .unwrap_err()
+                .field,
+            "resources"
+        );
+        assert_eq!(
+            cfg(r#","resources":[{"minimumMemoryInMiB":256,"cpus":2}]"#)
+                .unwrap_err()
+                .field,
+            "resources[0].cpus"
         );
     }
 

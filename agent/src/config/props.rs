@@ -118,7 +118,8 @@ fn key() -> impl Strategy<Value = String> {
             "maxIdleDurationSeconds", "suspendedDurationSeconds", "autoResumeEnabled",
             "maximumDurationInSeconds", "region", "credentials", "accessKeyId",
             "secretAccessKey", "sessionToken", "expiration", "clock", "unixTimeNanos",
-            "entropy",
+            "entropy", "user", "additionalOsCapabilities", "resources",
+            "minimumMemoryInMiB",
         ]).prop_map(String::from),
         1 => "[a-zA-Z.\\[\\]0-9 =]{0,8}",
     ]
@@ -281,7 +282,7 @@ fn valid_image() -> impl Strategy<Value = Value> {
             prop::collection::vec("[^\u{0}]{0,10}", 0..4),
         ),
         prop::option::of(prop::collection::btree_map(
-            "[^=\u{0}]{1,8}",
+            "[^=\u{0}\\s]{1,8}",
             "[^\u{0}]{0,10}",
             0..4,
         )),
@@ -496,6 +497,8 @@ fn image_fault() -> impl Strategy<Value = ImageFault> {
         prop_oneof![
             "[A-Z]{0,3}=[A-Z]{0,3}",
             "[A-Z]{0,3}\u{0}[A-Z]{0,3}",
+            "[A-Z]{0,3}[ \t\n][A-Z]{0,3}",
+            "[A-Z]{257}",
             Just(String::new())
         ]
         .prop_map(ImageFault::EnvKey),
@@ -503,6 +506,7 @@ fn image_fault() -> impl Strategy<Value = ImageFault> {
             any::<Index>(),
             prop_oneof![
                 Just(Value::from("a\u{0}b")),
+                Just(Value::from("é".repeat(4097))),
                 Just(Value::from(1)),
                 Just(Value::Null),
                 Just(json!(["a"])),

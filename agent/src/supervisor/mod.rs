@@ -2,6 +2,7 @@
 //! its cgroup and memory, and the signals passed on to it.
 
 pub mod cgroup;
+pub mod privileges;
 pub mod process;
 pub mod reaper;
 pub mod signals;

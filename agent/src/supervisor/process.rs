@@ -2,10 +2,11 @@
 //! backoff, signal forwarding to its process group, and a bounded stop.
 
 use super::cgroup::AppCgroup;
+use super::privileges::{Confinement, Policy};
 use super::reaper::Reaper;
 use crate::backoff::Backoff;
 use crate::config::ExitPolicy;
-use microvm_protocol::status::{AppStatus, Exit};
+use microvm_protocol::status::{AppPrivileges, AppStatus, Exit};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
@@ -58,6 +59,9 @@ pub struct AppSpec {
     /// The agent made itself the OOM killer's last choice: the app gets the default
     /// score back as it starts, cgroup or not.
     pub reset_oom_score: bool,
+    /// Who it runs as and what it may do; None leaves it the agent's privileges (the
+    /// agent is not PID 1 and owns nothing to protect).
+    pub confine: Option<Policy>,
 }
 
 fn output(fd: &Option<Arc<OwnedFd>>) -> std::io::Result<Stdio> {
@@ -68,7 +72,8 @@ fn output(fd: &Option<Arc<OwnedFd>>) -> std::io::Result<Stdio> {
 }
 
 impl AppSpec {
-    fn command(&self) -> std::io::Result<Command> {
+    /// The command to spawn and, when confined, the privileges it will run with.
+    fn command(&self) -> std::io::Result<(Command, Option<AppPrivileges>)> {
         let mut cmd = Command::new(&self.command[0]);
         cmd.args(&self.command[1..])
             .env_clear()
@@ -81,23 +86,51 @@ impl AppSpec {
         if let Some(dir) = &self.working_dir {
             cmd.current_dir(dir);
         }
-        if self.cgroup.is_some() || self.reset_oom_score {
+        // The user database is read at each start: a restart sees the image as it is.
+        let confinement = self
+            .confine
+            .as_ref()
+            .map(Confinement::prepare)
+            .transpose()?;
+        let home_set = self.env.iter().any(|(k, _)| k == "HOME");
+        let home = confinement
+            .as_ref()
+            .and_then(|c| c.identity.home.clone())
+            .unwrap_or_else(|| "/".into());
+        if !home_set {
+            cmd.env("HOME", home);
+        }
+        let privileges = confinement.as_ref().map(|c| AppPrivileges {
+            uid: c.identity.uid,
+            gid: c.identity.gid,
+            groups: c.identity.groups.clone(),
+            capabilities: c.effective.names(),
+            bounding_set: c.keep.names(),
+            no_new_privs: true,
+            read_only: c.read_only_paths(),
+        });
+        if self.cgroup.is_some() || self.reset_oom_score || confinement.is_some() {
             let (cg, reset) = (self.cgroup.clone(), self.reset_oom_score);
             // SAFETY: the closure runs in the child between fork and exec and makes
-            // only async-signal-safe calls (open, write, close), allocating nothing.
+            // only async-signal-safe calls (open, write, close, and the raw system
+            // calls of `apply_in_child`), allocating nothing.
             unsafe {
                 cmd.pre_exec(move || {
+                    // The cgroup first: confinement makes cgroupfs read-only.
                     if let Some(cg) = &cg {
                         cg.enter_in_child();
                     }
                     if reset {
                         super::cgroup::reset_oom_score_in_child()?;
                     }
+                    if let Some(c) = &confinement {
+                        c.apply_in_child()?;
+                    }
                     Ok(())
                 });
             }
         }
-        Ok(cmd)
+        Ok((cmd, privileges))
     }
 }
 
@@ -162,12 +195,11 @@ impl Supervisor {
             }
             let started = Instant::now();
             let oom_before = self.oom_kills();
-            let spawned = self
-                .spec
-                .command()
-                .and_then(|mut cmd| self.reaper.spawn(&mut cmd));
+            let spawned = self.spec.command().and_then(|(mut cmd, privileges)| {
+                self.reaper.spawn(&mut cmd).map(|s| (s, privileges))
+            });
             let exit = match spawned {
-                Ok((pid, rx)) => {
+                Ok(((pid, rx), privileges)) => {
                     tracing::info!(pid, command = ?self.spec.command, "application started");
                     self.status.send_modify(|s| {
                         s.pid = Some(pid);
@@ -175,6 +207,7 @@ impl Supervisor {
                         s.starts += 1;
                         s.spawn_error = None;
                         s.restart_backoff_ms = None;
+                        s.privileges = privileges;
                     });
                     // The sender is dropped only if the reaper table is torn down.
                     rx.await.unwrap_or(Exit::Signal(Signal::SIGKILL as i32))

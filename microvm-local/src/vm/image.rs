@@ -16,6 +16,9 @@ pub struct Image {
     pub initrd: Option<PathBuf>,
     /// The snapshot taken after the image-build hooks, if one was.
     pub snapshot: Option<super::Snapshot>,
+    /// `manifest.json`'s `minimumMemoryInMiB` (the image config's
+    /// `resources[0].minimumMemoryInMiB`): the guest gets at least this much.
+    pub minimum_memory_mib: Option<u32>,
 }
 
 /// The CPU architecture an image is built for, by the service model's names
@@ -127,7 +130,22 @@ impl Image {
             }
         };
         let initrd = Some(dir.join("initrd.cpio")).filter(|p| p.is_file());
+        let minimum_memory_mib = match manifest.get("minimumMemoryInMiB") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(m) => Some(
+                m.as_u64()
+                    .and_then(|m| u32::try_from(m).ok())
+                    .filter(|m| (64..=1 << 20).contains(m))
+                    .ok_or_else(|| {
+                        format!(
+                            "{}: minimumMemoryInMiB {m} is not 64-1048576: rebuild the image",
+                            dir.display()
+                        )
+                    })?,
+            ),
+        };
         Ok(Image {
+            minimum_memory_mib,
             dir,
             rootfs,
             kernel,
@@ -259,6 +277,24 @@ mod tests {
         std::fs::write(dir.join("manifest.json"), "[").unwrap();
         let e = Image::open(&dir).unwrap_err();
         assert!(e.contains("not JSON"), "{e}");
+        // The image's memory floor, when it has one, within the model's reach.
+        let with_min = |m: &str| {
+            std::fs::write(
+                dir.join("manifest.json"),
+                format!(r#"{{"architecture":"X86_64","minimumMemoryInMiB":{m}}}"#),
+            )
+            .unwrap();
+            Image::open(&dir)
+        };
+        assert_eq!(with_min("256").unwrap().minimum_memory_mib, Some(256));
+        assert_eq!(with_min("null").unwrap().minimum_memory_mib, None);
+        for bad in ["32", "-1", "\"256\"", "4294967296"] {
+            let e = with_min(bad).unwrap_err();
+            assert!(
+                e.contains("minimumMemoryInMiB") && e.contains("rebuild"),
+                "{e}"
+            );
+        }
         // A snapshot whose files are gone is an error, not a cold boot in disguise.
         std::fs::write(
             dir.join("manifest.json"),

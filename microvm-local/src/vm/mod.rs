@@ -244,6 +244,9 @@ impl Vm {
             Layout::Nvme
         };
         let mut opts = opts.clone();
+        // The image's `resources[0].minimumMemoryInMiB` is a floor, as on the
+        // platform (128 MiB is tight for a Node runtime).
+        opts.mem_mib = opts.mem_mib.max(image.minimum_memory_mib.unwrap_or(0));
         if layout == Layout::Snapshot && opts.net.is_none() {
             opts.net = Some(NetOpts::default());
         }
@@ -323,6 +326,11 @@ impl Vm {
     /// How this VM is put together.
     pub fn layout(&self) -> Layout {
         self.launch.layout
+    }
+
+    /// The guest's memory: the options' or the image's minimum, whichever is more.
+    pub fn memory_mib(&self) -> u32 {
+        self.launch.opts.mem_mib
     }
 
     /// Start the backend and QEMU (booting, or loading `incoming`, a saved memory

@@ -151,7 +151,7 @@ pub fn build(image_dir: &Path, scratch: &Path) -> Result<Snapshot, String> {
             disk: DISK_FILE.into(),
             memory_snapshot_size_in_bytes: saved.bytes,
             disk_snapshot_size_in_bytes: size(&disk),
-            memory_mib: opts.mem_mib,
+            memory_mib: vm.memory_mib(),
             kernel_command_line: vm.launch.append.clone(),
             created_at: crate::host::now_rfc3339(),
             save_ms: saved.took.as_millis() as u64,

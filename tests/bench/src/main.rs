@@ -52,6 +52,10 @@ pub struct Opts {
     /// cannot run as a process here).
     #[arg(long, requires = "image")]
     pub guest_only: bool,
+    /// An image built from a Debian base (`make python-image`): its sizes, build
+    /// times and boot to /run answered. Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub base_image: Vec<PathBuf>,
     /// Real-guest boots to take the median of.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub vm_boots: usize,
@@ -69,6 +73,9 @@ fn main() {
     if let Some(image) = &o.image {
         out.push_str(&vm::bench(image, &o));
         out.push_str(&vm::snapshots(image, &o));
+    }
+    for image in &o.base_image {
+        out.push_str(&vm::base_image(image, &o));
     }
     print!("{out}");
     std::fs::write(o.out.join("report.md"), &out).expect("write report.md");

@@ -178,3 +178,77 @@ pub fn snapshots(image: &Path, o: &Opts) -> String {
         ms(pct(&mut resume, 0.5)),
     )
 }
+
+/// An image built from a Debian base (`make python-image node-image`): its sizes and
+/// build times as the build recorded them (`base.json`, `manifest.json`), and QEMU
+/// start to `/run` answered, cold (boot, `/ready` polled until the runtime listens,
+/// `/validate`, `/run`) and restored from its snapshot, interleaved.
+pub fn base_image(image: &Path, o: &Opts) -> String {
+    let img = Image::open(image).expect("image");
+    if let Err(e) = tools_available_for(img.arch) {
+        return format!("\n{}: skipped ({e})\n", image.display());
+    }
+    let manifest: serde_json::Value = std::fs::read(image.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let (mut cold, mut restored) = (vec![], vec![]);
+    for n in 0..o.vm_boots {
+        let t0 = Instant::now();
+        let opts = VmOpts {
+            cold_boot: true,
+            ..VmOpts::default()
+        };
+        let vm = Vm::boot(&img, &opts, &o.out.join(format!("base-cold-{n}"))).expect("cold boot");
+        let limits = microvm_local::vm::snapshot::build_hook_timeouts(&img.dir);
+        microvm_local::vm::snapshot::image_build_hooks(&vm, limits, || false).expect("hooks");
+        run_hook(&vm);
+        cold.push(t0.elapsed());
+        let _ = vm.hook("terminate", "");
+        drop(vm);
+        if img.snapshot.is_some() {
+            let t0 = Instant::now();
+            let vm = Vm::boot(
+                &img,
+                &VmOpts::default(),
+                &o.out.join(format!("base-restored-{n}")),
+            )
+            .expect("restore");
+            run_hook(&vm);
+            restored.push(t0.elapsed());
+            let _ = vm.hook("terminate", "");
+        }
+    }
+    let kib = |p: &Path| std::fs::metadata(p).map(|m| m.len() / 1024).unwrap_or(0);
+    let c = ms(pct(&mut cold, 0.5));
+    let r = if restored.is_empty() {
+        "no snapshot".to_string()
+    } else {
+        let r = ms(pct(&mut restored, 0.5));
+        format!("{r:.0} ms ({:.2}x of cold)", r / c)
+    };
+    let field = |k: &str| manifest.get(k).cloned().unwrap_or_default();
+    format!(
+        "\nbase image {} ({}; QEMU TCG, {} MiB; medians of {}):\n\
+         - base {}: {} of files (base.json), built in {} s\n\
+         - image: {} of files, rootfs.ext4 {} KiB, built in {} s (base + code + modules, without the snapshot)\n\
+         - QEMU start to /run answered: cold {c:.0} ms (boot, /ready until the runtime listens, /validate, /run), restored {r}\n",
+        image.display(),
+        field("baseRuntime"),
+        img.minimum_memory_mib.unwrap_or(128).max(128),
+        o.vm_boots,
+        field("base"),
+        human(field("baseSizeBytes").as_u64()),
+        field("baseBuildSeconds"),
+        human(field("filesBytes").as_u64()),
+        kib(&img.rootfs),
+        field("buildSeconds"),
+    )
+}
+
+fn human(bytes: Option<u64>) -> String {
+    match bytes {
+        Some(b) => format!("{:.1} MB", b as f64 / 1e6),
+        None => "?".into(),
+    }
+}
