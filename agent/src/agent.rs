@@ -85,6 +85,12 @@ impl Startup {
         // Only a real guest loads modules: in a test namespace the kernel is the host's.
         if role == Role::Guest {
             boot.failures.extend(modules::load_modules());
+            // The agent loads modules itself; the kernel's autoload would run
+            // /sbin/modprobe as root with every capability, a path the root
+            // application could write on a writable root. Empty: never.
+            if let Err(e) = modules::disable_autoload() {
+                boot.failures.push(format!("kernel.modprobe: {e}"));
+            }
             match cmdline
                 .net
                 .settings()

@@ -27,6 +27,41 @@ def opens(path):
 for p in ("/sys/fs/cgroup/cgroup.procs", "/sys/kernel/uevent_helper",
           "/proc/sys/net/ipv4/ip_forward", "/proc/sysrq-trigger"):
     out[p] = opens(p)
+# Relative to the working directory (the image may set it under /proc/sys).
+out["relative"] = opens("kernel/hostname") if os.getcwd() == "/proc/sys" else None
+out["cwd"] = os.getcwd()
+# PID 1 (the agent) is not in this /proc at all.
+out["pid1Visible"] = os.path.exists("/proc/1/status")
+import ctypes, resource
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *args):
+    r = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
+    return "ok" if r >= 0 else __import__("errno").errorcode[ctypes.get_errno()]
+# x86_64 numbers: keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_PROCESS_KEYRING, 0), a
+# clone3 with no arguments (EINVAL if let through), prlimit64 reading PID 1's limit.
+out["keyctl"] = call(250, 0, -2, 0)
+out["clone3"] = call(435, 0, 0)
+out["prlimitOther"] = call(302, 1, 7, 0, ctypes.addressof(ctypes.create_string_buffer(16)))
+out["prlimitSelf"] = call(302, 0, 7, 0, ctypes.addressof(ctypes.create_string_buffer(16)))
+# A user namespace, tried in a child that exits at once either way.
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(w, call(272, 0x10000000).encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+out["unshareUser"] = os.read(r, 64).decode()
+# Every mount the application sees under /sys and /proc: read-only or not.
+# (A mount point listed again is covered by the later mount: the last one counts.)
+top = {}
+for l in open("/proc/self/mountinfo"):
+    f = l.split()
+    top[f[4]] = f[5].split(",")
+out["writableKernelMounts"] = sorted(
+    m for m, opts in top.items()
+    if (m + "/").startswith(("/sys/", "/proc/sys/", "/proc/bus/", "/proc/irq/", "/proc/fs/"))
+    and "ro" not in opts
+)
 out["HOME"] = os.environ.get("HOME")
 out["USER_ENV"] = os.environ.get("USER")
 tmp = os.path.join(sys.argv[1], "probe.tmp")
@@ -55,7 +90,7 @@ fn all_but_withheld() -> String {
     let all = (1u64 << (last_cap() + 1)) - 1;
     // NET_ADMIN 12, SYS_MODULE 16, SYS_RAWIO 17, SYS_PTRACE 19, SYS_ADMIN 21,
     // SYS_BOOT 22, PERFMON 38, BPF 39.
-    let withheld = [12, 16, 17, 19, 21, 22, 38, 39]
+    let withheld = [12, 16, 17, 19, 21, 22, 23, 24, 30, 34, 38, 39]
         .iter()
         .fold(0u64, |m, c| m | 1 << c);
     // Never more than this process has (the agent inherits it).
@@ -102,6 +137,17 @@ fn passwd_field(user: &str, i: usize) -> String {
         .to_string()
 }
 
+/// What the seccomp filter and the application's own /proc do, whoever it runs as.
+fn assert_seccomp_and_proc(r: &Value) {
+    assert_eq!(r["pid1Visible"], false, "{r:#}");
+    assert_eq!(r["keyctl"], "EPERM");
+    assert_eq!(r["clone3"], "ENOSYS");
+    assert_eq!(r["prlimitOther"], "EPERM");
+    assert_eq!(r["prlimitSelf"], "ok");
+    assert_eq!(r["unshareUser"], "EPERM");
+    assert_eq!(r["writableKernelMounts"], json!([]));
+}
+
 fn assert_read_only(r: &Value, denied: &str) {
     for p in [
         "/sys/fs/cgroup/cgroup.procs",
@@ -131,6 +177,7 @@ fn by_default_root_keeps_the_container_default_set_and_sees_the_kernel_read_only
     // Root passes file modes: only the read-only mounts stop it.
     assert_read_only(&r, "EROFS");
     assert_eq!(r["HOME"], passwd_field("root", 5));
+    assert_seccomp_and_proc(&r);
     let p = &g.status()["application"]["privileges"];
     assert_eq!(p["uid"], 0);
     assert_eq!(p["noNewPrivs"], true);
@@ -164,6 +211,7 @@ fn a_configured_user_runs_with_no_capabilities_its_groups_and_its_home() {
     // File modes stop a user before the read-only mounts do.
     assert_read_only(&r, "EACCES");
     assert_eq!(r["HOME"], passwd_field("nobody", 5));
+    assert_seccomp_and_proc(&r);
     let p = &g.status()["application"]["privileges"];
     assert_eq!(p["uid"].to_string(), uid);
     assert_eq!(p["capabilities"], json!([]));
@@ -179,6 +227,7 @@ fn all_grants_every_capability_but_those_that_would_hand_over_the_guest() {
     assert_eq!(r["NoNewPrivs"], json!(["1"]));
     // Remounting needs CAP_SYS_ADMIN, which ALL withholds: still read-only.
     assert_read_only(&r, "EROFS");
+    assert_seccomp_and_proc(&r);
 
     // Another user gets them as ambient capabilities, kept across its exec.
     let (_g, r) = probe(
@@ -215,4 +264,50 @@ fn an_unknown_user_fails_the_start_saying_what_to_do() {
     );
     assert_eq!(s["application"]["running"], false);
     assert_eq!(s["application"]["stateReason"], "Application.ExitCode.127");
+}
+
+/// A working directory under a read-only view is entered after the views are in
+/// place: a path relative to it reaches the read-only copy, not the agent's.
+#[test]
+fn a_working_directory_under_proc_sys_is_the_read_only_one() {
+    require_root!();
+    let (_g, r) = probe("priv-cwd", json!({"workingDir": "/proc/sys"}));
+    assert_eq!(r["cwd"], "/proc/sys", "{r:#}");
+    assert_eq!(r["relative"], "EROFS");
+}
+
+/// A restart is confined the same way.
+#[test]
+fn a_restarted_application_is_confined_again() {
+    require_root!();
+    let dir = scratch("priv-restart");
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let script = format!(
+        "n=$(ls {o} | wc -l); grep CapEff /proc/self/status > {o}/start-$n; \
+         [ $n -ge 1 ] && exec sleep 100; exit 3",
+        o = out.display()
+    );
+    let g = Guest::start_in(
+        dir,
+        &json!({
+            "imageName": "privileges",
+            "command": ["/bin/sh", "-c", script],
+            "user": "nobody",
+            "onApplicationExit": "restart",
+        }),
+    );
+    wait_marker(&out, "start-1");
+    for n in 0..2 {
+        let line = std::fs::read_to_string(out.join(format!("start-{n}"))).unwrap();
+        assert_eq!(
+            line.split_whitespace().nth(1),
+            Some("0000000000000000"),
+            "start {n}"
+        );
+    }
+    let s = g.status();
+    assert_eq!(s["application"]["starts"], 2);
+    assert_eq!(s["application"]["privileges"]["uid"], 65534);
 }

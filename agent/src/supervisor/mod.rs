@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod privileges;
 pub mod process;
 pub mod reaper;
+pub mod seccomp;
 pub mod signals;
 
 pub use process::{state_reason, AppSpec, Supervisor};

@@ -135,8 +135,12 @@ pub fn default_set() -> CapSet {
 /// Withheld even under `["ALL"]`, each because it hands over the guest: the network
 /// (NET_ADMIN), mounts and namespaces (SYS_ADMIN), kernel code (SYS_MODULE, BPF, and
 /// PERFMON with it), raw memory and ports (SYS_RAWIO), the agent's own memory
-/// (SYS_PTRACE: ptrace or /proc/1/mem of PID 1) and power (SYS_BOOT: reboot(2) past
-/// the agent's orderly shutdown).
+/// (SYS_PTRACE: ptrace or /proc/1/mem of PID 1), power (SYS_BOOT: reboot(2) past
+/// the agent's orderly shutdown, and AUDIT_CONTROL: audit's panic-on-failure mode),
+/// the agent's share of the machine (SYS_NICE: PID 1's threads set to SCHED_IDLE;
+/// SYS_RESOURCE: the application beyond the OOM killer's reach, so that an OOM finds
+/// nothing to kill and the kernel panics) and the console (SYSLOG: kernel messages,
+/// a panic's among them, switched off).
 pub fn withheld() -> CapSet {
     CapSet::of(&[
         "NET_ADMIN",
@@ -147,6 +151,10 @@ pub fn withheld() -> CapSet {
         "SYS_RAWIO",
         "SYS_PTRACE",
         "SYS_BOOT",
+        "AUDIT_CONTROL",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYSLOG",
     ])
 }
 
@@ -267,10 +275,63 @@ pub fn resolve(user: &str, passwd: &str, group: &str) -> Result<Identity, UserEr
     })
 }
 
-/// Where the application sees the kernel's interface read-only, in this order (a
-/// recursive bind of /sys copies the cgroup mount below it, which then needs its own
-/// remount).
-pub const READ_ONLY: [&str; 4] = ["/sys", "/sys/fs/cgroup", "/proc/sys", "/proc/sysrq-trigger"];
+/// Where the application sees the kernel's interface read-only, bound over
+/// themselves (recursively: every mount below `/sys`, the cgroup tree among them, is
+/// then remounted read-only on its own). `/proc` is the fresh one mounted for the
+/// application; `/run/microvm` holds what the agent writes for it (resolver, AWS
+/// config), which it may read and never redirect.
+pub const READ_ONLY: [&str; 7] = [
+    "/sys",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/bus",
+    "/proc/irq",
+    "/proc/fs",
+    "/run/microvm",
+];
+
+/// The largest /etc/passwd or /etc/group the agent reads (a root application could
+/// replace either with /dev/zero or a FIFO before a restart).
+pub const MAX_USER_DB: u64 = 1 << 20;
+
+/// Mount points strictly below `prefix` in a /proc/self/mountinfo text, parents first
+/// (the kernel escapes blanks and backslashes in paths as octal).
+pub fn mounts_below(mountinfo: &str, prefix: &str) -> Vec<String> {
+    let unescape = |p: &str| {
+        let mut out = Vec::new();
+        let b = p.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let octal = b
+                .get(i + 1..i + 4)
+                .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+            match (b[i], octal) {
+                (b'\\', Some(d)) => {
+                    out.push(
+                        d.iter()
+                            .fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')),
+                    );
+                    i += 4;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let below = format!("{}/", prefix.trim_end_matches('/'));
+    let mut found: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(unescape)
+        .filter(|m| m.starts_with(&below))
+        .collect();
+    found.sort_by_key(|m| (m.matches('/').count(), m.clone()));
+    found.dedup();
+    found
+}
 
 /// What the application may do, decided from the image config and the role.
 #[derive(Debug, Clone)]
@@ -279,6 +340,16 @@ pub struct Policy {
     pub user: Option<String>,
     /// `additionalOsCapabilities: ["ALL"]`.
     pub all_capabilities: bool,
+}
+
+/// One read-only view: the path, whether to bind it over itself first (a submount
+/// already copied by a recursive bind needs only the remount), and the flags it
+/// keeps (nosuid, nodev, noexec).
+#[derive(Debug)]
+struct ReadOnly {
+    path: CString,
+    bind: bool,
+    flags: libc::c_ulong,
 }
 
 /// Everything the child applies, prepared before the fork.
@@ -292,18 +363,65 @@ pub struct Confinement {
     pub effective: CapSet,
     change_ids: bool,
     last_cap: u32,
-    read_only: Vec<(CString, libc::c_ulong)>,
+    /// A fresh /proc (hidepid=ptraceable) replaces the agent's.
+    fresh_proc: bool,
+    read_only: Vec<ReadOnly>,
+    /// Entered after the mounts, so that the path is looked up in the application's
+    /// tree (a directory under /proc/sys taken before would be the writable one).
+    working_dir: Option<CString>,
+    seccomp: Vec<libc::sock_filter>,
+}
+
+/// Read a small regular file, refusing what could hang or exhaust the agent.
+fn read_user_db(path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+        Err(e) => return Err(std::io::Error::other(format!("reading {path}: {e}"))),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{path} is not a regular file"
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_USER_DB + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_USER_DB {
+        return Err(std::io::Error::other(format!(
+            "{path} is larger than {MAX_USER_DB} bytes"
+        )));
+    }
+    Ok(text)
+}
+
+/// nosuid, nodev and noexec of the mount `path` is on (a bind remount keeps only
+/// the flags it is given).
+fn mount_flags(path: &str) -> Option<libc::c_ulong> {
+    use nix::sys::statvfs::FsFlags;
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let mut flags = 0;
+    for (f, m) in [
+        (FsFlags::ST_NOSUID, libc::MS_NOSUID),
+        (FsFlags::ST_NODEV, libc::MS_NODEV),
+        (FsFlags::ST_NOEXEC, libc::MS_NOEXEC),
+    ] {
+        if st.flags().contains(f) {
+            flags |= m;
+        }
+    }
+    Some(flags)
 }
 
 impl Confinement {
     /// Read the image's user database and the kernel's facts, and decide.
-    pub fn prepare(policy: &Policy) -> std::io::Result<Confinement> {
-        let read = |p: &str| match std::fs::read_to_string(p) {
-            Ok(t) => Ok(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(std::io::Error::other(format!("reading {p}: {e}"))),
-        };
-        let (passwd, group) = (read("/etc/passwd")?, read("/etc/group")?);
+    pub fn prepare(policy: &Policy, working_dir: Option<&str>) -> std::io::Result<Confinement> {
+        let (passwd, group) = (read_user_db("/etc/passwd")?, read_user_db("/etc/group")?);
         let identity = match &policy.user {
             Some(u) => resolve(u, &passwd, &group).map_err(std::io::Error::other)?,
             None => {
@@ -329,24 +447,33 @@ impl Confinement {
         } else {
             CapSet::EMPTY
         };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let fresh_proc = mount_flags("/proc").is_some();
         let mut read_only = Vec::new();
+        let cstr = |p: &str| CString::new(p).map_err(std::io::Error::other);
         for p in READ_ONLY {
-            // What is absent (no /sys in a namespace, say) has nothing to protect.
-            let Ok(st) = nix::sys::statvfs::statvfs(p) else {
+            // What is absent (no /run/microvm outside a guest's PID 1) has nothing
+            // to protect.
+            let Some(flags) = mount_flags(p) else {
                 continue;
             };
-            use nix::sys::statvfs::FsFlags;
-            let mut flags = 0;
-            for (f, m) in [
-                (FsFlags::ST_NOSUID, libc::MS_NOSUID),
-                (FsFlags::ST_NODEV, libc::MS_NODEV),
-                (FsFlags::ST_NOEXEC, libc::MS_NOEXEC),
-            ] {
-                if st.flags().contains(f) {
-                    flags |= m;
+            read_only.push(ReadOnly {
+                path: cstr(p)?,
+                bind: true,
+                flags,
+            });
+            // The fresh /proc has no submounts; /sys keeps the agent's.
+            if p == "/sys" {
+                for sub in mounts_below(&mountinfo, p) {
+                    if let Some(flags) = mount_flags(&sub) {
+                        read_only.push(ReadOnly {
+                            path: cstr(&sub)?,
+                            bind: false,
+                            flags,
+                        });
+                    }
                 }
             }
-            read_only.push((CString::new(p).map_err(std::io::Error::other)?, flags));
         }
         Ok(Confinement {
             change_ids: policy.user.is_some(),
@@ -354,7 +481,10 @@ impl Confinement {
             keep,
             effective,
             last_cap,
+            fresh_proc,
             read_only,
+            working_dir: working_dir.map(cstr).transpose()?,
+            seccomp: super::seccomp::program(),
         })
     }
 
@@ -362,7 +492,7 @@ impl Confinement {
     pub fn read_only_paths(&self) -> Vec<String> {
         self.read_only
             .iter()
-            .map(|(p, _)| p.to_string_lossy().into_owned())
+            .map(|r| r.path.to_string_lossy().into_owned())
             .collect()
     }
 
@@ -387,45 +517,71 @@ impl Confinement {
             }
             Err(err)
         };
+        let null = std::ptr::null::<libc::c_char>();
         // SAFETY: every call below is a system call on values prepared before the
-        // fork (no allocation, no lock); pointers are to data owned by `self`, which
-        // outlives the calls.
+        // fork (no allocation, no lock); pointers are to data owned by `self` or to
+        // static C strings, which outlive the calls.
         unsafe {
-            // A mount namespace of its own, receiving nothing back into ours.
             check(libc::unshare(libc::CLONE_NEWNS).into())?;
+            // Nothing the application mounts (it cannot) or remounts here goes back
+            // to the agent; mounts the agent makes later reach it only if the
+            // agent's own are shared, which they are not (private is the kernel's
+            // default), so in practice it sees none of them.
             step.set("making / a slave mount");
             check(
                 libc::mount(
-                    std::ptr::null(),
+                    null,
                     c"/".as_ptr(),
-                    std::ptr::null(),
+                    null,
                     libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
+                    null.cast(),
                 )
                 .into(),
             )?;
-            for (path, flags) in &self.read_only {
-                step.set("read-only bind mounts");
+            if self.fresh_proc {
+                // hidepid=ptraceable: PID 1 (more capabilities than the application,
+                // so never ptraceable by it) is not there at all: no /proc/1/*
+                // (oom_score_adj, environ, task/) to write or read.
+                step.set("a fresh /proc (hidepid=ptraceable)");
                 check(
                     libc::mount(
-                        path.as_ptr(),
-                        path.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND | libc::MS_REC,
-                        std::ptr::null(),
+                        c"proc".as_ptr(),
+                        c"/proc".as_ptr(),
+                        c"proc".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        c"hidepid=ptraceable".as_ptr().cast(),
                     )
                     .into(),
                 )?;
+            }
+            step.set("read-only bind mounts");
+            for ro in &self.read_only {
+                if ro.bind {
+                    check(
+                        libc::mount(
+                            ro.path.as_ptr(),
+                            ro.path.as_ptr(),
+                            null,
+                            libc::MS_BIND | libc::MS_REC,
+                            null.cast(),
+                        )
+                        .into(),
+                    )?;
+                }
                 check(
                     libc::mount(
-                        std::ptr::null(),
-                        path.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
-                        std::ptr::null(),
+                        null,
+                        ro.path.as_ptr(),
+                        null,
+                        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | ro.flags,
+                        null.cast(),
                     )
                     .into(),
                 )?;
+            }
+            if let Some(dir) = &self.working_dir {
+                step.set("chdir to the working directory");
+                check(libc::chdir(dir.as_ptr()).into())?;
             }
             let id = &self.identity;
             if self.change_ids && id.uid != 0 {
@@ -493,6 +649,22 @@ impl Confinement {
             }
             step.set("PR_SET_NO_NEW_PRIVS");
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0).into())?;
+            // Last: after it, even the agent's own code in this child is filtered.
+            step.set("the seccomp filter");
+            let prog = libc::sock_fprog {
+                len: self.seccomp.len() as libc::c_ushort,
+                filter: self.seccomp.as_ptr().cast_mut(),
+            };
+            check(
+                libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    super::seccomp::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                    0,
+                    0,
+                )
+                .into(),
+            )?;
         }
         Ok(())
     }
@@ -606,6 +778,28 @@ mod tests {
     }
 
     #[test]
+    fn submounts_are_found_parents_first_with_escapes_undone() {
+        let info = "22 1 0:21 / /sys rw,nosuid - sysfs sysfs rw\n\
+            30 22 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+            31 22 0:7 / /sys/kernel/debug rw - debugfs debugfs rw\n\
+            32 31 0:12 / /sys/kernel/debug/tracing rw - tracefs tracefs rw\n\
+            33 22 0:40 / /sys/my\\040dir rw - tmpfs tmpfs rw\n\
+            34 1 0:41 / /sysroot rw - tmpfs tmpfs rw\n\
+            35 1 0:5 / /proc rw - proc proc rw\n";
+        assert_eq!(
+            mounts_below(info, "/sys"),
+            [
+                "/sys/my dir",
+                "/sys/fs/cgroup",
+                "/sys/kernel/debug",
+                "/sys/kernel/debug/tracing"
+            ]
+        );
+        assert!(mounts_below(info, "/proc").is_empty());
+        assert!(mounts_below("", "/sys").is_empty());
+    }
+
+    #[test]
     fn the_default_set_is_the_container_runtimes_and_all_withholds_the_guest() {
         let d = default_set();
         assert_eq!(d.names().len(), 14);
@@ -620,7 +814,7 @@ mod tests {
             assert!(!d.names().contains(&denied.to_string()), "{denied}");
         }
         let all = granted(true, 40);
-        assert_eq!(all.names().len(), 41 - 8);
+        assert_eq!(all.names().len(), 41 - 12);
         assert!(all.names().contains(&"CAP_SYS_TIME".to_string()));
         assert!(all.names().contains(&"CAP_CHECKPOINT_RESTORE".to_string()));
         for w in withheld().names() {
@@ -628,7 +822,9 @@ mod tests {
         }
         // An older kernel: nothing past its last capability.
         assert_eq!(granted(true, 37).0 >> 38, 0);
+        // The default set is within any 6.1 kernel's and never holds a withheld one.
         assert_eq!(granted(false, 40), d);
+        assert_eq!(d.without(withheld()), d);
         assert_eq!(CapSet::all(63).0, u64::MAX);
         assert_eq!(CapSet(1 << 50).names(), ["CAP_50"]);
         assert_eq!(parse_last_cap("40\n"), Some(40));

@@ -83,15 +83,16 @@ impl AppSpec {
             .stderr(output(&self.stderr)?)
             // Its own process group, so signals reach its whole tree and not us.
             .process_group(0);
-        if let Some(dir) = &self.working_dir {
-            cmd.current_dir(dir);
-        }
         // The user database is read at each start: a restart sees the image as it is.
         let confinement = self
             .confine
             .as_ref()
-            .map(Confinement::prepare)
+            .map(|p| Confinement::prepare(p, self.working_dir.as_deref()))
             .transpose()?;
+        // Confined, the child enters it after its mounts (see Confinement).
+        if let (Some(dir), None) = (&self.working_dir, &confinement) {
+            cmd.current_dir(dir);
+        }
         let home_set = self.env.iter().any(|(k, _)| k == "HOME");
         let home = confinement
             .as_ref()

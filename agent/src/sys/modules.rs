@@ -61,6 +61,15 @@ pub fn load_list(list: &Path) -> Vec<String> {
     failures
 }
 
+/// Where the kernel finds its module loader for autoloading.
+pub const MODPROBE_SYSCTL: &str = "/proc/sys/kernel/modprobe";
+
+/// Switch off the kernel's module autoloading (`request_module` answers ENOENT for
+/// an empty `kernel.modprobe`). A real guest only: the sysctl is the machine's.
+pub fn disable_autoload() -> std::io::Result<()> {
+    std::fs::write(MODPROBE_SYSCTL, "\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
