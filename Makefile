@@ -33,7 +33,22 @@ else
 SNAPSHOT = : no snapshot for $(ARCH)
 endif
 
-.PHONY: help setup build app sdk-image rootfs test check-binaries lint run bench clean
+# Images of Python and Node applications on Debian bases (rootfs/base.sh): x86_64
+# only (building a foreign base would need qemu-user for the packages' scripts).
+BASES := build/base
+BASE_IMAGE := AGENT=$(AGENT) KERNEL_CACHE=build/kernel rootfs/image.sh
+PYTHON_APP := examples/python-app
+NODE_APP := examples/node-app
+BASE_GOALS := base-python base-node python-image node-image
+ifneq ($(ARCH),x86_64)
+ifneq ($(filter $(BASE_GOALS),$(MAKECMDGOALS)),)
+$(error $(filter $(BASE_GOALS),$(MAKECMDGOALS)): base images are x86_64 only, not ARCH=$(ARCH))
+endif
+endif
+X86_64_ONLY = @[ "$(ARCH)" = x86_64 ] || { echo "make $@: base images are x86_64 only, not ARCH=$(ARCH)" >&2; exit 2; }
+
+.PHONY: help setup build app sdk-image rootfs test check-binaries lint run bench clean \
+  base-python base-node python-image node-image
 
 help:
 	@echo "make setup  - install what the build and tests need (idempotent)"
@@ -41,6 +56,9 @@ help:
 	@echo "             (every target takes ARCH=x86_64, the default, or ARCH=aarch64)"
 	@echo "make rootfs - bootable example image: $(IMAGE)/rootfs.ext4 and $(IMAGE)/vmlinuz"
 	@echo "make sdk-image - an image whose application uses the AWS SDK for Rust: $(SDK_IMAGE)"
+	@echo "make base-python, base-node - Debian 12 bases with a runtime: $(BASES)/python, $(BASES)/node (x86_64, root)"
+	@echo "make python-image - examples/python-app on the Python base: build/python (and build/python-test, build/python-all)"
+	@echo "make node-image - examples/node-app on the Node base: build/node"
 	@echo "make run    - boot the example image in QEMU, run it with a payload, suspend, resume, terminate"
 	@echo "make test   - unit tests and the PID-1 namespace suites"
 	@echo "make lint   - rustfmt and clippy -D warnings"
@@ -71,6 +89,32 @@ sdk-image: build
 	$(IMAGE_BUILD) $(AGENT) $(SDK_APP) rootfs/sdk/image.json $(SDK_IMAGE)
 	$(SNAPSHOT) $(SDK_IMAGE)
 
+# A base is rebuilt only when missing or older than rootfs/base.sh (about 20 s).
+$(BASES)/%/base.json: rootfs/base.sh
+	$(X86_64_ONLY)
+	rootfs/base.sh $* $(BASES)/$*
+
+base-python: $(BASES)/python/base.json
+base-node: $(BASES)/node/base.json
+
+# The example three ways: as is; with the tests' probes, from a .zip (the local
+# form of codeArtifact.uri); and as root with every capability the guest allows.
+python-image: build base-python
+	$(X86_64_ONLY)
+	$(BASE_IMAGE) $(BASES)/python $(PYTHON_APP) $(PYTHON_APP)/image.json build/python
+	rm -f build/python-app.zip
+	cd $(PYTHON_APP) && python3 -m zipfile -c $(CURDIR)/build/python-app.zip $$(ls -A)
+	$(BASE_IMAGE) $(BASES)/python build/python-app.zip rootfs/python-test/image.json build/python-test
+	$(BASE_IMAGE) $(BASES)/python $(PYTHON_APP) rootfs/python-all/image.json build/python-all
+	$(SNAPSHOT) build/python
+	$(SNAPSHOT) build/python-test
+	$(SNAPSHOT) build/python-all
+
+node-image: build base-node
+	$(X86_64_ONLY)
+	$(BASE_IMAGE) $(BASES)/node $(NODE_APP) $(NODE_APP)/image.json build/node
+	$(SNAPSHOT) build/node
+
 # The real-guest suite needs the images of both architectures: a test run never
 # skips it for want of one. sdk-app has no tests of its own: compiling the AWS SDK
 # once more in the test profile would only cost CI minutes (its image is what the
@@ -79,6 +123,7 @@ test:
 	$(MAKE) ARCH=x86_64 rootfs sdk-image
 	$(MAKE) ARCH=aarch64 rootfs sdk-image
 	$(MAKE) check-binaries
+	$(MAKE) ARCH=x86_64 python-image node-image
 	$(CARGO) test --workspace --exclude sdk-app --no-fail-fast
 
 # What goes into images, for both architectures: static (the guest has no libc) and
@@ -108,8 +153,10 @@ run: rootfs
 # on this machine.
 bench: rootfs
 ifeq ($(ARCH),x86_64)
+	$(MAKE) python-image node-image
 	$(CARGO) build --release -p hook-sdk --example recorder --example echo
-	$(CARGO) run --release -q -p microvm-bench -- --agent $(AGENT) --app target/release/examples/recorder --image $(IMAGE)
+	$(CARGO) run --release -q -p microvm-bench -- --agent $(AGENT) --app target/release/examples/recorder --image $(IMAGE) \
+	  --base-image build/python --base-image build/node
 else
 	$(CARGO) run --release -q -p microvm-bench -- --guest-only --image $(IMAGE) --out target/bench/$(ARCH)
 endif

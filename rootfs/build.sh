@@ -6,6 +6,19 @@
 #
 # APP is a static binary (copied to /app/) or a directory (copied as /app). The kernel
 # and its modules come from one pinned Debian ABI package, extracted, never installed.
+#
+# BASE=DIR (a rootfs/base.sh output: DIR/root, DIR/base.json) builds on a Debian base
+# with a language runtime instead of an empty tree: the stage starts as a copy of
+# DIR/root (owners and modes kept, so it needs root), APP may also be a script or
+# directory for the base's runtime, and the image's size is computed (used size +25%
+# +64 MiB) unless SIZE is given. APP may be a .zip (the local form of the service's
+# codeArtifact.uri), unpacked to /app with its modes (unzip keeps them). A .zip's or,
+# with BASE, a directory's files are made root's, readable by all and writable by
+# root only: the application (which may run as another user) cannot change its code.
+# manifest.json then also records "base" and "baseRuntime" (from base.json), and,
+# with or without BASE, "minimumMemoryInMiB" when the image config has
+# resources[0].minimumMemoryInMiB (the host gives the guest at least that).
+#
 # ARCH (x86_64, the default, or aarch64) picks the kernel package; the agent must be
 # built for it. The image records its architecture in manifest.json (the service
 # model's names, X86_64 or ARM_64), so the runner picks the emulator by itself.
@@ -18,15 +31,67 @@
 # through the initramfs.
 set -euo pipefail
 agent=$1 app=$2 cfg=$3 out=$4
+build_started=$(date +%s%N)
 ARCH=${ARCH:-x86_64}
 case $ARCH in
   x86_64) debarch=amd64 model=X86_64 machine='x86-64' ;;
   aarch64) debarch=arm64 model=ARM_64 machine='ARM aarch64' ;;
   *) echo "rootfs: ARCH is x86_64 or aarch64, not $ARCH" >&2; exit 2 ;;
 esac
-for bin in "$agent" $( [ -d "$app" ] || echo "$app" ); do
+BASE=${BASE:-}
+# A field of a JSON file, "" when absent: json FILE EXPRESSION (over the document d).
+json() {
+  python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); v = eval(sys.argv[2], {"d": d}); print("" if v is None else v)' "$1" "$2"
+}
+if [ -n "$BASE" ]; then
+  BASE=${BASE%/}
+  if [ ! -f "$BASE/base.json" ] || [ ! -d "$BASE/root" ]; then
+    echo "rootfs: BASE=$BASE is not a rootfs/base.sh output (no base.json or root/)" >&2; exit 2
+  fi
+  base_name=$(json "$BASE/base.json" 'd["base"]')
+  base_runtime=$(json "$BASE/base.json" 'd["runtime"]')
+  base_arch=$(json "$BASE/base.json" 'd["architecture"]')
+  if [ "$base_arch" != "$model" ]; then
+    echo "rootfs: BASE=$BASE is an $base_arch base, not $model (ARCH=$ARCH)" >&2; exit 2
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "rootfs: BASE needs root: the base's files keep their owners" >&2; exit 2
+  fi
+fi
+is_zip() { case $1 in *.zip | *.ZIP) [ -f "$1" ] ;; *) false ;; esac; }
+checked=("$agent")
+if [ -d "$app" ] || is_zip "$app"; then
+  :
+elif [ -n "$BASE" ] && ! file -L "$app" | grep -q ' ELF '; then
+  : # a script for the base's interpreter
+else
+  checked+=("$app")
+fi
+for bin in "${checked[@]}"; do
   file -L "$bin" | grep -q "$machine" || { echo "rootfs: $bin is not an $ARCH binary: $(file -L "$bin")" >&2; exit 2; }
 done
+if is_zip "$app"; then
+  command -v unzip >/dev/null || { echo "rootfs: unzip is missing (make setup)" >&2; exit 2; }
+  # Every entry stays under /app: no absolute path, no "..", nothing written through
+  # a symbolic link the archive itself makes (unzip runs as whoever builds).
+  python3 - "$app" <<'EOF'
+import stat, sys, zipfile
+path = sys.argv[1]
+try:
+    entries = zipfile.ZipFile(path).infolist()
+except (OSError, zipfile.BadZipFile) as e:
+    sys.exit(f"rootfs: {path}: not a zip archive: {e}")
+links = {e.filename.rstrip("/") for e in entries if stat.S_ISLNK(e.external_attr >> 16)}
+for e in entries:
+    name = e.filename.replace("\\", "/")
+    if name.startswith("/") or ".." in name.split("/"):
+        sys.exit(f"rootfs: {path}: {e.filename!r} would leave /app")
+    parts = name.rstrip("/").split("/")
+    for i in range(1, len(parts)):
+        if "/".join(parts[:i]) in links:
+            sys.exit(f"rootfs: {path}: {e.filename!r} is under the symbolic link {'/'.join(parts[:i])!r}")
+EOF
+fi
 # The kernel: one Debian package, pinned by name, version and checksum (an ABI name
 # alone lets the revision move). KERNEL_PKG (and KERNEL_VERSION) pick another; then
 # no checksum is known, and the build says so.
@@ -40,7 +105,7 @@ KERNEL_PKG=${KERNEL_PKG:-$PINNED_PKG}
 if [ "$KERNEL_PKG" = "$PINNED_PKG" ]; then
   KERNEL_VERSION=${KERNEL_VERSION:-$PINNED_VERSION}
 fi
-SIZE=${SIZE:-64M}
+SIZE=${SIZE:-}
 # virtio-pci and vsock are modules in Debian's cloud kernel; order matters.
 MODULES=(
   kernel/drivers/virtio/virtio_ring.ko
@@ -111,15 +176,32 @@ fi
 release=$(ls "$kdir/x/lib/modules")
 stage=$out/rootfs
 rm -rf "$stage"
+mkdir -p "$stage"
+# On a base, its tree first (merged /usr: /sbin and /lib are links into /usr).
+if [ -n "$BASE" ]; then cp -a "$BASE/root/." "$stage/"; fi
 mkdir -p "$stage"/{sbin,etc/microvm,dev,proc,sys,tmp,run,app,"lib/modules/$release"}
 install -m 0755 "$agent" "$stage/sbin/init"
-if [ -d "$app" ]; then cp -a "$app/." "$stage/app/"; else install -m 0755 "$app" "$stage/app/"; fi
+if is_zip "$app"; then
+  unzip -q "$app" -d "$stage/app"
+elif [ -d "$app" ]; then
+  cp -a "$app/." "$stage/app/"
+else
+  install -m 0755 "$app" "$stage/app/"
+fi
+if is_zip "$app" || { [ -n "$BASE" ] && [ -d "$app" ]; }; then
+  # The author's files as they would be on the platform: root's, readable by all,
+  # writable by root only (the application may run as another user).
+  chown -R -h 0:0 "$stage/app"
+  chmod -R u+rwX,go+rX,go-w "$stage/app"
+  chmod 0755 "$stage/app"
+fi
 install -m 0644 "$cfg" "$stage/etc/microvm/image.json"
 # The agent writes the resolver configuration under /run (microvm.dns), which works on
 # a read-only root.
-ln -s /run/microvm/resolv.conf "$stage/etc/resolv.conf"
-# A bare rootfs has no trust store; HTTPS to CloudWatch needs one.
-if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+ln -sfn /run/microvm/resolv.conf "$stage/etc/resolv.conf"
+# A bare rootfs has no trust store; HTTPS to CloudWatch needs one. A base has its own
+# (Debian's ca-certificates).
+if [ -z "$BASE" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
   install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$stage/etc/ssl/certs/ca-certificates.crt"
 fi
 # Copy module $2 (relative to /lib/modules/RELEASE; the package may ship it as .ko.xz)
@@ -151,10 +233,42 @@ rm -f "$out/initrd.cpio"
 # a build stopped halfway never leaves the old snapshot over a new root.
 rm -f "$out"/snapshot-memory.zst "$out"/snapshot-disk.qcow2
 rm -f "$out/rootfs.ext4"
-mkfs.ext4 -q -F -O ^has_journal -E root_owner=0:0 -d "$stage" "$out/rootfs.ext4" "$SIZE"
+mkfs_opts=()
+if [ -n "$BASE" ]; then
+  # The size the tree takes (the larger of its blocks and its bytes), +25% and 64 MiB
+  # for what the application writes, in whole MiB; inodes for twice its files.
+  used=$(du -s -B1 "$stage" | cut -f1)
+  bytes=$(du -s -B1 --apparent-size "$stage" | cut -f1)
+  [ "$bytes" -gt "$used" ] && used=$bytes
+  files=$(find "$stage" | wc -l)
+  SIZE=${SIZE:-$(( (used + used / 4 + (64 << 20) + (1 << 20) - 1) >> 20 ))M}
+  mkfs_opts=(-N "$(( files * 2 + 4096 ))")
+fi
+SIZE=${SIZE:-64M}
+mkfs.ext4 -q -F -O ^has_journal -E root_owner=0:0 "${mkfs_opts[@]}" -d "$stage" "$out/rootfs.ext4" "$SIZE"
 cp "$kdir/x/boot/vmlinuz-$release" "$out/vmlinuz"
 # The config beside the image too: the host reads its image-build hook limits.
 install -m 0644 "$cfg" "$out/image.json"
 kversion=$(dpkg-deb -f "$kdir"/linux-image-*.deb Version)
-printf '{"architecture":"%s","kernelRelease":"%s","kernelPackage":"%s"}\n' "$model" "$release" "$(dpkg-deb -f "$kdir"/linux-image-*.deb Package)=$kversion" > "$out/manifest.json"
+extra=
+if [ -n "$BASE" ]; then
+  extra+=$(printf ',"base":"%s","baseRuntime":"%s","baseSizeBytes":%s,"baseBuildSeconds":%s' \
+    "$base_name" "$base_runtime" "$(json "$BASE/base.json" 'd["sizeBytes"]')" \
+    "$(json "$BASE/base.json" 'd.get("buildSeconds", "null")')")
+fi
+# The service model's resources: a list of at most one (the agent refuses an object).
+if grep -q '"resources"' "$cfg"; then
+  min_mem=$(json "$cfg" '(lambda r: (r[0] if isinstance(r, list) and r else {"minimumMemoryInMiB": "not a list of one object"}).get("minimumMemoryInMiB"))(d.get("resources"))')
+  if [ -n "$min_mem" ]; then
+    if ! [[ $min_mem =~ ^[0-9]+$ ]] || [ "$min_mem" -lt 64 ] || [ "$min_mem" -gt 1048576 ]; then
+      echo "rootfs: $cfg: resources[0].minimumMemoryInMiB must be 64-1048576, not $min_mem" >&2
+      exit 2
+    fi
+    extra+=",\"minimumMemoryInMiB\":$min_mem"
+  fi
+fi
+# What the build cost (without the snapshot, which the runner adds): make bench reads it.
+extra+=$(printf ',"filesBytes":%s,"buildSeconds":%s' "$(du -s -B1 --apparent-size "$stage" | cut -f1)" \
+  "$(awk -v a="$build_started" -v b="$(date +%s%N)" 'BEGIN {printf "%.1f", (b - a) / 1e9}')")
+printf '{"architecture":"%s","kernelRelease":"%s","kernelPackage":"%s"%s}\n' "$model" "$release" "$(dpkg-deb -f "$kdir"/linux-image-*.deb Package)=$kversion" "$extra" > "$out/manifest.json"
 echo "rootfs: $out/rootfs.ext4 ($(du -k --apparent-size "$out/rootfs.ext4" | cut -f1) KiB, $(du -sk "$stage" | cut -f1) KiB used), kernel $out/vmlinuz ($release), initramfs $out/initrd.cpio ($(du -k --apparent-size "$out/initrd.cpio" | cut -f1) KiB)"

@@ -19,6 +19,10 @@ command -v x86_64-linux-musl-gcc >/dev/null || need_apt+=(musl-tools)
 command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu)
 [ -d /usr/aarch64-linux-gnu/include ] || need_apt+=(libc6-dev-arm64-cross)
 python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+# Base images (rootfs/base.sh): a Debian root from this machine's mirror; code
+# artifacts may be .zip files.
+command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
+command -v unzip >/dev/null || need_apt+=(unzip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -137,7 +137,7 @@ fn the_python_example_boots_runs_serves_logs_and_powers_off_as_its_user() {
     // Its stdout reached the log pipeline (counted, and mirrored to the console).
     let s = vm.status().unwrap();
     assert!(
-        s["logs"]["capturedLines"].as_u64().unwrap() >= 2,
+        s["logs"]["counters"]["capturedEvents"].as_u64().unwrap() >= 2,
         "{:#}",
         s["logs"]
     );
@@ -164,6 +164,8 @@ fn the_python_example_boots_runs_serves_logs_and_powers_off_as_its_user() {
     assert_eq!(p["sysctlWrite"], "EACCES");
     assert_eq!(p["netAdmin"], "EPERM");
     assert_eq!(p["tmpWritable"], true);
+    assert_eq!(p["pid1Visible"], false);
+    assert_eq!(p["modprobe"], "\n", "module autoload is off");
     let st = &vm.status().unwrap()["application"]["privileges"];
     assert_eq!(st["uid"], 1000);
     assert_eq!(st["capabilities"], json!([]));
@@ -197,6 +199,7 @@ fn with_all_capabilities_the_python_example_may_set_the_clock_but_not_take_the_g
     assert_eq!(p["cgroupWrite"], "EROFS");
     assert_eq!(p["sysctlWrite"], "EROFS");
     assert_eq!(p["netAdmin"], "EPERM");
+    assert_eq!(p["pid1Visible"], false);
     terminate(&vm);
 }
 
