@@ -219,8 +219,12 @@ chmod 1777 "$tree/tmp"
 version=$(chroot "$tree" dpkg-query -W -f='${Version}' "$runtime_pkg")
 bytes=$(du -s --apparent-size -B1 "$tree" | cut -f1)
 files=$(find "$tree" -xdev | wc -l)
-printf '{"base":"%s","suite":"%s","architecture":"X86_64","runtime":"%s=%s","sizeBytes":%s,"files":%s,"buildSeconds":%s}\n' \
-  "$runtime" "$SUITE" "$runtime_pkg" "$version" "$bytes" "$files" "$(( $(date +%s) - started ))" > "$scratch/base.json"
+# Which packages, exactly: two builds on either side of a security update differ here
+# (and `make -B base-python` rebuilds a base on demand).
+packages=$(chroot "$tree" dpkg-query -W -f='${Package}=${Version}\n' | LC_ALL=C sort | sha256sum | cut -d' ' -f1)
+printf '{"base":"%s","suite":"%s","architecture":"X86_64","runtime":"%s=%s","sizeBytes":%s,"files":%s,"buildSeconds":%s,"createdAt":"%s","packagesSha256":"%s"}\n' \
+  "$runtime" "$SUITE" "$runtime_pkg" "$version" "$bytes" "$files" "$(( $(date +%s) - started ))" \
+  "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$packages" > "$scratch/base.json"
 rm -f "$sources" "$log"
 
 # Swap in: the old OUT goes only once the new one is whole.

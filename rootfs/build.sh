@@ -255,10 +255,12 @@ if [ -n "$BASE" ]; then
   extra+=$(printf ',"base":"%s","baseRuntime":"%s","baseSizeBytes":%s,"baseBuildSeconds":%s' \
     "$base_name" "$base_runtime" "$(json "$BASE/base.json" 'd["sizeBytes"]')" \
     "$(json "$BASE/base.json" 'd.get("buildSeconds", "null")')")
+  extra+=$(printf ',"baseCreatedAt":"%s","basePackagesSha256":"%s"' \
+    "$(json "$BASE/base.json" 'd.get("createdAt", "")')" "$(json "$BASE/base.json" 'd.get("packagesSha256", "")')")
 fi
 # The service model's resources: a list of at most one (the agent refuses an object).
 if grep -q '"resources"' "$cfg"; then
-  min_mem=$(json "$cfg" '(lambda r: (r[0] if isinstance(r, list) and r else {"minimumMemoryInMiB": "not a list of one object"}).get("minimumMemoryInMiB"))(d.get("resources"))')
+  min_mem=$(json "$cfg" '(lambda r: (r[0] if isinstance(r, list) and r else {} if r == [] else {"minimumMemoryInMiB": "not a list of at most one object"}).get("minimumMemoryInMiB"))(d.get("resources"))')
   if [ -n "$min_mem" ]; then
     if ! [[ $min_mem =~ ^[0-9]+$ ]] || [ "$min_mem" -lt 64 ] || [ "$min_mem" -gt 1048576 ]; then
       echo "rootfs: $cfg: resources[0].minimumMemoryInMiB must be 64-1048576, not $min_mem" >&2

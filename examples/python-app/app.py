@@ -172,6 +172,8 @@ def privileges():
         "sysctlWrite": outcome(sysctl),
         "netAdmin": outcome(mtu),
         "tmpWritable": outcome(tmp) == "ok",
+        # What the agent writes for this process (resolver, AWS config) it may only read.
+        "runMicrovmWrite": outcome(lambda: os.close(os.open("/run/microvm/planted", os.O_WRONLY | os.O_CREAT, 0o644))),
         # The agent's own process is hidden from this /proc; module autoload is off.
         "pid1Visible": os.path.exists("/proc/1/status"),
         "modprobe": open("/proc/sys/kernel/modprobe").read() if os.path.exists("/proc/sys/kernel/modprobe") else None,
@@ -216,10 +218,13 @@ def main():
     # and Python runs its handlers only when the main thread next wakes.
     stopping = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stopping)
-    # The application's port first: /ready says 200 only once it listens.
+    # The hooks first, so that /ready can say "not yet" (503) while the application
+    # gets ready: STARTUP_SECONDS stands for whatever a real one loads before it
+    # serves (a model, a cache); the host polls /ready meanwhile.
+    hooks = serve("hooks", HOOKS_PORT, HooksHandler)
+    time.sleep(float(os.environ.get("STARTUP_SECONDS", "0")))
     app = serve("app", PORT, AppHandler)
     serving.set()
-    hooks = serve("hooks", HOOKS_PORT, HooksHandler)
     log("example-python: app on :%d, hooks on :%d, uid %d" % (PORT, HOOKS_PORT, os.getuid()))
     print("example-python: stderr works too", file=sys.stderr, flush=True)
     sig = signal.sigwait(stopping)

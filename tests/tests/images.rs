@@ -120,6 +120,10 @@ fn the_python_example_boots_runs_serves_logs_and_powers_off_as_its_user() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The test image's application takes 2 s (STARTUP_SECONDS) before it serves, and
+    // says so: /ready answered "not yet" at least once before its 200.
+    assert_eq!(answers.first(), Some(&503), "{answers:?}");
+    assert_eq!(answers.last(), Some(&200));
     assert_eq!(vm.hook("validate", "").unwrap().status, 200);
     let s = vm.status().unwrap();
     assert_eq!(s["imageName"], "example-python");
@@ -161,6 +165,9 @@ fn the_python_example_boots_runs_serves_logs_and_powers_off_as_its_user() {
     assert_eq!(p["settimeofday"], "EPERM");
     // cgroupfs and /proc/sys are root's files, and read-only besides.
     assert_eq!(p["cgroupWrite"], "EACCES");
+    // A create asks for write access to the mount before it checks the directory's
+    // mode: the read-only view answers first.
+    assert_eq!(p["runMicrovmWrite"], "EROFS");
     assert_eq!(p["sysctlWrite"], "EACCES");
     assert_eq!(p["netAdmin"], "EPERM");
     assert_eq!(p["tmpWritable"], true);
@@ -197,6 +204,7 @@ fn with_all_capabilities_the_python_example_may_set_the_clock_but_not_take_the_g
     assert_eq!(p["noNewPrivs"], 1);
     assert_eq!(p["settimeofday"], "ok");
     assert_eq!(p["cgroupWrite"], "EROFS");
+    assert_eq!(p["runMicrovmWrite"], "EROFS");
     assert_eq!(p["sysctlWrite"], "EROFS");
     assert_eq!(p["netAdmin"], "EPERM");
     assert_eq!(p["pid1Visible"], false);

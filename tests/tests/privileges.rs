@@ -285,8 +285,8 @@ fn a_restarted_application_is_confined_again() {
     std::fs::create_dir(&out).unwrap();
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777)).unwrap();
     let script = format!(
-        "n=$(ls {o} | wc -l); grep CapEff /proc/self/status > {o}/start-$n; \
-         [ $n -ge 1 ] && exec sleep 100; exit 3",
+        "n=$(ls {o} | wc -l); grep CapEff /proc/self/status > {o}/tmp-$n; \
+         mv {o}/tmp-$n {o}/start-$n; [ $n -ge 1 ] && exec sleep 100; exit 3",
         o = out.display()
     );
     let g = Guest::start_in(

@@ -598,13 +598,16 @@ impl Confinement {
                     )?;
                 }
             }
+            // Always: without a `user` the application has no supplementary groups
+            // (status says so), whatever groups the agent was started with.
+            step.set("setgroups");
+            check(libc::syscall(
+                libc::SYS_setgroups,
+                id.groups.len(),
+                id.groups.as_ptr(),
+            ))?;
             if self.change_ids {
-                step.set("setgroups/setresgid/setresuid");
-                check(libc::syscall(
-                    libc::SYS_setgroups,
-                    id.groups.len(),
-                    id.groups.as_ptr(),
-                ))?;
+                step.set("setresgid/setresuid");
                 check(libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid))?;
                 check(libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid))?;
             }
