@@ -227,20 +227,35 @@ pub fn base_image(image: &Path, o: &Opts) -> String {
         let r = ms(pct(&mut restored, 0.5));
         format!("{r:.0} ms ({:.2}x of cold)", r / c)
     };
-    let field = |k: &str| manifest.get(k).cloned().unwrap_or_default();
+    let field = |k: &str| match manifest.get(k) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "?".into(),
+    };
+    let number = |k: &str| manifest.get(k).and_then(|v| v.as_u64());
+    let snapshot = match &img.snapshot {
+        Some(s) => format!(
+            "memory {} KiB (zstd -1), disk overlay {} KiB, saved in {} ms",
+            s.memory_snapshot_size_in_bytes / 1024,
+            s.disk_snapshot_size_in_bytes / 1024,
+            s.save_ms
+        ),
+        None => "none".into(),
+    };
     format!(
         "\nbase image {} ({}; QEMU TCG, {} MiB; medians of {}):\n\
          - base {}: {} of files (base.json), built in {} s\n\
          - image: {} of files, rootfs.ext4 {} KiB, built in {} s (base + code + modules, without the snapshot)\n\
+         - snapshot: {snapshot}\n\
          - QEMU start to /run answered: cold {c:.0} ms (boot, /ready until the runtime listens, /validate, /run), restored {r}\n",
         image.display(),
         field("baseRuntime"),
         img.minimum_memory_mib.unwrap_or(128).max(128),
         o.vm_boots,
         field("base"),
-        human(field("baseSizeBytes").as_u64()),
+        human(number("baseSizeBytes")),
         field("baseBuildSeconds"),
-        human(field("filesBytes").as_u64()),
+        human(number("filesBytes")),
         kib(&img.rootfs),
         field("buildSeconds"),
     )
