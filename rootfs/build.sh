@@ -50,6 +50,10 @@ if [ -n "$BASE" ]; then
   fi
   base_name=$(json "$BASE/base.json" 'd["base"]')
   base_runtime=$(json "$BASE/base.json" 'd["runtime"]')
+  for field in sizeBytes buildSeconds createdAt packagesSha256; do
+    [ -n "$(json "$BASE/base.json" "d.get('$field')")" ] ||
+      { echo "rootfs: $BASE/base.json has no $field: rebuild the base (make -B base-...)" >&2; exit 2; }
+  done
   base_arch=$(json "$BASE/base.json" 'd["architecture"]')
   if [ "$base_arch" != "$model" ]; then
     echo "rootfs: BASE=$BASE is an $base_arch base, not $model (ARCH=$ARCH)" >&2; exit 2
@@ -254,20 +258,18 @@ extra=
 if [ -n "$BASE" ]; then
   extra+=$(printf ',"base":"%s","baseRuntime":"%s","baseSizeBytes":%s,"baseBuildSeconds":%s' \
     "$base_name" "$base_runtime" "$(json "$BASE/base.json" 'd["sizeBytes"]')" \
-    "$(json "$BASE/base.json" 'd.get("buildSeconds", "null")')")
+    "$(json "$BASE/base.json" 'd["buildSeconds"]')")
   extra+=$(printf ',"baseCreatedAt":"%s","basePackagesSha256":"%s"' \
-    "$(json "$BASE/base.json" 'd.get("createdAt", "")')" "$(json "$BASE/base.json" 'd.get("packagesSha256", "")')")
+    "$(json "$BASE/base.json" 'd["createdAt"]')" "$(json "$BASE/base.json" 'd["packagesSha256"]')")
 fi
-# The service model's resources: a list of at most one (the agent refuses an object).
-if grep -q '"resources"' "$cfg"; then
-  min_mem=$(json "$cfg" '(lambda r: (r[0] if isinstance(r, list) and r else {} if r == [] else {"minimumMemoryInMiB": "not a list of at most one object"}).get("minimumMemoryInMiB"))(d.get("resources"))')
-  if [ -n "$min_mem" ]; then
-    if ! [[ $min_mem =~ ^[0-9]+$ ]] || [ "$min_mem" -lt 64 ] || [ "$min_mem" -gt 1048576 ]; then
-      echo "rootfs: $cfg: resources[0].minimumMemoryInMiB must be 64-1048576, not $min_mem" >&2
-      exit 2
-    fi
-    extra+=",\"minimumMemoryInMiB\":$min_mem"
+# The service model's resources: a list of at most one object (as the agent checks).
+min_mem=$(json "$cfg" '(lambda r: {} if r in (None, []) else (r[0] if isinstance(r, list) and len(r) == 1 and isinstance(r[0], dict) else {"minimumMemoryInMiB": "not a list of at most one object"}).get("minimumMemoryInMiB"))(d.get("resources"))')
+if [ -n "$min_mem" ]; then
+  if ! [[ $min_mem =~ ^[0-9]+$ ]] || [ "$min_mem" -lt 64 ] || [ "$min_mem" -gt 1048576 ]; then
+    echo "rootfs: $cfg: resources[0].minimumMemoryInMiB must be 64-1048576, not $min_mem" >&2
+    exit 2
   fi
+  extra+=",\"minimumMemoryInMiB\":$min_mem"
 fi
 # What the build cost (without the snapshot, which the runner adds): make bench reads it.
 extra+=$(printf ',"filesBytes":%s,"buildSeconds":%s' "$(du -s -B1 --apparent-size "$stage" | cut -f1)" \

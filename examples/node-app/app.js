@@ -105,13 +105,16 @@ function server(name, handler) {
 
 const appServer = server('app', app);
 const hooksServer = server('hooks', hooks);
-// The application's port first: /ready says 200 only once it listens.
-appServer.listen(PORT, '0.0.0.0', () => {
-  serving = true;
-  hooksServer.listen(HOOKS_PORT, '0.0.0.0', () => {
-    console.log(`example-node: app on :${PORT}, hooks on :${HOOKS_PORT}, uid ${process.getuid()}`);
-    console.error('example-node: stderr works too');
-  });
+// The hooks first, so that /ready can say "not yet" (503) while the application
+// gets ready: STARTUP_SECONDS stands for whatever a real one loads before it serves.
+hooksServer.listen(HOOKS_PORT, '0.0.0.0', () => {
+  setTimeout(() => {
+    appServer.listen(PORT, '0.0.0.0', () => {
+      serving = true;
+      console.log(`example-node: app on :${PORT}, hooks on :${HOOKS_PORT}, uid ${process.getuid()}`);
+      console.error('example-node: stderr works too');
+    });
+  }, 1000 * Number(process.env.STARTUP_SECONDS || 0));
 });
 
 function stop(signal) {

@@ -4,17 +4,20 @@
 //! The agent is PID 1 with every capability; the application is not the machine's
 //! owner. By default it keeps the container runtimes' default capability set (the
 //! one Docker and containerd give a container: no clock, no module loading, no
-//! network configuration, no raw I/O), its bounding set holds nothing more, and
-//! `no_new_privs` is set, so no set-user-ID or file-capability program gives any
-//! back. `additionalOsCapabilities: ["ALL"]` grants every capability except
-//! [`WITHHELD`], which would let the application take the guest from the agent.
+//! network configuration), its bounding set holds nothing more, and `no_new_privs`
+//! is set, so no set-user-ID or file-capability program gives any back.
+//! `additionalOsCapabilities: ["ALL"]` grants every capability except [`withheld`],
+//! which would let the application take the guest from the agent.
 //!
-//! Capabilities do not cover everything a root process can write: cgroupfs files and
-//! `/proc/sys` are guarded by file modes, which root passes. The application therefore
-//! gets a mount namespace of its own in which `/sys` (the cgroup tree with it),
-//! `/proc/sys` and `/proc/sysrq-trigger` are read-only: it cannot raise its own
-//! `memory.max`, leave its cgroup, change a sysctl or reboot the guest behind the
-//! agent's back. Remounting them needs CAP_SYS_ADMIN, which is never granted.
+//! Capabilities do not cover everything a root process can write: cgroupfs files,
+//! `/proc/sys` and `/proc/<pid>` are guarded by file modes, which root passes. The
+//! application therefore gets a mount namespace of its own with a fresh `/proc` in
+//! which PID 1 is invisible, and [`READ_ONLY`] views (`/sys` and everything below it,
+//! `/proc/sys`, ...): it cannot raise its own `memory.max`, change a sysctl or reboot
+//! the guest behind the agent's back. Remounting needs CAP_SYS_ADMIN, which is never
+//! granted. What file modes and mounts cannot stop (a key request running
+//! `/sbin/request-key`, `CLONE_INTO_CGROUP`, user namespaces, another process's
+//! limits) the seccomp filter refuses (`seccomp.rs`).
 //!
 //! Everything the child does between fork and exec is a raw system call on data
 //! prepared here beforehand: the agent is multithreaded, so the child may not
@@ -376,15 +379,22 @@ pub struct Confinement {
 fn read_user_db(path: &str) -> std::io::Result<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
+    // Looked at before it is opened: opening a device or a FIFO has effects of its own.
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{path} is not a regular file"
+            )))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
         Err(e) => return Err(std::io::Error::other(format!("reading {path}: {e}"))),
-    };
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| std::io::Error::other(format!("reading {path}: {e}")))?;
     if !file.metadata()?.is_file() {
         return Err(std::io::Error::other(format!(
             "{path} is not a regular file"

@@ -94,10 +94,12 @@ impl AppSpec {
             cmd.current_dir(dir);
         }
         let home_set = self.env.iter().any(|(k, _)| k == "HOME");
-        let home = confinement
-            .as_ref()
-            .and_then(|c| c.identity.home.clone())
-            .unwrap_or_else(|| "/".into());
+        // The run-as user's home; unconfined (not PID 1), the agent's own, as before.
+        let home = match &confinement {
+            Some(c) => c.identity.home.clone(),
+            None => std::env::var("HOME").ok(),
+        }
+        .unwrap_or_else(|| "/".into());
         if !home_set {
             cmd.env("HOME", home);
         }

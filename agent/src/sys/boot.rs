@@ -148,6 +148,13 @@ pub fn init_pid1() -> BootReport {
                 .push(format!("mount {}: {e}", AGENT_RUN.target)),
         }
     }
+    // Always there, so that the application's view of it is read-only from its start
+    // (a directory it could create first would be its own to fill with links).
+    if let Err(e) = std::fs::create_dir_all(AGENT_RUN.target) {
+        report
+            .failures
+            .push(format!("create {}: {e}", AGENT_RUN.target));
+    }
     early_console_report(&mut report);
     dev_links(&mut report);
     if let Err(e) = loopback_up() {

@@ -89,6 +89,37 @@ pub fn bench(image: &Path, o: &Opts) -> String {
     )
 }
 
+/// QEMU start to `/run` answered, `o.vm_boots` times each way, interleaved: cold
+/// (boot, the image-build hooks as the runner plays them, `/run`) and restored from
+/// the image's snapshot when it has one (empty otherwise).
+fn cold_and_restored(img: &Image, o: &Opts, prefix: &str) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut cold, mut restored) = (vec![], vec![]);
+    for n in 0..o.vm_boots {
+        let t0 = Instant::now();
+        let opts = VmOpts {
+            cold_boot: true,
+            ..VmOpts::default()
+        };
+        let dir = o.out.join(format!("{prefix}cold-{n}"));
+        let vm = Vm::boot(img, &opts, &dir).expect("cold boot");
+        let limits = microvm_local::vm::snapshot::build_hook_timeouts(&img.dir);
+        microvm_local::vm::snapshot::image_build_hooks(&vm, limits, || false).expect("hooks");
+        run_hook(&vm);
+        cold.push(t0.elapsed());
+        let _ = vm.hook("terminate", "");
+        drop(vm);
+        if img.snapshot.is_some() {
+            let t0 = Instant::now();
+            let dir = o.out.join(format!("{prefix}restored-{n}"));
+            let vm = Vm::boot(img, &VmOpts::default(), &dir).expect("restore");
+            run_hook(&vm);
+            restored.push(t0.elapsed());
+            let _ = vm.hook("terminate", "");
+        }
+    }
+    (cold, restored)
+}
+
 /// `/run` with the host's clock and entropy, timed to its answer.
 fn run_hook(vm: &Vm) {
     let body = serde_json::json!({
@@ -110,29 +141,7 @@ pub fn snapshots(image: &Path, o: &Opts) -> String {
     let Some(snap) = img.snapshot.clone() else {
         return "\nsnapshots: the image has none (x86_64 images get one from make rootfs)\n".into();
     };
-    let (mut cold, mut restored) = (vec![], vec![]);
-    for n in 0..o.vm_boots {
-        let t0 = Instant::now();
-        let opts = VmOpts {
-            cold_boot: true,
-            ..VmOpts::default()
-        };
-        let vm = Vm::boot(&img, &opts, &o.out.join(format!("cold-{n}"))).expect("cold boot");
-        let limits = microvm_local::vm::snapshot::build_hook_timeouts(&img.dir);
-        microvm_local::vm::snapshot::image_build_hooks(&vm, limits, || false).expect("hooks");
-        run_hook(&vm);
-        cold.push(t0.elapsed());
-        drop(vm);
-        let t0 = Instant::now();
-        let vm = Vm::boot(
-            &img,
-            &VmOpts::default(),
-            &o.out.join(format!("restored-{n}")),
-        )
-        .expect("restore");
-        run_hook(&vm);
-        restored.push(t0.elapsed());
-    }
+    let (mut cold, mut restored) = cold_and_restored(&img, o, "");
     let vm = Vm::boot(&img, &VmOpts::default(), &o.out.join("cycles")).expect("restore");
     run_hook(&vm);
     let (mut suspend, mut save, mut resume, mut sizes) = (vec![], vec![], vec![], vec![]);
@@ -192,33 +201,7 @@ pub fn base_image(image: &Path, o: &Opts) -> String {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let (mut cold, mut restored) = (vec![], vec![]);
-    for n in 0..o.vm_boots {
-        let t0 = Instant::now();
-        let opts = VmOpts {
-            cold_boot: true,
-            ..VmOpts::default()
-        };
-        let vm = Vm::boot(&img, &opts, &o.out.join(format!("base-cold-{n}"))).expect("cold boot");
-        let limits = microvm_local::vm::snapshot::build_hook_timeouts(&img.dir);
-        microvm_local::vm::snapshot::image_build_hooks(&vm, limits, || false).expect("hooks");
-        run_hook(&vm);
-        cold.push(t0.elapsed());
-        let _ = vm.hook("terminate", "");
-        drop(vm);
-        if img.snapshot.is_some() {
-            let t0 = Instant::now();
-            let vm = Vm::boot(
-                &img,
-                &VmOpts::default(),
-                &o.out.join(format!("base-restored-{n}")),
-            )
-            .expect("restore");
-            run_hook(&vm);
-            restored.push(t0.elapsed());
-            let _ = vm.hook("terminate", "");
-        }
-    }
+    let (mut cold, mut restored) = cold_and_restored(&img, o, "base-");
     let kib = |p: &Path| std::fs::metadata(p).map(|m| m.len() / 1024).unwrap_or(0);
     let c = ms(pct(&mut cold, 0.5));
     let r = if restored.is_empty() {
