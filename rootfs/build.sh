@@ -263,7 +263,7 @@ if [ -n "$BASE" ]; then
     "$(json "$BASE/base.json" 'd["createdAt"]')" "$(json "$BASE/base.json" 'd["packagesSha256"]')")
 fi
 # The service model's resources: a list of at most one object (as the agent checks).
-min_mem=$(json "$cfg" '(lambda r: {} if r in (None, []) else (r[0] if isinstance(r, list) and len(r) == 1 and isinstance(r[0], dict) else {"minimumMemoryInMiB": "not a list of at most one object"}).get("minimumMemoryInMiB"))(d.get("resources"))')
+min_mem=$(json "$cfg" '(lambda r: ({} if r in (None, []) else r[0] if isinstance(r, list) and len(r) == 1 and isinstance(r[0], dict) else {"minimumMemoryInMiB": "not a list of at most one object"}).get("minimumMemoryInMiB"))(d.get("resources"))')
 if [ -n "$min_mem" ]; then
   if ! [[ $min_mem =~ ^[0-9]+$ ]] || [ "$min_mem" -lt 64 ] || [ "$min_mem" -gt 1048576 ]; then
     echo "rootfs: $cfg: resources[0].minimumMemoryInMiB must be 64-1048576, not $min_mem" >&2
