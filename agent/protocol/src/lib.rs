@@ -70,6 +70,9 @@ pub mod limits {
     pub const EVENTS_MAX_WAIT_SECONDS: u64 = 60;
     /// The agent's `credentialsExpiring` comes this long before the expiration.
     pub const CREDENTIALS_WARNING_SECONDS: u64 = 20 * 60;
+    /// The guest memory an image's `resources[0].minimumMemoryInMiB` may ask for
+    /// (checked by the agent's image config and by the runner reading the manifest).
+    pub const MINIMUM_MEMORY_MIB: std::ops::RangeInclusive<u32> = 64..=(1 << 20);
 }
 
 /// The log group of a run whose `logging` names none: this prefix and the image name.

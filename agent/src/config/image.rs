@@ -302,8 +302,6 @@ pub struct Resources {
 pub const MAX_ENV_VARS: usize = 100;
 pub const MAX_ENV_KEY_CHARS: usize = 256;
 pub const MAX_ENV_VALUE_CHARS: usize = 4096;
-/// The guest memory a `minimumMemoryInMiB` may ask for.
-pub const MEMORY_MIB: std::ops::RangeInclusive<u32> = 64..=(1 << 20);
 
 impl ImageConfig {
     pub fn parse(bytes: &[u8]) -> Result<Self, FieldError> {
@@ -425,14 +423,14 @@ impl ImageConfig {
         }
         match self.resources.as_slice() {
             [] => {}
-            [r] if MEMORY_MIB.contains(&r.minimum_memory_in_mib) => {}
+            [r] if limits::MINIMUM_MEMORY_MIB.contains(&r.minimum_memory_in_mib) => {}
             [r] => {
                 return Err(FieldError::new(
                     "resources[0].minimumMemoryInMiB",
                     format!(
                         "must be {}-{} MiB, got {}",
-                        MEMORY_MIB.start(),
-                        MEMORY_MIB.end(),
+                        limits::MINIMUM_MEMORY_MIB.start(),
+                        limits::MINIMUM_MEMORY_MIB.end(),
                         r.minimum_memory_in_mib
                     ),
                 ))

@@ -297,42 +297,14 @@ pub const READ_ONLY: [&str; 7] = [
 /// replace either with /dev/zero or a FIFO before a restart).
 pub const MAX_USER_DB: u64 = 1 << 20;
 
-/// Mount points strictly below `prefix` in a /proc/self/mountinfo text, parents first
-/// (the kernel escapes blanks and backslashes in paths as octal).
+/// Mount points strictly below `prefix` in a /proc/self/mountinfo text, parents first.
 pub fn mounts_below(mountinfo: &str, prefix: &str) -> Vec<String> {
-    let unescape = |p: &str| {
-        let mut out = Vec::new();
-        let b = p.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            let octal = b
-                .get(i + 1..i + 4)
-                .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-            match (b[i], octal) {
-                (b'\\', Some(d)) => {
-                    out.push(
-                        d.iter()
-                            .fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')),
-                    );
-                    i += 4;
-                }
-                (c, _) => {
-                    out.push(c);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
     let below = format!("{}/", prefix.trim_end_matches('/'));
-    let mut found: Vec<String> = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape)
+    let mut found: Vec<String> = crate::sys::boot::parse_mountinfo(mountinfo)
+        .into_iter()
         .filter(|m| m.starts_with(&below))
         .collect();
     found.sort_by_key(|m| (m.matches('/').count(), m.clone()));
-    found.dedup();
     found
 }
 

@@ -130,16 +130,19 @@ impl Image {
             }
         };
         let initrd = Some(dir.join("initrd.cpio")).filter(|p| p.is_file());
+        use microvm_protocol::limits::MINIMUM_MEMORY_MIB;
         let minimum_memory_mib = match manifest.get("minimumMemoryInMiB") {
             None | Some(serde_json::Value::Null) => None,
             Some(m) => Some(
                 m.as_u64()
                     .and_then(|m| u32::try_from(m).ok())
-                    .filter(|m| (64..=1 << 20).contains(m))
+                    .filter(|m| MINIMUM_MEMORY_MIB.contains(m))
                     .ok_or_else(|| {
                         format!(
-                            "{}: minimumMemoryInMiB {m} is not 64-1048576: rebuild the image",
-                            dir.display()
+                            "{}: minimumMemoryInMiB {m} is not {}-{}: rebuild the image",
+                            dir.display(),
+                            MINIMUM_MEMORY_MIB.start(),
+                            MINIMUM_MEMORY_MIB.end()
                         )
                     })?,
             ),
