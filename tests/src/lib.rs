@@ -97,6 +97,27 @@ pub fn bins() -> &'static Bins {
     })
 }
 
+/// An image `make test` builds (`make rootfs`, `make sdk-image`, `make python-image`,
+/// ..., the first two also with `ARCH=aarch64`), checked to record `arch`; None, after
+/// [`skip`] says why, when it or the tools to boot it are missing.
+pub fn built_image(rel: &str, arch: microvm_local::vm::Arch) -> Option<microvm_local::vm::Image> {
+    if let Err(e) = microvm_local::vm::tools_available_for(arch) {
+        skip(&e);
+        return None;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+    match microvm_local::vm::Image::open(&dir) {
+        Ok(i) => {
+            assert_eq!(i.arch, arch, "{} records its architecture", dir.display());
+            Some(i)
+        }
+        Err(e) => {
+            skip(&format!("{e} (make test builds it)"));
+            None
+        }
+    }
+}
+
 /// The runner binary (`microvm-local`, debug), built once per test process: it
 /// lives in its own crate, so Cargo does not hand its path to these suites.
 pub fn runner() -> &'static Path {

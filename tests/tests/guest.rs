@@ -4,41 +4,21 @@
 //! Skipped, with the reason, when QEMU, the backend or the image are missing; CI
 //! installs and builds all three (`make setup rootfs`) so there it always runs.
 
-use microvm_local::vm::{tools_available_for, Arch, Image, NetOpts, Vm, VmOpts};
+use microvm_local::vm::{Arch, Image, NetOpts, Vm, VmOpts};
 use microvm_tests::cw::{FaultProxy, Moto};
 use microvm_tests::*;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// An image `make test` builds (`make rootfs`, `make sdk-image`, each also with
-/// `ARCH=aarch64`), for the architecture it must record.
-fn image_at(rel: &str, arch: Arch) -> Option<Image> {
-    if let Err(e) = tools_available_for(arch) {
-        skip(&e);
-        return None;
-    }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
-    match Image::open(&dir) {
-        Ok(i) => {
-            assert_eq!(i.arch, arch, "{} records its architecture", dir.display());
-            Some(i)
-        }
-        Err(e) => {
-            skip(&format!("{e} (make test builds it)"));
-            None
-        }
-    }
-}
-
 /// The example image plus the recorder's vsock probe (rootfs/test/image.json).
 fn image() -> Option<Image> {
-    image_at("build/test", Arch::X86_64)
+    built_image("build/test", Arch::X86_64)
 }
 
 /// The same test image built for arm64, booted under qemu-system-aarch64.
 fn arm64_image() -> Option<Image> {
-    image_at("build/aarch64/test", Arch::Arm64)
+    built_image("build/aarch64/test", Arch::Arm64)
 }
 
 fn boot(name: &str) -> Option<Vm> {
@@ -865,7 +845,7 @@ fn the_runner_supplies_and_rotates_role_credentials_and_forwards_egress() {
 /// region; the event is there to read back.
 #[test]
 fn an_application_using_the_aws_sdk_finds_the_runs_credentials_and_region() {
-    if let Some(image) = image_at("build/sdk", Arch::X86_64) {
+    if let Some(image) = built_image("build/sdk", Arch::X86_64) {
         sdk_app(&image, "sdk-app");
     }
 }
@@ -874,7 +854,7 @@ fn an_application_using_the_aws_sdk_finds_the_runs_credentials_and_region() {
 /// the metadata service and the forward.
 #[test]
 fn an_arm64_application_using_the_aws_sdk_finds_the_runs_credentials_and_region() {
-    if let Some(image) = image_at("build/aarch64/sdk", Arch::Arm64) {
+    if let Some(image) = built_image("build/aarch64/sdk", Arch::Arm64) {
         sdk_app(&image, "sdk-app-arm64");
     }
 }

@@ -7,26 +7,14 @@
 
 use microvm_local::host::{entropy_b64, now_nanos};
 use microvm_local::http;
-use microvm_local::vm::{tools_available_for, Arch, Image, Vm, VmOpts};
+use microvm_local::vm::{Arch, Image, Vm, VmOpts};
 use microvm_protocol::ports;
 use microvm_tests::*;
 use serde_json::{json, Value};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn image(rel: &str) -> Option<Image> {
-    if let Err(e) = tools_available_for(Arch::X86_64) {
-        skip(&e);
-        return None;
-    }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
-    match Image::open(&dir) {
-        Ok(i) => Some(i),
-        Err(e) => {
-            skip(&format!("{e} (make test builds it)"));
-            None
-        }
-    }
+    built_image(rel, Arch::X86_64)
 }
 
 fn boot(image: &Image, name: &str, cold: bool) -> Vm {
