@@ -7,6 +7,7 @@
 
 use crate::events::EventType;
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -113,10 +114,21 @@ pub fn transition(last: Reported, idle_for: Duration, max_idle: Duration) -> Opt
 }
 
 /// Shared tracker: the clock plus a wake-up for the reporter.
+///
+/// Traffic is counted on every read and write of every ingress connection, so that
+/// path takes no lock, reads no clock and wakes nobody: it raises a flag, and whoever
+/// next looks at the clock (the reporter, at least every [`report_tick`]; a status
+/// read) folds the flag in as activity at that moment. Activity is thus seen up to
+/// one tick late, never early: a guest is reported idle at most a tick after it
+/// really is. The one wake-up left is the one that matters, from idle to active.
 pub struct Activity {
     clock: Mutex<IdleClock>,
     pub changed: Notify,
-    bytes: std::sync::atomic::AtomicU64,
+    bytes: AtomicU64,
+    /// Traffic since the clock last looked.
+    touched: AtomicBool,
+    /// The host was told `idle`: the next traffic wakes the reporter.
+    idle_reported: AtomicBool,
 }
 
 impl Activity {
@@ -124,49 +136,73 @@ impl Activity {
         Arc::new(Activity {
             clock: Mutex::new(IdleClock::new(Instant::now())),
             changed: Notify::new(),
-            bytes: Default::default(),
+            bytes: AtomicU64::new(0),
+            touched: AtomicBool::new(false),
+            idle_reported: AtomicBool::new(false),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, IdleClock> {
-        self.clock.lock().unwrap_or_else(|p| p.into_inner())
+    /// The clock, with traffic seen since the last look folded in as of `now`.
+    fn lock_at(&self, now: Instant) -> MutexGuard<'_, IdleClock> {
+        let mut g = self.clock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.touched.swap(false, Ordering::SeqCst) {
+            g.touch(now);
+        }
+        g
     }
 
     pub fn traffic(&self, n: usize) {
-        self.bytes
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        self.lock().touch(Instant::now());
-        self.changed.notify_one();
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        // Written only when it flips: a busy stream does not bounce the cache line.
+        if !self.touched.load(Ordering::SeqCst) {
+            self.touched.store(true, Ordering::SeqCst);
+        }
+        // Sequentially consistent with the reporter's store-then-fold: either it
+        // folds this traffic in, or this sees it idle and wakes it.
+        if self.idle_reported.load(Ordering::SeqCst)
+            && self.idle_reported.swap(false, Ordering::SeqCst)
+        {
+            self.changed.notify_one();
+        }
     }
 
     /// A request or lease; activity lasts until the guard drops.
     pub fn busy(self: &Arc<Self>) -> Busy {
-        self.lock().begin(Instant::now());
+        self.lock_at(Instant::now()).begin(Instant::now());
         self.changed.notify_one();
         Busy(self.clone())
     }
 
     pub fn suspend(&self) {
-        self.lock().suspend(Instant::now());
+        let now = Instant::now();
+        self.lock_at(now).suspend(now);
     }
 
     pub fn resume(&self) {
-        self.lock().resume(Instant::now());
+        let now = Instant::now();
+        self.lock_at(now).resume(now);
         self.changed.notify_one();
     }
 
     pub fn idle_for(&self) -> Duration {
-        self.lock().idle_for(Instant::now())
+        let now = Instant::now();
+        self.lock_at(now).idle_for(now)
     }
 
     /// Ingress bytes either way since boot.
     pub fn ingress_bytes(&self) -> u64 {
-        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.bytes.load(Ordering::Relaxed)
     }
 
     pub fn is_busy(&self) -> bool {
-        self.lock().busy()
+        self.lock_at(Instant::now()).busy()
     }
+}
+
+/// How often the reporter looks at the clock while the guest is active: how late
+/// traffic may be seen, a twentieth of the idle policy, within 50 ms and 1 s.
+pub fn report_tick(max_idle: Duration) -> Duration {
+    (max_idle / 20).clamp(Duration::from_millis(50), Duration::from_secs(1))
 }
 
 /// Report `idle` and `active` to the host per the run's idle policy, for good.
@@ -176,6 +212,7 @@ pub async fn report(
     max_idle: Duration,
 ) {
     let mut last = Reported::Active;
+    let tick = report_tick(max_idle);
     loop {
         let changed = activity.changed.notified();
         let idle = activity.idle_for();
@@ -191,10 +228,22 @@ pub async fn report(
             };
             events.emit(kind, fields);
             last = now;
+            activity
+                .idle_reported
+                .store(now == Reported::Idle, Ordering::SeqCst);
+            if now == Reported::Idle {
+                // Traffic between the look above and the flag: see it now.
+                if activity.touched.load(Ordering::SeqCst) {
+                    continue;
+                }
+            }
         }
-        // Wake when idleness could be reached, or at once on any activity.
+        // While active, look again within a tick (traffic raises only a flag); once
+        // idle, sleep until traffic, a request or a lease wakes us.
         let wait = match last {
-            Reported::Active => max_idle.saturating_sub(idle).max(Duration::from_millis(10)),
+            Reported::Active => max_idle
+                .saturating_sub(idle)
+                .clamp(Duration::from_millis(10), tick),
             Reported::Idle => Duration::from_secs(3600),
         };
         let _ = tokio::time::timeout(wait, changed).await;
@@ -205,7 +254,7 @@ pub struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.lock().end(Instant::now());
+        self.0.lock_at(Instant::now()).end(Instant::now());
         self.0.changed.notify_one();
     }
 }
@@ -288,6 +337,54 @@ mod tests {
         c.suspend(t0 + s(1110));
         c.resume(t0 + s(1200));
         assert_eq!(c.idle_for(t0 + s(1200)), s(20));
+    }
+
+    #[test]
+    fn traffic_is_seen_at_the_next_look_and_wakes_only_an_idle_reporter() {
+        let a = Activity::new();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(a.idle_for() >= Duration::from_millis(30));
+        a.traffic(5);
+        assert!(
+            a.idle_for() < Duration::from_millis(30),
+            "folded in at the look"
+        );
+        assert_eq!(a.ingress_bytes(), 5);
+        // Active: no wake-up stored for the reporter.
+        let woke = futures_now(a.changed.notified());
+        assert!(!woke, "traffic while active wakes nobody");
+        a.idle_reported.store(true, Ordering::SeqCst);
+        a.traffic(1);
+        assert!(
+            futures_now(a.changed.notified()),
+            "idle to active wakes the reporter"
+        );
+        assert!(!a.idle_reported.load(Ordering::SeqCst));
+        a.traffic(1);
+        assert!(!futures_now(a.changed.notified()), "once");
+    }
+
+    /// Whether a Notified future is ready at once (a stored permit).
+    fn futures_now(n: tokio::sync::futures::Notified<'_>) -> bool {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(1), n)
+                .await
+                .is_ok()
+        })
+    }
+
+    #[test]
+    fn the_report_tick_bounds_lateness() {
+        assert_eq!(report_tick(s(60)), s(1));
+        assert_eq!(report_tick(s(10)), Duration::from_millis(500));
+        assert_eq!(
+            report_tick(Duration::from_millis(100)),
+            Duration::from_millis(50)
+        );
     }
 
     #[test]

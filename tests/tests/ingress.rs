@@ -593,3 +593,84 @@ fn a_flood_of_clients_cannot_take_the_hosts_control_channel() {
     );
     g.wait_gone(Duration::from_secs(30));
 }
+
+/// An HTTP/1.1 app on 8080 and 8081 that names the connection each request came on
+/// (the agent's side of it: the peer's port) and, as servers do, closes a
+/// keep-alive connection idle for 300 ms.
+const CONNECTIONS_APP: &str = r#"
+import http.server, json, threading
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 0.3
+    def do_GET(self):
+        b = json.dumps({"peer": self.client_address[1],
+                        "port": self.server.server_address[1]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+for p in (8080, 8081):
+    s = http.server.ThreadingHTTPServer(("127.0.0.1", p), H)
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("listening", flush=True)
+threading.Event().wait()
+"#;
+
+/// GET `path` on `s` (kept open) to `port`; the app's (peer, port).
+fn get_on(s: &mut UnixStream, path: &str, port: u16) -> (u64, u64) {
+    let p = port.to_string();
+    s.write_all(request(path, &[("X-aws-proxy-port", &p)]).as_bytes())
+        .unwrap();
+    let rep = read_reply(&mut BufReader::new(&*s)).unwrap();
+    assert_eq!(rep.status, 200, "{}", String::from_utf8_lossy(&rep.body));
+    let v = rep.json();
+    (v["peer"].as_u64().unwrap(), v["port"].as_u64().unwrap())
+}
+
+#[test]
+fn one_app_connection_per_client_connection_and_port_reused_across_requests() {
+    require_root!();
+    let dir = scratch("upstreams");
+    let cfg = json!({
+        "imageName": "ingress-test",
+        "command": ["/usr/bin/python3", "-c", CONNECTIONS_APP],
+    });
+    let g = Guest::start_with(
+        dir,
+        &cfg,
+        &GuestOpts {
+            ingress: true,
+            ..Default::default()
+        },
+    );
+    let t0 = Instant::now();
+    while get(&g, "/", &[]).0 != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "app never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut a = ingress(&g);
+    let (p1, port) = get_on(&mut a, "/", 8080);
+    assert_eq!(port, 8080);
+    assert_eq!(
+        get_on(&mut a, "/", 8080).0,
+        p1,
+        "the same app connection again"
+    );
+    let (q1, port) = get_on(&mut a, "/", 8081);
+    assert_eq!(port, 8081);
+    assert_ne!(q1, p1);
+    assert_eq!(get_on(&mut a, "/", 8080).0, p1, "one kept per port");
+    assert_eq!(get_on(&mut a, "/", 8081).0, q1);
+    // Another client connection never shares it.
+    let mut b = ingress(&g);
+    let (p2, _) = get_on(&mut b, "/", 8080);
+    assert_ne!(p2, p1);
+    assert_eq!(get_on(&mut a, "/", 8080).0, p1);
+    // The app closes it while idle: the next request goes on a new one, unharmed.
+    std::thread::sleep(Duration::from_millis(800));
+    let (p3, _) = get_on(&mut a, "/", 8080);
+    assert!(p3 != p1 && p3 != p2, "{p3} after {p1}, {p2}");
+    assert_eq!(get_on(&mut a, "/", 8080).0, p3);
+}

@@ -120,6 +120,22 @@ pub struct HookAnswer {
     /// The state once the request settled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<State>,
+    /// `/suspend`: where its time went, so the host can tell the application's part
+    /// from the guest's own (a sync of a busy disk can dwarf the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<SuspendTimings>,
+}
+
+/// Milliseconds (fractional) of each step of a `/suspend`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SuspendTimings {
+    /// The application's `/suspend` hook, through its answer.
+    pub application_ms: f64,
+    /// Sending (or dropping) what the application had written, and holding the rest.
+    pub logs_flush_ms: f64,
+    /// `sync(2)` of the guest's filesystems.
+    pub storage_sync_ms: f64,
 }
 
 /// The answer to `/terminate` (always 200: the application cannot stop it).
@@ -459,6 +475,7 @@ mod tests {
             microvm_id: Some("m".into()),
             logs_flushed: None,
             state: Some(State::Running),
+            timings: None,
         };
         let v = serde_json::to_value(&a).unwrap();
         assert_eq!(

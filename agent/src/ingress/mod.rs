@@ -58,8 +58,10 @@ async fn connection(
     let io = client;
     match kind {
         Kind::Http1 => {
+            let upstreams = Arc::new(proxy::Upstreams::default());
             let svc = hyper::service::service_fn(move |req| {
-                proxy::proxy(req, activity.clone(), borders.clone(), share.clone())
+                let up = upstreams.clone();
+                proxy::proxy(req, activity.clone(), borders.clone(), share.clone(), up)
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

@@ -33,6 +33,59 @@ async fn refuse(req: Request<Incoming>, status: StatusCode, msg: String) -> Resp
     plain(status, msg)
 }
 
+/// Bytes each way a spliced stream (a WebSocket after its upgrade, a raw stream)
+/// copies per read: large enough that a bulk transfer costs few system calls, small
+/// enough that a thousand open streams cost tens of MiB, not hundreds.
+pub const STREAM_BUFFER: usize = 32 * 1024;
+
+/// Upstream connections a client connection keeps, one per port it used last.
+const KEPT_UPSTREAMS: usize = 4;
+
+type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// The application connections of one client connection: the next request to the
+/// same port goes over the same connection, as a client's own keep-alive would. The
+/// server side hands this connection one request at a time, so a kept connection is
+/// never shared by two requests.
+#[derive(Default)]
+pub struct Upstreams(std::sync::Mutex<Vec<(u16, Sender)>>);
+
+impl Upstreams {
+    fn take(&self, port: u16) -> Option<Sender> {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let i = v.iter().position(|(p, _)| *p == port)?;
+        Some(v.remove(i).1)
+    }
+
+    fn keep(&self, port: u16, sender: Sender) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() >= KEPT_UPSTREAMS {
+            v.remove(0);
+        }
+        v.push((port, sender));
+    }
+}
+
+/// A kept connection to `port` that can take a request now, else a new one; the flag
+/// says whether it is new.
+async fn upstream(upstreams: &Upstreams, port: u16) -> Result<(Sender, bool), String> {
+    if let Some(mut s) = upstreams.take(port) {
+        // Ready once the last answer's body is through; an error means the app closed it.
+        if !s.is_closed() && s.ready().await.is_ok() {
+            return Ok((s, false));
+        }
+    }
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("nothing is listening on port {port} in the MicroVM: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("port {port}: {e}"))?;
+    tokio::spawn(conn.with_upgrades());
+    Ok((sender, true))
+}
+
 /// `share` is the connection's place in the descriptor budget: an upgraded stream
 /// outlives the HTTP connection and keeps it.
 pub async fn proxy(
@@ -40,6 +93,7 @@ pub async fn proxy(
     activity: Arc<Activity>,
     borders: Arc<Borders>,
     share: Arc<tokio::sync::OwnedSemaphorePermit>,
+    upstreams: Arc<Upstreams>,
 ) -> Result<Response<Body>, Infallible> {
     // A request in flight is activity until its answer's head is back.
     let _busy = activity.busy();
@@ -50,34 +104,45 @@ pub async fn proxy(
     if let Some(why) = borders.refusal(req.uri().path(), port) {
         return Ok(refuse(req, StatusCode::FORBIDDEN, why).await);
     }
-    let stream = match TcpStream::connect(("127.0.0.1", port)).await {
-        Ok(s) => s,
-        Err(e) => {
-            let msg = format!("nothing is listening on port {port} in the MicroVM: {e}");
-            return Ok(refuse(req, StatusCode::BAD_GATEWAY, msg).await);
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    {
-        Ok(x) => x,
-        Err(e) => {
-            let msg = format!("port {port}: {e}");
-            return Ok(refuse(req, StatusCode::BAD_GATEWAY, msg).await);
-        }
-    };
-    tokio::spawn(conn.with_upgrades());
     let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let mut resp = match sender.send_request(req).await {
-        Ok(r) => r,
-        Err(e) => return Ok(plain(StatusCode::BAD_GATEWAY, format!("port {port}: {e}"))),
+    let mut resp = loop {
+        let (mut sender, fresh) = match upstream(&upstreams, port).await {
+            Ok(s) => s,
+            Err(msg) => return Ok(refuse(req, StatusCode::BAD_GATEWAY, msg).await),
+        };
+        match sender.try_send_request(req).await {
+            Ok(r) => {
+                if r.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    upstreams.keep(port, sender);
+                }
+                break r;
+            }
+            Err(mut e) => match e.take_message() {
+                // A kept connection the app closed as the request went: nothing was
+                // sent, so it goes again on a new connection.
+                Some(r) if !fresh => req = r,
+                Some(r) => {
+                    let msg = format!("port {port}: {}", e.into_error());
+                    return Ok(refuse(r, StatusCode::BAD_GATEWAY, msg).await);
+                }
+                None => {
+                    let msg = format!("port {port}: {}", e.into_error());
+                    return Ok(plain(StatusCode::BAD_GATEWAY, msg));
+                }
+            },
+        }
     };
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(client)) = (resp.status(), client_upgrade) {
         let app = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             if let (Ok(c), Ok(a)) = (client.await, app.await) {
-                let _ =
-                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(a)).await;
+                let _ = tokio::io::copy_bidirectional_with_sizes(
+                    &mut TokioIo::new(c),
+                    &mut TokioIo::new(a),
+                    STREAM_BUFFER,
+                    STREAM_BUFFER,
+                )
+                .await;
             }
             drop(share);
         });
@@ -88,7 +153,13 @@ pub async fn proxy(
 pub async fn stream_to_app(mut client: ClientStream) {
     if let Ok(mut app) = TcpStream::connect(("127.0.0.1", DEFAULT_APP)).await {
         let _ = app.set_nodelay(true);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut app,
+            STREAM_BUFFER,
+            STREAM_BUFFER,
+        )
+        .await;
     }
     // Not listening: dropping the client closes it, which is the answer for a stream.
 }

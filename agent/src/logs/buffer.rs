@@ -121,6 +121,27 @@ impl Buffer {
         Ok(())
     }
 
+    /// Events a discarding sink would drop, counted without being queued: captured
+    /// and dropped under `reason` at once (they take sequence numbers, so a flush
+    /// waiting for what was captured before it still sees them resolved).
+    pub fn discard_counted(&mut self, events: u64, bytes: u64, reason: &str) {
+        if events == 0 {
+            return;
+        }
+        self.next_seq += events;
+        let c = &mut self.counters;
+        c.captured_events += events;
+        c.captured_bytes += bytes;
+        c.dropped_events += events;
+        c.dropped_bytes += bytes;
+        match c.dropped_by_reason.get_mut(reason) {
+            Some(n) => *n += events,
+            None => {
+                c.dropped_by_reason.insert(reason.to_string(), events);
+            }
+        }
+    }
+
     /// Sequence number of the next event to be captured.
     pub fn captured(&self) -> u64 {
         self.next_seq

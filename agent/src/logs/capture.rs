@@ -79,6 +79,20 @@ impl Logs {
                 }
             };
             r.unprocessed.fetch_add(n as u64, Ordering::SeqCst);
+            if let Some(reason) = self.discarding() {
+                // Nobody reads these events: count the read where it lies.
+                let c = match r.splitter.lock() {
+                    Ok(mut s) => s.count(&buf[..n]),
+                    Err(_) => Default::default(),
+                };
+                let mut st = self.lock();
+                st.buffer.counters.empty_lines_skipped += c.empty;
+                st.buffer.discard_counted(c.events, c.bytes, reason);
+                drop(st);
+                r.unprocessed.fetch_sub(n as u64, Ordering::SeqCst);
+                self.progress.notify_waiters();
+                continue;
+            }
             let mut msgs = Vec::new();
             let empty = match r.splitter.lock() {
                 Ok(mut s) => s.push(&buf[..n], &mut msgs),
@@ -92,6 +106,15 @@ impl Logs {
         }
     }
 
+    /// The reason every event is dropped, when the sink drops them all and nothing
+    /// else (the console mirror) wants the lines.
+    fn discarding(&self) -> Option<&'static str> {
+        if self.settings.mirror_to_console {
+            return None;
+        }
+        self.lock().sink.as_ref().and_then(|s| s.discards())
+    }
+
     /// The partial last line of a quiet pipe, as an event.
     pub(super) async fn flush_partial(&self, r: &Reader) {
         let mut msgs = Vec::new();
@@ -101,42 +124,57 @@ impl Logs {
         self.push(msgs).await;
     }
 
-    /// Queue captured messages, waiting for room under the `block` policy.
+    /// Queue captured messages, waiting for room under the `block` policy. One
+    /// clock reading and one lock for all of them (they came in one read), unless the
+    /// buffer fills on the way.
     pub(super) async fn push(&self, msgs: Vec<String>) {
-        for message in msgs {
-            if self.settings.mirror_to_console {
+        if msgs.is_empty() {
+            return;
+        }
+        if self.settings.mirror_to_console {
+            for message in &msgs {
                 // Queued, never waited for: a slow console must not slow the app.
                 crate::console::write(format!("app| {message}\n").as_bytes());
             }
-            let mut pending = Some(message);
-            while let Some(m) = pending.take() {
-                // Register for progress before trying, so room freed in between is
-                // not missed.
-                let progress = self.progress.notified();
-                let (wall, mono) = (self.clock.unix_ms(), self.clock.mono_ms());
-                let refused = {
-                    let mut st = self.lock();
-                    let stuck = st.credentials_refused_since.is_some_and(|t| {
-                        mono.saturating_sub(t) >= super::CREDENTIALS_GRACE.as_millis() as u64
-                    });
-                    let refused = if stuck {
-                        st.buffer
-                            .admit_as(m, wall, mono, WhenFull::DropOldest, "CredentialsRefused")
-                            .err()
+        }
+        let mut msgs = msgs.into_iter();
+        let mut refused: Option<String> = None;
+        loop {
+            // Register for progress before trying, so room freed in between is not
+            // missed.
+            let progress = self.progress.notified();
+            let (wall, mono) = (self.clock.unix_ms(), self.clock.mono_ms());
+            {
+                let mut st = self.lock();
+                let stuck = st.credentials_refused_since.is_some_and(|t| {
+                    mono.saturating_sub(t) >= super::CREDENTIALS_GRACE.as_millis() as u64
+                });
+                while let Some(m) = refused.take().or_else(|| msgs.next()) {
+                    let admitted = if stuck {
+                        st.buffer.admit_as(
+                            m,
+                            wall,
+                            mono,
+                            WhenFull::DropOldest,
+                            "CredentialsRefused",
+                        )
                     } else {
-                        st.buffer.admit(m, wall, mono).err()
+                        st.buffer.admit(m, wall, mono)
                     };
-                    // A writer waits for room: what is queued goes now, not at its age.
-                    st.flush_requested |= refused.is_some();
-                    refused
-                };
-                if let Some(m) = refused {
-                    pending = Some(m);
-                    self.wake_sender.notify_one();
-                    // Room, or the credentials grace running out, whichever first.
-                    let _ = tokio::time::timeout(CREDENTIALS_RECHECK, progress).await;
+                    if let Err(m) = admitted {
+                        refused = Some(m);
+                        // A writer waits for room: what is queued goes now, not at its age.
+                        st.flush_requested = true;
+                        break;
+                    }
                 }
             }
+            if refused.is_none() {
+                break;
+            }
+            self.wake_sender.notify_one();
+            // Room, or the credentials grace running out, whichever first.
+            let _ = tokio::time::timeout(CREDENTIALS_RECHECK, progress).await;
         }
         self.wake_sender.notify_one();
     }

@@ -67,24 +67,105 @@ impl LineSplitter {
     }
 
     /// Feed bytes; complete messages are appended to `out`. Returns empty lines seen.
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<String>) -> usize {
+    ///
+    /// A read holds many whole lines: they are checked as UTF-8 once, together, and
+    /// each copied once into its message; only the line carried over from the last
+    /// read, and text that needs repair, go line by line.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<String>) -> usize {
+        let (Some(first), Some(last)) = (memchr::memchr(b'\n', data), memchr::memrchr(b'\n', data))
+        else {
+            self.carry(data, out);
+            return 0;
+        };
         let mut empty = 0;
-        while let Some(i) = data.iter().position(|&b| b == b'\n') {
-            self.buf.extend_from_slice(&data[..i]);
-            data = &data[i + 1..];
-            if self.buf.is_empty() {
-                empty += 1;
-            }
-            self.emit(out);
+        // The carried line ends here.
+        self.buf.extend_from_slice(&data[..first]);
+        if self.buf.is_empty() {
+            empty += 1;
         }
+        self.emit(out);
+        // Whole lines only: both ends sit just after a newline.
+        let body = &data[first + 1..=last];
+        let mut start = 0;
+        match std::str::from_utf8(body) {
+            Ok(text) => {
+                for nl in memchr::memchr_iter(b'\n', body) {
+                    match &text[start..nl] {
+                        "" => empty += 1,
+                        line if line.len() <= self.max => out.push(line.to_owned()),
+                        line => split_message(line, self.max, out),
+                    }
+                    start = nl + 1;
+                }
+            }
+            Err(_) => {
+                for nl in memchr::memchr_iter(b'\n', body) {
+                    match &body[start..nl] {
+                        [] => empty += 1,
+                        line => split_message(&String::from_utf8_lossy(line), self.max, out),
+                    }
+                    start = nl + 1;
+                }
+            }
+        }
+        self.carry(&data[last + 1..], out);
+        empty
+    }
+
+    /// Bytes of a line without an end yet: held, and cut as soon as the line can
+    /// only grow past `max`.
+    fn carry(&mut self, data: &[u8], out: &mut Vec<String>) {
         self.buf.extend_from_slice(data);
-        // A line without an end yet: cut it as soon as it can only grow past `max`.
         while self.buf.len() > self.max * 2 {
             let cut = utf8_cut(&self.buf, self.max);
             let head: Vec<u8> = self.buf.drain(..cut).collect();
             split_message(&String::from_utf8_lossy(&head), self.max, out);
         }
-        empty
+    }
+
+    /// What [`LineSplitter::push`] would make of `data`, counted without making it:
+    /// the messages a sink that drops everything never reads. Whole lines of valid
+    /// UTF-8 within the limit are counted where they lie in `data`, which is what
+    /// keeps a discarding pipeline near the speed of the pipe; the rest (the line
+    /// carried over from the last read, an invalid or over-long line, the unfinished
+    /// tail) takes the ordinary path, so the counts are exactly those of `push`.
+    pub fn count(&mut self, data: &[u8]) -> Counted {
+        let mut c = Counted::default();
+        let (Some(first), Some(last)) = (memchr::memchr(b'\n', data), memchr::memrchr(b'\n', data))
+        else {
+            self.push_counted(data, &mut c);
+            return c;
+        };
+        self.push_counted(&data[..=first], &mut c);
+        // Whole lines only: both ends sit just after a newline.
+        let body = &data[first + 1..=last];
+        if std::str::from_utf8(body).is_ok() {
+            let mut start = 0;
+            for nl in memchr::memchr_iter(b'\n', body) {
+                match nl - start {
+                    0 => c.empty += 1,
+                    n if n <= self.max => {
+                        c.events += 1;
+                        c.bytes += n as u64;
+                    }
+                    _ => self.push_counted(&body[start..=nl], &mut c),
+                }
+                start = nl + 1;
+            }
+        } else {
+            self.push_counted(body, &mut c);
+        }
+        self.push_counted(&data[last + 1..], &mut c);
+        c
+    }
+
+    fn push_counted(&mut self, data: &[u8], c: &mut Counted) {
+        if data.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        c.empty += self.push(data, &mut out) as u64;
+        c.add(&out);
     }
 
     /// The partial last line, on a quiet pipe or at EOF.
@@ -99,6 +180,22 @@ impl LineSplitter {
         if !line.is_empty() {
             split_message(&String::from_utf8_lossy(&line), self.max, out);
         }
+    }
+}
+
+/// Messages counted, not kept: see [`LineSplitter::count`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    pub events: u64,
+    /// Message bytes (after UTF-8 repair), as the events would carry them.
+    pub bytes: u64,
+    pub empty: u64,
+}
+
+impl Counted {
+    pub fn add(&mut self, messages: &[String]) {
+        self.events += messages.len() as u64;
+        self.bytes += messages.iter().map(|m| m.len() as u64).sum::<u64>();
     }
 }
 

@@ -9,7 +9,7 @@
 
 use super::buffer::Buffer;
 use super::lines::{
-    next_batch, split_message, Event, LineSplitter, EVENT_OVERHEAD, MAX_BATCH_BYTES,
+    next_batch, split_message, Counted, Event, LineSplitter, EVENT_OVERHEAD, MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS, MAX_BATCH_SPAN_MS, MAX_EVENT_BYTES,
 };
 use super::sink::Rejected;
@@ -169,6 +169,44 @@ proptest! {
         prop_assert_eq!(&out.events, &want);
         prop_assert_eq!(&whole.events, &want);
         prop_assert_eq!(out.empty, parts.iter().filter(|l| l.is_empty()).count());
+    }
+
+    /// Counting in place (the discarding path) gives exactly what splitting would:
+    /// events, message bytes after UTF-8 repair, empty lines, whatever the bytes and
+    /// their chunking, and with reads counted and split in any mix (a pipeline whose
+    /// destination becomes known mid-stream), the carried line included.
+    #[test]
+    fn counting_in_place_matches_splitting(
+        data in stream(),
+        cuts in prop::collection::vec(any::<Index>(), 0..12),
+        counted in prop::collection::vec(any::<bool>(), 13),
+        max in 0usize..48,
+    ) {
+        let parts = chunks(&data, &cuts);
+        let want = run_splitter(&parts, max);
+        let mut s = LineSplitter::new(max);
+        let mut reference = LineSplitter::new(max);
+        let mut got = Counted::default();
+        for (i, p) in parts.iter().enumerate() {
+            if counted[i % counted.len()] {
+                let c = s.count(p);
+                got.events += c.events;
+                got.bytes += c.bytes;
+                got.empty += c.empty;
+            } else {
+                let mut out = Vec::new();
+                got.empty += s.push(p, &mut out) as u64;
+                got.add(&out);
+            }
+            let mut sink = Vec::new();
+            reference.push(p, &mut sink);
+            prop_assert_eq!(s.pending(), reference.pending(), "carried line after read {}", i);
+        }
+        let mut out = Vec::new();
+        s.flush(&mut out);
+        got.add(&out);
+        let bytes: u64 = want.events.iter().map(|e| e.len() as u64).sum();
+        prop_assert_eq!(got, Counted { events: want.events.len() as u64, bytes, empty: want.empty as u64 });
     }
 
     /// `split_message` (for `max` of at least 4, the longest character): pieces are

@@ -122,6 +122,8 @@ pub struct Lifecycle {
     /// One credentials update at a time, end to end: the CloudWatch client, the
     /// metadata service and the status always hold the same (the newest) set.
     credentials_gate: Mutex<()>,
+    /// The connection to the application's hooks server, kept between hooks.
+    hooks: crate::hooks::Client,
 }
 
 impl Lifecycle {
@@ -143,6 +145,7 @@ impl Lifecycle {
             started: Instant::now(),
             clock_stepped: tokio::sync::Notify::new(),
             credentials_gate: Mutex::new(()),
+            hooks: crate::hooks::Client::default(),
         })
     }
 

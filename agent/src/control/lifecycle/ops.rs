@@ -10,9 +10,10 @@ use crate::config::run::parse_rfc3339;
 use crate::config::{Freshness, RunRequest, Toggle};
 use crate::control::answer::Answer;
 use crate::events::EventType;
-use crate::hooks;
 use microvm_protocol::run::Credentials;
-use microvm_protocol::status::{Exit, HookAnswer, HookOutcome, RunInfo, TerminateAnswer};
+use microvm_protocol::status::{
+    Exit, HookAnswer, HookOutcome, RunInfo, SuspendTimings, TerminateAnswer,
+};
 use microvm_protocol::{ApiError, ErrorCode, Hook};
 use serde_json::json;
 use std::sync::Arc;
@@ -349,7 +350,10 @@ impl Lifecycle {
         let sup = self.ctx.supervisor.clone();
         let alive = move || sup.as_ref().is_some_and(|s| s.is_running());
         let t0 = Instant::now();
-        let outcome = hooks::call(cfg.hooks.port(), hook, body, timeout, alive).await;
+        let outcome = self
+            .hooks
+            .call(cfg.hooks.port(), hook, body, timeout, alive)
+            .await;
         let took = t0.elapsed();
         tracing::info!(
             hook = hook.name(),
@@ -420,12 +424,24 @@ impl Lifecycle {
     /// The app's hook first (it may write state), then make the guest safe to snapshot:
     /// nothing dirty in the page cache that a restore elsewhere would miss.
     async fn suspend(&self) -> Answer {
+        let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+        let t0 = Instant::now();
         let mut hook = match self.call_hook(Hook::Suspend, b"{}".to_vec()).await {
             Ok(h) if h.outcome.http_status() == 200 => h,
             other => return answer(other),
         };
+        let application_ms = ms(t0);
+        let t1 = Instant::now();
         hook.logs_flushed = self.flush_and_hold_logs().await;
-        if let Err(e) = self.sync_storage(false).await {
+        let logs_flush_ms = ms(t1);
+        let t2 = Instant::now();
+        let synced = self.sync_storage(false).await;
+        hook.timings = Some(SuspendTimings {
+            application_ms,
+            logs_flush_ms,
+            storage_sync_ms: ms(t2),
+        });
+        if let Err(e) = synced {
             self.release_logs();
             // The app believes it is suspended while the VM stays RUNNING: tell it to
             // resume, so both agree, and say what became of that.
@@ -504,6 +520,7 @@ fn hook_answer(hook: Hook, outcome: HookOutcome) -> HookAnswer {
         microvm_id: None,
         logs_flushed: None,
         state: None,
+        timings: None,
     }
 }
 

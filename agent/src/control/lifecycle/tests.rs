@@ -330,3 +330,31 @@ async fn credentials_sent_again_rearm_one_warning() {
         .count();
     assert_eq!(warnings, 1, "{:?}", page.events);
 }
+
+#[tokio::test]
+async fn suspend_reports_where_its_time_went() {
+    let r = running().await;
+    r.machine.stall_sync(true);
+    let a = r.lc.clone();
+    let suspend = tokio::spawn(async move { a.request(Hook::Suspend, Input::Empty).await });
+    while !r.machine.calls().contains(&Call::Sync { final_: false }) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    r.machine.stall_sync(false);
+    let a = suspend.await.unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    let t = &a.body["timings"];
+    let ms = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k} in {t}"));
+    // The disk's share is the stalled sync, not the application's.
+    assert!(ms("storageSyncMs") >= 150.0, "{t}");
+    assert!(
+        ms("applicationMs") > 0.0 && ms("applicationMs") < 150.0,
+        "{t}"
+    );
+    assert!(ms("logsFlushMs") >= 0.0, "{t}");
+    // Only /suspend reports them.
+    let b = r.lc.request(Hook::Resume, Input::Empty).await;
+    assert_eq!(b.status, 200, "{}", b.body);
+    assert!(b.body.get("timings").is_none(), "{}", b.body);
+}

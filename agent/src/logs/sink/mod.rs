@@ -22,6 +22,12 @@ pub trait Sink: Send + Sync {
     fn immediate(&self) -> bool {
         false
     }
+
+    /// For a sink that drops every event: the reason it is counted under. Capture
+    /// then counts lines where they lie instead of making events nobody reads.
+    fn discards(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// What became of a batch the sink took.
@@ -44,6 +50,10 @@ impl Sink for Discard {
 
     fn immediate(&self) -> bool {
         true
+    }
+
+    fn discards(&self) -> Option<&'static str> {
+        Some(self.0)
     }
 }
 
