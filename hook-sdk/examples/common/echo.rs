@@ -2,15 +2,21 @@
 //!
 //! - HTTP/1.1: answers JSON `{port, method, path, headers, bodyLen}`; `GET /lease?ms=N`
 //!   takes a keep-awake lease, answers at once, and holds the lease in the background
-//!   for N ms (background work: no request in flight); a WebSocket upgrade answers
+//!   for N ms (background work: no request in flight); `POST /discard` reads the body
+//!   frame by frame without keeping it and answers `{"bodyLen":N}`; `GET /bytes?n=N`
+//!   answers N bytes (`x`, streamed 64 KiB at a time, Content-Length N): what the
+//!   benchmark streams through ingress; a WebSocket upgrade answers
 //!   101 (with the first subprotocol it was offered, and `x-echo-port` /
 //!   `x-echo-subprotocols` telling what it saw), then echoes bytes.
 //! - HTTP/2 prior knowledge: answers `H2C port=<port>\n`, then echoes.
 //! - Anything else: answers `RAW port=<port>\n`, then echoes.
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -56,10 +62,44 @@ async fn connection(s: TcpStream, port: u16) {
     }
 }
 
-async fn answer(
-    mut req: Request<Incoming>,
-    port: u16,
-) -> Result<Response<Full<Bytes>>, hyper::Error> {
+/// `GET /bytes?n=N`: N bytes of `x`, 64 KiB frames sharing one buffer.
+struct Repeat {
+    left: u64,
+    chunk: Bytes,
+}
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.left.min(self.chunk.len() as u64) as usize;
+        self.left -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.left)
+    }
+}
+
+type Answer = Response<Either<Full<Bytes>, Repeat>>;
+
+fn full(body: impl Into<Bytes>) -> Either<Full<Bytes>, Repeat> {
+    Either::Left(Full::new(body.into()))
+}
+
+async fn answer(mut req: Request<Incoming>, port: u16) -> Result<Answer, hyper::Error> {
     let websocket = req
         .headers()
         .get("upgrade")
@@ -94,7 +134,29 @@ async fn answer(
         if let Some(first) = offered.first().filter(|p| !p.is_empty()) {
             r = r.header("sec-websocket-protocol", first.as_str());
         }
-        return Ok(r.body(Full::new(Bytes::new())).unwrap_or_default());
+        return Ok(r
+            .body(full(Bytes::new()))
+            .unwrap_or_else(|_| Response::new(full(Bytes::new()))));
+    }
+    if req.uri().path() == "/discard" && req.method() == hyper::Method::POST {
+        let mut body = req.into_body();
+        let mut len = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                len += data.len() as u64;
+            }
+        }
+        return Ok(Response::new(full(format!("{{\"bodyLen\":{len}}}"))));
+    }
+    if req.uri().path() == "/bytes" && req.method() == hyper::Method::GET {
+        let n = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("n="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        return Ok(Response::new(Either::Right(Repeat { left: n, chunk })));
     }
     if req.uri().path() == "/lease" {
         let ms: u64 = req
@@ -109,9 +171,9 @@ async fn answer(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             drop(lease);
         });
-        return Ok(Response::new(Full::new(Bytes::from(format!(
+        return Ok(Response::new(full(format!(
             "{{\"leaseMs\":{ms},\"leased\":{held}}}"
-        )))));
+        ))));
     }
     let headers: Vec<(String, String)> = req
         .headers()
@@ -127,7 +189,7 @@ async fn answer(
     let body_len = req.into_body().collect().await?.to_bytes().len();
     let v = serde_json::json!({"port": port, "method": method, "path": path,
                                "headers": headers, "bodyLen": body_len});
-    Ok(Response::new(Full::new(Bytes::from(v.to_string()))))
+    Ok(Response::new(full(v.to_string())))
 }
 
 /// Ports from a comma-separated list.

@@ -4,7 +4,7 @@
 use crate::report::proc_kib;
 use crate::Opts;
 use microvm_protocol::paths;
-use microvm_tests::{http, HOOK_PREFIX};
+use microvm_tests::{http, Reply, HOOK_PREFIX};
 use serde_json::json;
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -59,6 +59,9 @@ impl Agent {
         let child = Command::new(&o.agent)
             .arg("--control")
             .arg(format!("unix:{}", sock.display()))
+            // Never the default vsock ingress: no vsock on the machine running this.
+            .arg("--ingress")
+            .arg(format!("unix:{}", dir.join("ingress.sock").display()))
             .arg("--image-config")
             .arg(&cfg_path)
             .env("MICROVM_AGENT_LOG", "warn")
@@ -80,6 +83,12 @@ impl Agent {
     }
 
     pub fn hook(&self, hook: &str, body: &str) -> (u16, Duration) {
+        let (r, d) = self.hook_reply(hook, body);
+        (r.status, d)
+    }
+
+    /// A hook through the agent, its whole answer and its round trip.
+    pub fn hook_reply(&self, hook: &str, body: &str) -> (Reply, Duration) {
         let t0 = Instant::now();
         let r = http(
             &self.sock,
@@ -88,7 +97,7 @@ impl Agent {
             body.as_bytes(),
         )
         .expect("hook through agent");
-        (r.status, t0.elapsed())
+        (r, t0.elapsed())
     }
 
     /// The baseline: the same hook straight to the application, a fresh TCP connection

@@ -2,10 +2,12 @@
 //!
 //! The agent runs as an ordinary process here (not PID 1: no namespaces, so the
 //! application's hooks port is reachable directly for the baseline), with the
-//! release build of the example application as its command. The report goes to
-//! stdout and to `<out>/report.md`.
+//! release build of the example application as its command. Each row says its
+//! target and whether it is met. The report goes to stdout and to `<out>/report.md`.
 
 mod agent;
+mod client;
+mod cwserver;
 mod hooks;
 mod ingress;
 mod logs;
@@ -56,6 +58,9 @@ pub struct Opts {
     /// times and boot to /run answered. Repeatable.
     #[arg(long, value_name = "DIR")]
     pub base_image: Vec<PathBuf>,
+    /// Runs of each throughput figure (logs, ingress streams) to take the median of.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub repeats: usize,
     /// Real-guest boots to take the median of.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub vm_boots: usize,
@@ -64,11 +69,22 @@ pub struct Opts {
 fn main() {
     let o = Opts::parse();
     std::fs::create_dir_all(&o.out).expect("create the output directory");
-    let mut out = String::new();
+    // Many connections at once (ingress's idle figure): the soft descriptor limit up
+    // to the hard one, inherited by the agents and applications started here.
+    microvm_tests::raise_nofile();
+    if !o.guest_only && o.app.with_file_name("echo").exists() {
+        // Before anything long runs: the ingress section needs port 8080.
+        if let Err(e) = ingress::check_raw_port() {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    }
+    let mut out = report::header();
     if !o.guest_only {
         out.push_str(&hooks::bench(&o));
         out.push_str(&logs::bench(&o));
         out.push_str(&ingress::bench(&o));
+        out.push_str(&summary(&out));
     }
     if let Some(image) = &o.image {
         out.push_str(&vm::bench(image, &o));
@@ -81,6 +97,35 @@ fn main() {
     std::fs::write(o.out.join("report.md"), &out).expect("write report.md");
 }
 
+/// How many rows met their targets, and which did not.
+fn summary(report: &str) -> String {
+    let judged: Vec<&str> = report
+        .lines()
+        .filter(|l| l.ends_with("| met |") || l.ends_with("| NOT met |"))
+        .collect();
+    let missed: Vec<String> = judged
+        .iter()
+        .filter(|l| l.ends_with("| NOT met |"))
+        .map(|l| {
+            format!(
+                "- {}\n",
+                l.trim_start_matches('|')
+                    .split('|')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+            )
+        })
+        .collect();
+    format!(
+        "\n## Summary\n\n{} of {} targets met.\n{}{}",
+        judged.len() - missed.len(),
+        judged.len(),
+        if missed.is_empty() { "" } else { "Not met:\n" },
+        missed.concat()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,8 +136,17 @@ mod tests {
         let o = Opts::try_parse_from(["bench", "--agent", "a", "--boots", "2", "--image", "img"])
             .unwrap();
         assert_eq!(o.agent, PathBuf::from("a"));
-        assert_eq!((o.boots, o.calls, o.vm_boots), (2, 2000, 3));
+        assert_eq!((o.boots, o.calls, o.vm_boots, o.repeats), (2, 2000, 3, 3));
         assert_eq!(o.image, Some(PathBuf::from("img")));
+    }
+
+    #[test]
+    fn the_summary_counts_judged_rows() {
+        let r = "| a | 1 | met |\n| b | 2 | NOT met |\n| c | 3 | - |\n";
+        assert_eq!(
+            summary(r),
+            "\n## Summary\n\n1 of 2 targets met.\nNot met:\n- b\n"
+        );
     }
 
     #[test]
