@@ -231,11 +231,10 @@ pub async fn report(
             activity
                 .idle_reported
                 .store(now == Reported::Idle, Ordering::SeqCst);
-            if now == Reported::Idle {
-                // Traffic between the look above and the flag: see it now.
-                if activity.touched.load(Ordering::SeqCst) {
-                    continue;
-                }
+            // Traffic between the look above and the flag (folded in by anyone who
+            // looked meanwhile, or still raised): look again rather than sleep on it.
+            if now == Reported::Idle && activity.idle_for() < max_idle {
+                continue;
             }
         }
         // While active, look again within a tick (traffic raises only a flag); once

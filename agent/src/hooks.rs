@@ -2,6 +2,8 @@
 //! `POST /aws/lambda-microvms/runtime/v1/<hook>` to the hooks port on loopback.
 
 use crate::backoff::Backoff;
+use crate::keep::Slot;
+pub use crate::keep::KEEP_IDLE;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -35,48 +37,22 @@ fn refused_backoff() -> Backoff {
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 /// The agent's side of the application's hooks server: one connection, kept open
-/// between hooks (HTTP/1.1 keep-alive), so a hook costs one exchange, not a connect
-/// and a handshake too. A connection the application closed, or one to a port no
-/// longer configured, is replaced.
-///
-/// A kept connection is used again only within [`KEEP_IDLE`] of its last answer:
-/// servers close idle connections on timers of their own (gunicorn after 2 s, Node
-/// and uvicorn after 5 s), and a POST that crosses such a close on the wire cannot be
-/// sent again safely (the application may have read it). Within that time a closing
-/// connection is seen closed before it is used, and a hook that finds it closed
-/// before anything was written goes again on a new connection.
+/// between hooks that come within [`KEEP_IDLE`] of each other (HTTP/1.1 keep-alive), so
+/// such a hook costs one exchange, not a connect and a handshake too; closed past it
+/// (see [`crate::keep`]). A kept connection found closed before the hook was written
+/// is replaced.
 #[derive(Default)]
 pub struct Client {
-    kept: std::sync::Mutex<Option<Kept>>,
+    kept: Slot<Sender>,
 }
-
-struct Kept {
-    port: u16,
-    sender: Sender,
-    since: Instant,
-}
-
-/// How long a connection to the hooks server stays worth reusing; below the idle
-/// timeouts of common servers.
-pub const KEEP_IDLE: Duration = Duration::from_secs(1);
 
 impl Client {
     fn take(&self, port: u16) -> Option<Sender> {
-        let mut g = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        match g.take() {
-            Some(k) if k.port == port && !k.sender.is_closed() && k.since.elapsed() < KEEP_IDLE => {
-                Some(k.sender)
-            }
-            _ => None,
-        }
+        self.kept.take(port).filter(|s| !s.is_closed())
     }
 
     fn keep(&self, port: u16, sender: Sender) {
-        *self.kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(Kept {
-            port,
-            sender,
-            since: Instant::now(),
-        });
+        self.kept.keep(port, sender);
     }
 
     /// POST `body` to the application's `hook` on `127.0.0.1:port` within `timeout`.

@@ -31,6 +31,7 @@ pub mod fdbudget;
 pub mod hooks;
 pub mod http;
 pub mod ingress;
+pub mod keep;
 pub mod log;
 pub mod logs;
 pub mod metadata;

@@ -298,6 +298,37 @@ fn disabled_logging_sends_nothing_and_counts() {
     assert!(m.streams(GROUP).is_empty());
 }
 
+/// Lines written once the run has chosen a discarding destination are counted where
+/// they lie in each read, never made into events: the counts must still be exactly
+/// those events would give, empty lines, repaired UTF-8 and a partial last line
+/// included.
+#[test]
+fn a_discarding_run_counts_exactly_what_events_would() {
+    require_moto!();
+    let m = Moto::start();
+    let g = guest(
+        "discard-count",
+        "while [ ! -e $DIR/go ]; do sleep 0.02; done; seq -f 'quiet %g' 1 1000; printf '\\n\\nbad \\377 byte\\n'; printf 'tail'; touch $DIR/done; exec sleep 1000",
+        &m.url(),
+        json!({}),
+    );
+    run(&g, "mvm-dc", json!({"logging": {"disabled": {}}}));
+    std::fs::write(g.dir.join("go"), "").unwrap();
+    wait_marker(&g.dir, "done");
+    assert_eq!(g.hook("suspend", "").status, 200);
+    let c = counters(&g);
+    let quiet: u64 = (1..=1000).map(|i| format!("quiet {i}").len() as u64).sum();
+    // "bad \377 byte": the invalid byte becomes U+FFFD (3 bytes); "tail" is flushed.
+    let bytes = quiet + "bad \u{FFFD} byte".len() as u64 + 4;
+    assert_eq!(c["capturedEvents"], 1002, "{c}");
+    assert_eq!(c["capturedBytes"], bytes, "{c}");
+    assert_eq!(c["emptyLinesSkipped"], 2, "{c}");
+    assert_eq!(c["droppedEvents"], 1002, "{c}");
+    assert_eq!(c["droppedBytes"], bytes, "{c}");
+    assert_eq!(c["droppedByReason"]["LoggingDisabled"], 1002, "{c}");
+    assert_eq!(c["sentEvents"], 0, "{c}");
+}
+
 #[test]
 fn a_run_without_credentials_forwards_nothing_and_says_why() {
     require_moto!();

@@ -38,37 +38,19 @@ async fn refuse(req: Request<Incoming>, status: StatusCode, msg: String) -> Resp
 /// enough that a thousand open streams cost tens of MiB, not hundreds.
 pub const STREAM_BUFFER: usize = 32 * 1024;
 
-/// Upstream connections a client connection keeps, one per port it used last.
-const KEPT_UPSTREAMS: usize = 4;
-
 type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
 
-/// The application connections of one client connection: the next request to the
-/// same port goes over the same connection, as a client's own keep-alive would. The
-/// server side hands this connection one request at a time, so a kept connection is
-/// never shared by two requests.
-#[derive(Default)]
-pub struct Upstreams(std::sync::Mutex<Vec<(u16, Sender)>>);
-
-impl Upstreams {
-    fn take(&self, port: u16) -> Option<Sender> {
-        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let i = v.iter().position(|(p, _)| *p == port)?;
-        Some(v.remove(i).1)
-    }
-
-    fn keep(&self, port: u16, sender: Sender) {
-        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if v.len() >= KEPT_UPSTREAMS {
-            v.remove(0);
-        }
-        v.push((port, sender));
-    }
-}
+/// The application connection of one client connection: the next request to the same
+/// port within [`crate::keep::KEEP_IDLE`] goes over it, as the client's own
+/// keep-alive would. One at most, so a client connection costs the two descriptors
+/// the budget counts (its own and one to the app). The server side hands this
+/// connection one request at a time, so a kept connection is never shared by two.
+pub type Upstreams = crate::keep::Slot<Sender>;
 
 /// A kept connection to `port` that can take a request now, else a new one; the flag
 /// says whether it is new.
 async fn upstream(upstreams: &Upstreams, port: u16) -> Result<(Sender, bool), String> {
+    // Taken for another port, the kept one is closed before a new one opens.
     if let Some(mut s) = upstreams.take(port) {
         // Ready once the last answer's body is through; an error means the app closed it.
         if !s.is_closed() && s.ready().await.is_ok() {
