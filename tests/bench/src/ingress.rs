@@ -319,7 +319,9 @@ pub fn bench(o: &Opts) -> String {
         assert_eq!(read_reply(&mut r).unwrap().status, 200);
         idle.push(s);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Past the agent's 1 s keep (crate::keep::KEEP_IDLE in the agent): the steady
+    // state of idle client connections, their app connections closed.
+    std::thread::sleep(Duration::from_millis(1500));
     let after = proc_kib(child.id(), "VmRSS:");
     // Still open and serving: one more request on the first and the last.
     for s in [idle.first(), idle.last()].into_iter().flatten() {
@@ -396,8 +398,8 @@ pub fn bench(o: &Opts) -> String {
     }
     rows.push(Thr {
         figure: format!(
-            "{} idle keep-alive connections, each served one GET ({} wanted; the agent's \
-             ingress share under RLIMIT_NOFILE {} is {})",
+            "{} idle keep-alive connections, each served one GET, 1.5 s later ({} wanted; \
+             the agent's ingress share under RLIMIT_NOFILE {} is {})",
             thousands(n_idle as u64),
             thousands(IDLE_WANTED as u64),
             thousands(limit),
