@@ -50,7 +50,8 @@ pub type Upstreams = crate::keep::Slot<Sender>;
 /// A kept connection to `port` that can take a request now, else a new one; the flag
 /// says whether it is new.
 async fn upstream(upstreams: &Upstreams, port: u16) -> Result<(Sender, bool), String> {
-    // Taken for another port, the kept one is closed before a new one opens.
+    // Taken for another port, the kept one is dropped: its connection task closes it
+    // at its next poll, so a client connection briefly holds one descriptor more.
     if let Some(mut s) = upstreams.take(port) {
         // Ready once the last answer's body is through; an error means the app closed it.
         if !s.is_closed() && s.ready().await.is_ok() {
