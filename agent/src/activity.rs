@@ -168,7 +168,8 @@ impl Activity {
 
     /// A request or lease; activity lasts until the guard drops.
     pub fn busy(self: &Arc<Self>) -> Busy {
-        self.lock_at(Instant::now()).begin(Instant::now());
+        let now = Instant::now();
+        self.lock_at(now).begin(now);
         self.changed.notify_one();
         Busy(self.clone())
     }
@@ -253,7 +254,8 @@ pub struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.lock_at(Instant::now()).end(Instant::now());
+        let now = Instant::now();
+        self.0.lock_at(now).end(now);
         self.0.changed.notify_one();
     }
 }

@@ -72,8 +72,7 @@ impl LineSplitter {
     /// each copied once into its message; only the line carried over from the last
     /// read, and text that needs repair, go line by line.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<String>) -> usize {
-        let (Some(first), Some(last)) = (memchr::memchr(b'\n', data), memchr::memrchr(b'\n', data))
-        else {
+        let Some((first, last)) = line_ends(data) else {
             self.carry(data, out);
             return 0;
         };
@@ -86,25 +85,22 @@ impl LineSplitter {
         self.emit(out);
         // Whole lines only: both ends sit just after a newline.
         let body = &data[first + 1..=last];
-        let mut start = 0;
         match std::str::from_utf8(body) {
             Ok(text) => {
-                for nl in memchr::memchr_iter(b'\n', body) {
-                    match &text[start..nl] {
+                for line in lines(body) {
+                    match &text[line] {
                         "" => empty += 1,
                         line if line.len() <= self.max => out.push(line.to_owned()),
                         line => split_message(line, self.max, out),
                     }
-                    start = nl + 1;
                 }
             }
             Err(_) => {
-                for nl in memchr::memchr_iter(b'\n', body) {
-                    match &body[start..nl] {
+                for line in lines(body) {
+                    match &body[line] {
                         [] => empty += 1,
                         line => split_message(&String::from_utf8_lossy(line), self.max, out),
                     }
-                    start = nl + 1;
                 }
             }
         }
@@ -131,8 +127,7 @@ impl LineSplitter {
     /// tail) takes the ordinary path, so the counts are exactly those of `push`.
     pub fn count(&mut self, data: &[u8]) -> Counted {
         let mut c = Counted::default();
-        let (Some(first), Some(last)) = (memchr::memchr(b'\n', data), memchr::memrchr(b'\n', data))
-        else {
+        let Some((first, last)) = line_ends(data) else {
             self.push_counted(data, &mut c);
             return c;
         };
@@ -140,17 +135,16 @@ impl LineSplitter {
         // Whole lines only: both ends sit just after a newline.
         let body = &data[first + 1..=last];
         if std::str::from_utf8(body).is_ok() {
-            let mut start = 0;
-            for nl in memchr::memchr_iter(b'\n', body) {
-                match nl - start {
+            for line in lines(body) {
+                match line.len() {
                     0 => c.empty += 1,
                     n if n <= self.max => {
                         c.events += 1;
                         c.bytes += n as u64;
                     }
-                    _ => self.push_counted(&body[start..=nl], &mut c),
+                    // With its newline, so it is a whole line to `push` too.
+                    _ => self.push_counted(&body[line.start..=line.end], &mut c),
                 }
-                start = nl + 1;
             }
         } else {
             self.push_counted(body, &mut c);
@@ -181,6 +175,22 @@ impl LineSplitter {
             split_message(&String::from_utf8_lossy(&line), self.max, out);
         }
     }
+}
+
+/// The first and the last newline of `data`: what lies between them (past the first,
+/// through the last) is whole lines. None without a newline.
+fn line_ends(data: &[u8]) -> Option<(usize, usize)> {
+    Some((memchr::memchr(b'\n', data)?, memchr::memrchr(b'\n', data)?))
+}
+
+/// The lines of `body`, which ends with a newline, as ranges without their newlines.
+fn lines(body: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    memchr::memchr_iter(b'\n', body).map(move |nl| {
+        let line = start..nl;
+        start = nl + 1;
+        line
+    })
 }
 
 /// Messages counted, not kept: see [`LineSplitter::count`].
