@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long a kept connection waits for its next request before it is closed.
 pub const KEEP_IDLE: Duration = Duration::from_secs(1);
@@ -21,8 +22,11 @@ pub struct Slot<S> {
 
 struct Inner<S> {
     kept: Option<(u16, S)>,
-    /// Bumped by every keep: an expiry timer only clears the keep that armed it.
-    generation: u64,
+    /// When the kept connection is closed; each keep moves it.
+    deadline: Instant,
+    /// A timer task is watching `deadline`: one per slot, not one per keep (ingress
+    /// keeps a connection after every answer).
+    timer: bool,
 }
 
 impl<S> Default for Slot<S> {
@@ -30,7 +34,8 @@ impl<S> Default for Slot<S> {
         Slot {
             inner: Arc::new(Mutex::new(Inner {
                 kept: None,
-                generation: 0,
+                deadline: Instant::now(),
+                timer: false,
             })),
         }
     }
@@ -51,28 +56,34 @@ impl<S: Send + 'static> Slot<S> {
 
     /// Keep `s` for the next request to `port`, for at most [`KEEP_IDLE`].
     pub fn keep(&self, port: u16, s: S) {
-        let generation = {
+        let start_timer = {
             let mut g = lock(&self.inner);
-            g.generation += 1;
             g.kept = Some((port, s));
-            g.generation
+            g.deadline = Instant::now() + KEEP_IDLE;
+            !std::mem::replace(&mut g.timer, true)
         };
-        // Weak: a slot whose owner is gone (the client hung up) closes at once.
-        let weak: Weak<Mutex<Inner<S>>> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            tokio::time::sleep(KEEP_IDLE).await;
-            if let Some(inner) = weak.upgrade() {
-                let expired = {
-                    let mut g = lock(&inner);
-                    if g.generation == generation {
-                        g.kept.take()
-                    } else {
-                        None
-                    }
-                };
-                drop(expired);
-            }
-        });
+        if start_timer {
+            // Weak: a slot whose owner is gone (the client hung up) closes at once.
+            tokio::spawn(expire(Arc::downgrade(&self.inner)));
+        }
+    }
+}
+
+/// Close the kept connection at the slot's deadline, following it as keeps move it.
+async fn expire<S>(slot: Weak<Mutex<Inner<S>>>) {
+    let mut at = Instant::now() + KEEP_IDLE;
+    loop {
+        tokio::time::sleep_until(at).await;
+        let Some(inner) = slot.upgrade() else { return };
+        let mut g = lock(&inner);
+        if Instant::now() >= g.deadline {
+            let expired = g.kept.take();
+            g.timer = false;
+            drop(g);
+            drop(expired);
+            return;
+        }
+        at = g.deadline;
     }
 }
 
