@@ -132,14 +132,19 @@ impl Agent {
 
     pub fn stop(mut self) {
         let _ = self.hook("terminate", "");
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reap(&mut self.child, Duration::from_secs(10));
     }
+}
+
+/// Wait up to `within` for an agent told to terminate to power off, then kill it.
+pub fn reap(child: &mut std::process::Child, within: Duration) {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -273,15 +273,7 @@ impl LogAgent {
 
     fn stop(mut self) {
         let _ = self.request("POST", &format!("{HOOK_PREFIX}terminate"), b"");
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::agent::reap(&mut self.child, Duration::from_secs(30));
     }
 }
 
