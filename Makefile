@@ -22,7 +22,10 @@ APP := target/$(MUSL)/release/examples/recorder
 # The AWS SDK example application and its image (the real-guest suite's).
 SDK_APP := target/$(MUSL)/sdk-example/sdk-app
 SDK_IMAGE := $(BUILD)/sdk
-IMAGE_BUILD := ARCH=$(ARCH) KERNEL_CACHE=build/kernel rootfs/build.sh
+# The example, test and SDK images have a shell and the usual tools (rootfs/build.sh
+# TOOLBOX=busybox: a static busybox beside the application); TOOLBOX= leaves it out.
+TOOLBOX ?= busybox
+IMAGE_BUILD := ARCH=$(ARCH) KERNEL_CACHE=build/kernel TOOLBOX=$(TOOLBOX) rootfs/build.sh
 RUNNER := target/debug/microvm-local
 # x86_64 images end in a snapshot (boot, /ready, /validate, save), as the platform's
 # do; every run restores from it. arm64 images boot cold (vsock hot-unplug on
@@ -55,6 +58,7 @@ help:
 	@echo "make build  - static, stripped agent: $(AGENT)"
 	@echo "             (every target takes ARCH=x86_64, the default, or ARCH=aarch64)"
 	@echo "make rootfs - bootable example image: $(IMAGE)/rootfs.ext4 and $(IMAGE)/vmlinuz"
+	@echo "             (with busybox as /bin/sh and the usual tools; TOOLBOX= for none)"
 	@echo "make sdk-image - an image whose application uses the AWS SDK for Rust: $(SDK_IMAGE)"
 	@echo "make base-python, base-node - Debian 12 bases with a runtime: $(BASES)/python, $(BASES)/node (x86_64, root)"
 	@echo "make python-image - examples/python-app on the Python base: build/python (and build/python-test, build/python-all)"

@@ -19,6 +19,18 @@
 # with or without BASE, "minimumMemoryInMiB" when the image config has
 # resources[0].minimumMemoryInMiB (the host gives the guest at least that).
 #
+# TOOLBOX=busybox adds a shell and the usual tools: Debian 12's static busybox
+# (busybox-static, pinned by version and checksum like the kernel, downloaded and
+# extracted into the same cache) as /bin/busybox, and a link to it for each applet
+# (sh, ls, ps, mount, stty, tar, vi, ...) at the path busybox gives it, unless a file
+# of that name is already in /usr/local/sbin, /usr/local/bin, /usr/sbin, /usr/bin,
+# /sbin or /bin: an image's own tools (a base's /bin/sh, the agent's /sbin/init) are
+# never replaced, and an image with its own /bin/busybox keeps it and gets no links.
+# /etc/passwd and /etc/group get root (home /root) and nobody:nogroup (65534) when
+# they lack them (created if absent). manifest.json records "toolbox" (package=version)
+# and "toolboxApplets" (the links made). The applet list comes from the package built
+# for this machine, same version, run here: a foreign busybox never runs.
+#
 # ARCH (x86_64, the default, or aarch64) picks the kernel package; the agent must be
 # built for it. The image records its architecture in manifest.json (the service
 # model's names, X86_64 or ARM_64), so the runner picks the emulator by itself.
@@ -39,6 +51,11 @@ case $ARCH in
   *) echo "rootfs: ARCH is x86_64 or aarch64, not $ARCH" >&2; exit 2 ;;
 esac
 BASE=${BASE:-}
+TOOLBOX=${TOOLBOX:-}
+case $TOOLBOX in
+  '' | busybox) ;;
+  *) echo "rootfs: TOOLBOX is busybox or empty, not $TOOLBOX" >&2; exit 2 ;;
+esac
 # A field of a JSON file, "" when absent: json FILE EXPRESSION (over the document d).
 json() {
   python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); v = eval(sys.argv[2], {"d": d}); print("" if v is None else v)' "$1" "$2"
@@ -136,23 +153,35 @@ INITRD_MODULES=(
 )
 
 mkdir -p "$out"
-# Images built side by side share one extracted kernel package.
-kdir=${KERNEL_CACHE:-$out/kernel}/$KERNEL_PKG
-if [ ! -f "$kdir/.extracted" ]; then
-  rm -rf "$kdir" && mkdir -p "$kdir"
+# Images built side by side share one cache of extracted packages (the kernel's, the
+# toolbox's).
+cache=${KERNEL_CACHE:-$out/kernel}
+hostarch=$(dpkg --print-architecture)
+# apt-get's options for Debian architecture $1's packages, in the array apt. A
+# foreign package is only downloaded: package lists for its architecture go to a
+# private apt state under the cache (absolute: apt reads a relative Dir:: setting as
+# relative to its parent, /var/lib/apt), with no dpkg status of its own, so the
+# machine's apt and dpkg never learn of the architecture. Updated once per build.
+apt_updated=
+apt_for() {
   apt=(-o APT::Sandbox::User=root)
-  if [ "$debarch" != "$(dpkg --print-architecture)" ]; then
-    # A foreign kernel is only downloaded: package lists for its architecture go to a
-    # private apt state under the cache (absolute: apt reads a relative Dir:: setting
-    # as relative to its parent, /var/lib/apt), with no dpkg status of its own, so the
-    # machine's apt and dpkg never learn of the architecture.
-    state=$(realpath -m "${KERNEL_CACHE:-$out/kernel}")/apt-$debarch
+  if [ "$1" != "$hostarch" ]; then
+    local state
+    state=$(realpath -m "$cache")/apt-$1
     mkdir -p "$state/lists/partial" "$state/cache/archives/partial"
     apt+=(-o "Dir::State::Lists=$state/lists" -o "Dir::Cache=$state/cache"
       -o "Dir::State::status=/dev/null"
-      -o "APT::Architecture=$debarch" -o "APT::Architectures::=$debarch")
-    apt-get -qq "${apt[@]}" update
+      -o "APT::Architecture=$1" -o "APT::Architectures::=$1")
+    case " $apt_updated " in
+      *" $1 "*) ;;
+      *) apt-get -qq "${apt[@]}" update; apt_updated+=" $1" ;;
+    esac
   fi
+}
+kdir=$cache/$KERNEL_PKG
+if [ ! -f "$kdir/.extracted" ]; then
+  rm -rf "$kdir" && mkdir -p "$kdir"
+  apt_for "$debarch"
   want=$KERNEL_PKG${KERNEL_VERSION:+=$KERNEL_VERSION}
   if ! (cd "$kdir" && apt-get -q "${apt[@]}" download "$want" >/dev/null); then
     # Debian drops an ABI package at its next point release. CI must not quietly
@@ -178,6 +207,54 @@ if [ ! -f "$kdir/.extracted" ]; then
   touch "$kdir/.extracted"
 fi
 release=$(ls "$kdir/x/lib/modules")
+# The toolbox's package, pinned as the kernel is (one Debian version, a checksum per
+# architecture), extracted into the cache once: fetch_toolbox DEBARCH sets tdir. If
+# Debian has dropped the version, CI stops; elsewhere the current one is used, loudly.
+TOOLBOX_PKG=busybox-static
+TOOLBOX_VERSION=1:1.35.0-4+deb12u1+b1
+fetch_toolbox() {
+  local sum= want=$TOOLBOX_PKG=$TOOLBOX_VERSION got current
+  case $1 in
+    amd64) sum=3d3fdbe91d4660c873e14b092c213fe81c1da6362daa236eb25d0171eb108744 ;;
+    arm64) sum=732c9135564fc71337e0e05fb4da4d11e6c28c1834bce3e405e575afef2a52f5 ;;
+  esac
+  tdir=$cache/$TOOLBOX_PKG-$1
+  [ "$(cat "$tdir/.extracted" 2>/dev/null)" = "$want" ] && return
+  rm -rf "$tdir" && mkdir -p "$tdir"
+  apt_for "$1"
+  if (cd "$tdir" && apt-get -q "${apt[@]}" download "$want" >/dev/null); then
+    got=$(sha256sum "$tdir"/*.deb | cut -d' ' -f1)
+    if [ "$got" != "$sum" ]; then
+      echo "rootfs: $want ($1) has checksum $got, not the pinned ${sum:-(none for $1)}" >&2
+      rm -rf "$tdir"
+      exit 1
+    fi
+  else
+    current=$(apt-cache "${apt[@]}" policy "$TOOLBOX_PKG" | awk '/Candidate:/ {print $2}')
+    if [ -n "${CI:-}" ]; then
+      echo "rootfs: $want ($1) is not downloadable (Debian's current one is $current): bump the pin in rootfs/build.sh" >&2
+      exit 1
+    fi
+    echo "rootfs: WARNING: $want ($1) is not downloadable; using $current, unpinned" >&2
+    (cd "$tdir" && apt-get -q "${apt[@]}" download "$TOOLBOX_PKG=$current" >/dev/null)
+  fi
+  dpkg-deb -x "$tdir"/*.deb "$tdir/x"
+  echo "$want" > "$tdir/.extracted"
+}
+if [ -n "$TOOLBOX" ]; then
+  # Which applets there are, and where each goes, is the source package's
+  # configuration, the same for every architecture: the list comes from this
+  # machine's build of the same version, which runs here.
+  fetch_toolbox "$hostarch"
+  list_dir=$tdir
+  fetch_toolbox "$debarch"
+  toolbox_version=$(dpkg-deb -f "$tdir"/*.deb Version)
+  if [ "$(dpkg-deb -f "$list_dir"/*.deb Version)" != "$toolbox_version" ]; then
+    echo "rootfs: $TOOLBOX_PKG for $hostarch and $debarch differ in version: the applet list would not be the image's" >&2
+    exit 1
+  fi
+  applets=$("$list_dir/x/bin/busybox" --list-full)
+fi
 stage=$out/rootfs
 rm -rf "$stage"
 mkdir -p "$stage"
@@ -207,6 +284,85 @@ ln -sfn /run/microvm/resolv.conf "$stage/etc/resolv.conf"
 # (Debian's ca-certificates).
 if [ -z "$BASE" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
   install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$stage/etc/ssl/certs/ca-certificates.crt"
+fi
+# The toolbox (above): busybox, its applets' links and the users a shell expects.
+# Paths are looked up in the tree as the guest will see them (a base's /bin is a link
+# to usr/bin), never on this machine. Prints the number of links made ("-": the
+# image's own busybox stays, and no link is added).
+if [ -n "$TOOLBOX" ]; then
+  toolbox_links=$(APPLETS=$applets python3 - "$stage" "$tdir/x/bin/busybox" <<'EOF'
+import os, shutil, sys
+root, busybox = sys.argv[1:]
+# Where a shell looks (the agent's default PATH): an applet whose name is already in
+# one of these is the image's own tool, and stays.
+PATH = ["usr/local/sbin", "usr/local/bin", "usr/sbin", "usr/bin", "sbin", "bin"]
+
+def inside(rel):
+    """The host path of guest path rel, following the tree's own links (an absolute
+    one is relative to the tree) in every component but the last."""
+    todo, done, hops = [p for p in rel.split("/") if p], [], 0
+    while todo:
+        p = todo.pop(0)
+        if p in (".", ".."):
+            done = done[:-1] if p == ".." else done
+            continue
+        here = os.path.join(root, *done, p)
+        if todo and os.path.islink(here):
+            hops += 1
+            if hops > 40:
+                sys.exit(f"rootfs: toolbox: too many links resolving /{rel}")
+            target = os.readlink(here)
+            done = [] if target.startswith("/") else done
+            todo = [t for t in target.split("/") if t] + todo
+            continue
+        done.append(p)
+    return os.path.join(root, *done)
+
+def exists(rel):
+    return os.path.lexists(inside(rel))
+
+made = "-"
+if exists("bin/busybox"):
+    print("rootfs: toolbox: the image has its own /bin/busybox: kept, no applet links", file=sys.stderr)
+else:
+    dst = inside("bin/busybox")
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copyfile(busybox, dst)
+    os.chmod(dst, 0o755)
+    made = 0
+    for path in os.environ["APPLETS"].split():
+        d, name = os.path.split(path)
+        if d not in PATH or name == "busybox":
+            continue  # /linuxrc: an initramfs's init, not a tool
+        if any(exists(f"{p}/{name}") for p in PATH):
+            continue
+        link = inside(path)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink("/bin/busybox", link)
+        made += 1
+
+# Users: root (exec's default) and nobody (a user without privileges), each added
+# only when its name and id are not taken; /root when absent.
+def ensure(rel, lines):
+    path = inside(rel)
+    new = not os.path.lexists(path)
+    text = "" if new else open(path).read()
+    rows = [l.split(":") for l in text.splitlines()]
+    names, ids = {r[0] for r in rows}, {r[2] for r in rows if len(r) > 2}
+    add = [l for l in lines if l.split(":")[0] not in names and l.split(":")[2] not in ids]
+    if add:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a") as f:
+            f.write(("\n" if text and not text.endswith("\n") else "") + "".join(l + "\n" for l in add))
+        if new:
+            os.chmod(path, 0o644)
+ensure("etc/passwd", ["root:x:0:0:root:/root:/bin/sh", "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin"])
+ensure("etc/group", ["root:x:0:", "nogroup:x:65534:"])
+if not exists("root"):
+    os.mkdir(inside("root"), 0o700)
+print(made)
+EOF
+  )
 fi
 # Copy module $2 (relative to /lib/modules/RELEASE; the package may ship it as .ko.xz)
 # into tree $1 and append it to list $3.
@@ -271,8 +427,14 @@ if [ -n "$min_mem" ]; then
   fi
   extra+=",\"minimumMemoryInMiB\":$min_mem"
 fi
+if [ -n "$TOOLBOX" ] && [ "$toolbox_links" != - ]; then
+  extra+=$(printf ',"toolbox":"%s=%s","toolboxApplets":%s' "$TOOLBOX_PKG" "$toolbox_version" "$toolbox_links")
+fi
 # What the build cost (without the snapshot, which the runner adds): make bench reads it.
 extra+=$(printf ',"filesBytes":%s,"buildSeconds":%s' "$(du -s -B1 --apparent-size "$stage" | cut -f1)" \
   "$(awk -v a="$build_started" -v b="$(date +%s%N)" 'BEGIN {printf "%.1f", (b - a) / 1e9}')")
 printf '{"architecture":"%s","kernelRelease":"%s","kernelPackage":"%s"%s}\n' "$model" "$release" "$(dpkg-deb -f "$kdir"/linux-image-*.deb Package)=$kversion" "$extra" > "$out/manifest.json"
 echo "rootfs: $out/rootfs.ext4 ($(du -k --apparent-size "$out/rootfs.ext4" | cut -f1) KiB, $(du -sk "$stage" | cut -f1) KiB used), kernel $out/vmlinuz ($release), initramfs $out/initrd.cpio ($(du -k --apparent-size "$out/initrd.cpio" | cut -f1) KiB)"
+if [ -n "$TOOLBOX" ] && [ "$toolbox_links" != - ]; then
+  echo "rootfs: toolbox $TOOLBOX_PKG=$toolbox_version: /bin/busybox ($(du -k --apparent-size "$tdir/x/bin/busybox" | cut -f1) KiB), $toolbox_links applet links"
+fi

@@ -23,6 +23,8 @@ python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 # artifacts may be .zip files.
 command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
 command -v unzip >/dev/null || need_apt+=(unzip)
+# The tests drive a guest's terminal (exec with a tty) through tmux.
+command -v tmux >/dev/null || need_apt+=(tmux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
@@ -60,6 +62,10 @@ if ! "$root/.venv/bin/moto_server" --help >/dev/null 2>&1; then
   python3 -m venv "$root/.venv"
   "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
 fi
-# apt-get download (kernel for images) needs fresh package lists.
-if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then apt-get update -qq; fi
+# apt-get download (the kernel and the toolbox's busybox for images) needs fresh
+# package lists.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 ||
+  ! apt-cache show busybox-static >/dev/null 2>&1; then
+  apt-get update -qq
+fi
 echo "setup: ok"

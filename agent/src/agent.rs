@@ -207,6 +207,13 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
         (Ok(cfg), Role::Guest) => app_cgroup(cfg, &mut boot),
         _ => None,
     };
+    // Exec sessions start from the application's environment (the agent's PATH
+    // without a valid config).
+    let mut exec_env: Vec<(String, String)> = std::env::var("PATH")
+        .ok()
+        .map(|p| ("PATH".to_string(), p))
+        .into_iter()
+        .collect();
     let supervisor = config.as_ref().ok().map(|cfg| {
         // HOME is the run-as user's (from the image's /etc/passwd) unless the image
         // sets it: the spawn decides, as it resolves the user.
@@ -219,6 +226,7 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
         }
         env.retain(|(k, _)| !cfg.env.contains_key(k));
         env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        exec_env = env.clone();
         let spec = AppSpec {
             command: cfg.command.clone(),
             env,
@@ -239,6 +247,14 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
 
     let memory_limit_mib = config.as_ref().ok().and_then(|c| c.memory_limit_mib);
     let (power_tx, mut power_rx) = mpsc::unbounded_channel();
+    let exec = crate::exec::Exec::new(
+        reaper.clone(),
+        crate::exec::spawn::Base {
+            env: exec_env,
+            reset_oom_score: agent_protected,
+        },
+        activity.clone(),
+    );
     let lc = lifecycle::Lifecycle::new(lifecycle::Context {
         config,
         supervisor: supervisor.clone(),
@@ -254,6 +270,7 @@ async fn serve(args: Args, role: Role, mut boot: BootReport, announce_port: Opti
         // Decided at boot, as for the metadata address: a test namespace is the
         // agent's own only while it has nothing but lo (a NIC may come later).
         network_ours: crate::metadata::network_is_ours(role).is_ok(),
+        exec,
     });
 
     if let Some(sup) = supervisor {

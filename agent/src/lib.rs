@@ -26,6 +26,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod events;
+pub mod exec;
 pub mod faults;
 pub mod fdbudget;
 pub mod hooks;

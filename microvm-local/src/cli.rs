@@ -30,6 +30,121 @@ enum Operation {
     /// snapshot every run of it restores from (as the platform does per image version).
     #[command(name = "snapshot-image")]
     SnapshotImage(SnapshotImage),
+    /// Run a command in a running MicroVM (one run with the SHELL_INGRESS or
+    /// ALL_INGRESS connector): stdin is forwarded until its end, stdout and stderr
+    /// come back, and the command's status is the exit code (128+N for signal N;
+    /// 127: no such command; 126: it cannot be executed; 254: no such MicroVM; 255:
+    /// refused or broken off).
+    Exec(ExecCmd),
+    /// An interactive terminal in a running MicroVM (SHELL_INGRESS): the local terminal
+    /// in raw mode, its size followed; exits with the remote program's status.
+    Shell(ShellCmd),
+    /// Copy a file or directory into or out of a running MicroVM (SHELL_INGRESS), as
+    /// `docker cp`: one of SRC and DEST is MICROVM_ID:/absolute/path. Into an existing
+    /// directory under the source's name, else under DEST's name in its existing parent.
+    /// Modes, numeric owners, times and symlinks are kept (owners locally only as root).
+    /// Exit 0, 254 without such a MicroVM, 255 on any other failure.
+    Cp(CpCmd),
+}
+
+/// What exec and shell share: the process's user, directory and environment.
+#[derive(Debug, Args)]
+struct ProcessOpts {
+    /// The MicroVM, by the microvmId run-microvm printed.
+    #[arg(long, value_name = "ID")]
+    microvm_identifier: String,
+    /// The user to run as: NAME, UID, NAME:GROUP or UID:GID, from the image's
+    /// /etc/passwd and /etc/group (default root).
+    #[arg(long, value_name = "USER", allow_hyphen_values = true)]
+    user: Option<String>,
+    /// The working directory, absolute (default /).
+    #[arg(long, value_name = "DIR", allow_hyphen_values = true)]
+    working_dir: Option<String>,
+    /// An environment variable added to the application's environment (repeatable).
+    #[arg(long, value_name = "KEY=VALUE", action = clap::ArgAction::Append, allow_hyphen_values = true)]
+    env: Vec<String>,
+    /// Kill the command's process group this many seconds after it started.
+    #[arg(long, value_name = "SECONDS")]
+    timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct ExecCmd {
+    #[command(flatten)]
+    process: ProcessOpts,
+    /// Run the command on a terminal of the local terminal's size (one output
+    /// stream; local raw mode when stdin is a terminal).
+    #[arg(long)]
+    tty: bool,
+    /// The command and its arguments (after `--` when an argument starts with '-').
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct ShellCmd {
+    #[command(flatten)]
+    process: ProcessOpts,
+    /// The program and its arguments (default /bin/sh).
+    #[arg(
+        value_name = "COMMAND",
+        num_args = 0..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct CpCmd {
+    /// A local path, or MICROVM_ID:/absolute/path.
+    #[arg(value_name = "SRC", allow_hyphen_values = true)]
+    src: String,
+    /// A local path, or MICROVM_ID:/absolute/path.
+    #[arg(value_name = "DEST", allow_hyphen_values = true)]
+    dst: String,
+}
+
+/// The exec request and target of exec's and shell's options.
+fn exec_args(
+    p: ProcessOpts,
+    command: Vec<String>,
+    tty: bool,
+    shell: bool,
+) -> Result<Invocation, CliError> {
+    let mut env = std::collections::BTreeMap::new();
+    for kv in &p.env {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                env.insert(k.to_string(), v.to_string());
+            }
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "argument --env: expected KEY=VALUE, got {kv:?}"
+                )))
+            }
+        }
+    }
+    let request = microvm_protocol::exec::ExecRequest {
+        command,
+        env,
+        working_dir: p.working_dir,
+        user: p.user,
+        timeout_seconds: p.timeout_seconds,
+        tty: None,
+    };
+    Ok(Invocation::Exec(Box::new(crate::attach::ExecArgs {
+        microvm_id: p.microvm_identifier,
+        request,
+        tty,
+        shell,
+    })))
 }
 
 #[derive(Debug, Args)]
@@ -92,7 +207,9 @@ struct RunMicrovm {
         hide_default_value = true
     )]
     endpoint_port: u16,
-    /// Ingress network connectors (ARNs or names such as HTTP_INGRESS), echoed.
+    /// Ingress network connectors (ARNs or names such as HTTP_INGRESS), echoed;
+    /// SHELL_INGRESS (or ALL_INGRESS) enables `microvm-local exec`, `shell` and `cp`
+    /// against this MicroVM.
     #[arg(long, value_name = "CONNECTOR", num_args = 1..)]
     ingress_network_connectors: Option<Vec<String>>,
     /// Egress network connectors; INTERNET_EGRESS (name or ARN) opens full NAT egress
@@ -128,6 +245,19 @@ where
     let a = match cli.operation {
         Operation::RunMicrovm(a) => a,
         Operation::SnapshotImage(s) => return Ok(Invocation::Snapshot(s.image_identifier)),
+        Operation::Exec(e) => return exec_args(e.process, e.command, e.tty, false),
+        Operation::Shell(s) => {
+            let command = match s.command.is_empty() {
+                true => vec![crate::attach::DEFAULT_SHELL.to_string()],
+                false => s.command,
+            };
+            return exec_args(s.process, command, true, true);
+        }
+        Operation::Cp(c) => {
+            return crate::cp::args(&c.src, &c.dst)
+                .map(Invocation::Cp)
+                .map_err(CliError::Usage)
+        }
     };
     if let Some(kind) = a.generate_cli_skeleton {
         return Ok(Invocation::Skeleton(kind));
@@ -225,7 +355,7 @@ fn clap_error(e: clap::Error) -> CliError {
             CliError::Operation("the following arguments are required: operation".into())
         }
         ErrorKind::InvalidSubcommand => CliError::Operation(format!(
-            "argument operation: Invalid choice: '{}', valid choices are: run-microvm, snapshot-image",
+            "argument operation: Invalid choice: '{}', valid choices are: run-microvm, snapshot-image, exec, shell, cp",
             context(ContextKind::InvalidSubcommand)
         )),
         ErrorKind::UnknownArgument => CliError::Usage(format!("Unknown options: {arg}")),
@@ -259,6 +389,7 @@ mod tests {
             Invocation::Run(r) => Ok(*r),
             Invocation::Skeleton(k) => panic!("skeleton {k}"),
             Invocation::Snapshot(p) => panic!("snapshot {}", p.display()),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -507,6 +638,118 @@ mod tests {
             version,
             format!("microvm-local {}", env!("CARGO_PKG_VERSION"))
         );
+    }
+
+    fn exec_of(a: &[&str]) -> crate::attach::ExecArgs {
+        match top(a).unwrap() {
+            Invocation::Exec(e) => *e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn exec_and_shell_options() {
+        let e = exec_of(&[
+            "exec",
+            "--microvm-identifier",
+            "mvm-1",
+            "--user",
+            "1000:1000",
+            "--working-dir",
+            "/tmp",
+            "--env",
+            "A=1",
+            "--env",
+            "B=x=y",
+            "--timeout-seconds",
+            "5",
+            "--",
+            "sh",
+            "-c",
+            "echo --env",
+        ]);
+        assert_eq!(e.microvm_id, "mvm-1");
+        assert_eq!(e.request.command, ["sh", "-c", "echo --env"]);
+        assert_eq!(e.request.env["B"], "x=y");
+        assert_eq!(e.request.env.len(), 2);
+        assert_eq!(e.request.user.as_deref(), Some("1000:1000"));
+        assert_eq!(e.request.working_dir.as_deref(), Some("/tmp"));
+        assert_eq!(e.request.timeout_seconds, Some(5));
+        assert!(!e.tty && !e.shell);
+        // Without `--`, the first word starts the command; what follows is its own.
+        let e = exec_of(&[
+            "exec",
+            "--microvm-identifier",
+            "m",
+            "--tty",
+            "ls",
+            "-la",
+            "--tty",
+        ]);
+        assert_eq!(e.request.command, ["ls", "-la", "--tty"]);
+        assert!(e.tty);
+        let s = exec_of(&["shell", "--microvm-identifier", "m"]);
+        assert_eq!(s.request.command, ["/bin/sh"]);
+        assert!(s.shell && s.tty);
+        let s = exec_of(&["shell", "--microvm-identifier", "m", "bash", "-l"]);
+        assert_eq!(s.request.command, ["bash", "-l"]);
+        for bad in [
+            &["exec", "--microvm-identifier", "m"][..],
+            &["exec", "true"],
+            &[
+                "exec",
+                "--microvm-identifier",
+                "m",
+                "--env",
+                "novalue",
+                "true",
+            ],
+            &["exec", "--microvm-identifier", "m", "--env", "=v", "true"],
+            &[
+                "exec",
+                "--microvm-identifier",
+                "m",
+                "--timeout-seconds",
+                "x",
+                "true",
+            ],
+        ] {
+            let e = top(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 252, "{bad:?}: {e}");
+        }
+        let help = top(&["exec", "--help"]).unwrap_err().to_string();
+        for flag in [
+            "--microvm-identifier",
+            "--tty",
+            "--user",
+            "--working-dir",
+            "--env",
+            "--timeout-seconds",
+        ] {
+            assert!(help.contains(flag), "{flag} in {help}");
+        }
+        let help = top(&["run-microvm", "--help"]).unwrap_err().to_string();
+        assert!(help.contains("SHELL_INGRESS"), "{help}");
+    }
+
+    #[test]
+    fn cp_needs_exactly_one_remote_side() {
+        assert_eq!(
+            top(&["cp", "./f", "mvm-1:/tmp/"]).unwrap(),
+            Invocation::Cp(crate::cp::CpArgs::In {
+                local: "./f".into(),
+                id: "mvm-1".into(),
+                remote: "/tmp/".into()
+            })
+        );
+        assert!(matches!(
+            top(&["cp", "mvm-1:/etc/hostname", "."]).unwrap(),
+            Invocation::Cp(crate::cp::CpArgs::Out { .. })
+        ));
+        let e = top(&["cp", "a", "b"]).unwrap_err();
+        assert_eq!(e.exit_code(), 252);
+        assert!(e.to_string().contains("exactly one of SRC and DEST"), "{e}");
+        assert_eq!(top(&["cp", "a"]).unwrap_err().exit_code(), 252);
     }
 
     #[test]

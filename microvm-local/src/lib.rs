@@ -17,6 +17,14 @@
 //! Without --then or --interactive it runs until the guest powers off, the timeout,
 //! or Ctrl-C (which terminates the MicroVM cleanly).
 //!
+//! ```text
+//! microvm-local exec --microvm-identifier ID [--tty] [--user U] [--working-dir D]
+//!     [--env K=V]... [--timeout-seconds N] -- COMMAND [ARG...]
+//! microvm-local shell --microvm-identifier ID [--user U] [COMMAND [ARG...]]
+//! microvm-local cp SRC DEST        (one of them ID:/absolute/path)
+//! ```
+//! These reach a MicroVM another run-microvm runs (with SHELL_INGRESS) by its id.
+//!
 //! The library is also the test harness's way to a real guest: [`vm`] boots one and
 //! speaks to its agent, [`http`] is the one HTTP client of the host tools.
 //!
@@ -25,14 +33,21 @@
 //! - [`credentials`]: the execution role's credentials and their rotation;
 //! - [`run`]: the run-microvm command; [`session`]: suspend/resume/terminate, events,
 //!   the endpoint; [`console`]: the guest console; [`signals`]: stopping.
+//! - [`exec`]: the exec and files client (sessions, frames, tar streams) over any
+//!   connected Unix stream; [`connect`]: a MicroVM by id; [`attach`]: the `exec` and
+//!   `shell` commands; [`terminal`]: raw mode and window size; [`cp`]: `cp`.
 //! - [`vm`]: QEMU + vhost-device-vsock, hybrid vsock, QMP; [`http`]: the client;
 //!   [`bridge`]: the per-connection bridge of a forwarded egress endpoint;
 //!   [`host`]: the host's clock, entropy, ids and timestamps.
 
+pub mod attach;
 pub mod bridge;
 pub mod cli;
+pub mod connect;
 pub mod console;
+pub mod cp;
 pub mod credentials;
+pub mod exec;
 pub mod host;
 pub mod http;
 pub mod params;
@@ -40,5 +55,6 @@ pub mod run;
 pub mod session;
 pub mod shorthand;
 pub mod signals;
+pub mod terminal;
 pub mod validate;
 pub mod vm;

@@ -7,7 +7,7 @@ use microvm_protocol::run::RunEnvelope;
 use serde_json::{json, Map, Value};
 
 /// Usage line shown with operation errors.
-pub const USAGE: &str = "usage: microvm-local run-microvm --image-identifier PATH [options]\n       microvm-local run-microvm --generate-cli-skeleton [input|output]";
+pub const USAGE: &str = "usage: microvm-local run-microvm --image-identifier PATH [options]\n       microvm-local run-microvm --generate-cli-skeleton [input|output]\n       microvm-local exec --microvm-identifier ID [options] -- COMMAND [ARG...]\n       microvm-local shell --microvm-identifier ID [options] [COMMAND [ARG...]]\n       microvm-local cp SRC DEST   (one of them MICROVM_ID:/absolute/path)";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CliError {
@@ -53,6 +53,10 @@ pub enum Invocation {
     /// `snapshot-image --image-identifier DIR`: the image-build phase and its
     /// snapshot (local only; the platform does it when it builds an image version).
     Snapshot(std::path::PathBuf),
+    /// `exec` or `shell` against a running MicroVM.
+    Exec(Box<crate::attach::ExecArgs>),
+    /// `cp` into or out of a running MicroVM.
+    Cp(crate::cp::CpArgs),
 }
 
 /// A validated `run-microvm`.
@@ -162,7 +166,26 @@ pub fn envelope(r: &Map<String, Value>) -> Result<RunEnvelope, Vec<String>> {
             part.insert(k.to_string(), v.clone());
         }
     }
-    serde_json::from_value(Value::Object(part)).map_err(|e| vec![e.to_string()])
+    let mut e: RunEnvelope =
+        serde_json::from_value(Value::Object(part)).map_err(|e| vec![e.to_string()])?;
+    e.shell_ingress = shell_ingress(r);
+    Ok(e)
+}
+
+/// Whether `ingressNetworkConnectors` lets the host exec into the MicroVM and copy
+/// files (SHELL_INGRESS or ALL_INGRESS, by name or ARN).
+pub fn shell_ingress(r: &Map<String, Value>) -> bool {
+    use microvm_protocol::connectors::{managed, Managed};
+    r.get("ingressNetworkConnectors")
+        .and_then(Value::as_array)
+        .is_some_and(|l| {
+            l.iter().filter_map(Value::as_str).any(|c| {
+                matches!(
+                    managed(c),
+                    Some(Managed::ShellIngress) | Some(Managed::AllIngress)
+                )
+            })
+        })
 }
 
 /// `--generate-cli-skeleton input|output`.
@@ -213,6 +236,27 @@ mod tests {
             })
         );
         assert_eq!(e.microvm_id, None);
+        assert!(!e.shell_ingress);
+    }
+
+    #[test]
+    fn shell_or_all_ingress_enables_exec() {
+        for (list, on) in [
+            (json!(["SHELL_INGRESS"]), true),
+            (json!(["HTTP_INGRESS", "ALL_INGRESS"]), true),
+            (
+                json!([
+                    "arn:aws:lambda:us-east-1:123456789012:aws-network-connector:SHELL_INGRESS"
+                ]),
+                true,
+            ),
+            (json!(["HTTP_INGRESS"]), false),
+            (json!(["shell_ingress"]), false),
+        ] {
+            let r = json!({"imageIdentifier": "i", "ingressNetworkConnectors": list});
+            let e = envelope(r.as_object().unwrap()).unwrap();
+            assert_eq!(e.shell_ingress, on, "{list}");
+        }
     }
 
     #[test]

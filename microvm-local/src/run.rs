@@ -35,6 +35,8 @@ where
         }
         Ok(Invocation::Run(a)) => run(&a),
         Ok(Invocation::Snapshot(dir)) => snapshot_image(&dir),
+        Ok(Invocation::Exec(a)) => crate::attach::main(&a),
+        Ok(Invocation::Cp(a)) => crate::cp::main(&a),
         Err(e @ CliError::Info(_)) => {
             println!("{e}");
             0
@@ -292,6 +294,11 @@ fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image: &Image, image_p
     }
     print_json(&out);
     let _ = std::io::stdout().flush();
+    if envelope.shell_ingress {
+        eprintln!(
+            "microvm-local: shell ingress: `microvm-local exec --microvm-identifier {microvm_id} -- COMMAND`, `shell`, `cp` reach this MicroVM"
+        );
+    }
     {
         let h = host.clone();
         std::thread::spawn(move || h.serve_endpoint(endpoint));

@@ -157,6 +157,16 @@ fn lifecycle(vm: Vm) {
     assert_eq!(got["microvmId"], "mvm-e2e-1");
     assert_eq!(got["runHookPayload"].as_str().unwrap(), payload);
 
+    // No shell ingress in this run: exec and files are refused before any process.
+    let refused = microvm_local::exec::Session::start(
+        vm.connect(microvm_protocol::ports::CONTROL).unwrap(),
+        &exec_req(&["true"]),
+    )
+    .err()
+    .and_then(|e| e.api())
+    .expect("refused with an answer");
+    assert_eq!(refused.0, 403, "{}", refused.1);
+
     // A connection from a non-host CID (the guest's own loopback, CID 1) is refused.
     let probe = wait_record(&vm, |v| v.get("vsockProbe").is_some());
     assert_eq!(probe["vsockProbe"]["answered"], false, "{probe}");
@@ -209,6 +219,212 @@ fn lifecycle(vm: Vm) {
             .collect::<Vec<_>>(),
         ["validate", "run", "suspend", "resume", "terminate"]
     );
+}
+
+fn exec_req(command: &[&str]) -> microvm_protocol::exec::ExecRequest {
+    microvm_protocol::exec::ExecRequest {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Exec and files over real vsock in a guest whose run enabled shell ingress: exit
+/// codes and signals, 10 MB through stdin, a timeout that kills the process group, a
+/// terminal's size, concurrent sessions, a tree in and out with its modes, and
+/// /suspend and /terminate ending sessions (the busybox toolbox of the image is
+/// what runs).
+#[test]
+fn exec_and_files_in_a_real_guest() {
+    use microvm_local::exec::{self as client, Session};
+    use microvm_protocol::exec::{EndReason, Kind, TtySize};
+    let Some(vm) = boot("exec") else {
+        return;
+    };
+    let t0 = Instant::now();
+    while vm.hook("ready", "").unwrap().status != 200 {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = json!({"microvmId": "mvm-exec", "shellIngress": true});
+    assert_eq!(vm.hook("run", &run.to_string()).unwrap().status, 200);
+    let control = || vm.connect(microvm_protocol::ports::CONTROL).unwrap();
+    let exec = |r: microvm_protocol::exec::ExecRequest, stdin: &[u8]| {
+        client::run(control(), &r, stdin)
+            .unwrap_or_else(|e| panic!("{e}; serial:\n{}", vm.serial()))
+    };
+
+    // Exit codes, signals (by the process and by a frame), stderr apart.
+    let out = exec(
+        exec_req(&["sh", "-c", "echo out; echo err >&2; exit 3"]),
+        b"",
+    );
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice()),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
+    assert_eq!(out.exit.exit_code, Some(3));
+    let out = exec(exec_req(&["sh", "-c", "kill -KILL $$"]), b"");
+    assert_eq!(out.exit.signal.as_deref(), Some("SIGKILL"));
+    let mut s = Session::start(control(), &exec_req(&["sleep", "30"])).unwrap();
+    s.signal(libc::SIGTERM).unwrap();
+    assert_eq!(s.wait().unwrap().exit.signal.as_deref(), Some("SIGTERM"));
+
+    // 10 MB through stdin and back, byte-exact, stderr kept apart.
+    let data: Vec<u8> = (0..10 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let t = Instant::now();
+    let out = exec(exec_req(&["sh", "-c", "cat; echo done >&2"]), &data);
+    eprintln!(
+        "10 MiB through exec stdin and back over vsock in {:?}",
+        t.elapsed()
+    );
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "stdout differs from stdin");
+    assert_eq!(out.stderr, b"done\n");
+
+    // A timeout kills the whole process group: the background sleep too.
+    let mut r = exec_req(&["sh", "-c", "sleep 1000 & echo $!; wait"]);
+    r.timeout_seconds = Some(2);
+    let out = exec(r, b"");
+    assert_eq!(
+        (out.exit.reason, out.exit.signal.as_deref()),
+        (EndReason::Timeout, Some("SIGKILL"))
+    );
+    let child = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let t = Instant::now();
+    while exec(exec_req(&["kill", "-0", &child]), b"").exit.exit_code != Some(1) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "pid {child} survived the timeout"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A terminal: its size, then a resize seen by `stty size`.
+    let mut r = exec_req(&["sh", "-c", "stty size; echo ready; read x; stty size"]);
+    r.tty = Some(TtySize { rows: 24, cols: 80 });
+    let mut s = Session::start(control(), &r).unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        match s.next_frame().unwrap() {
+            Some((Kind::Stdout, b)) => seen.extend_from_slice(&b),
+            Some((Kind::Exit, b)) => panic!("exited early: {}", String::from_utf8_lossy(&b)),
+            _ => {}
+        }
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("24 80"), "{seen:?}");
+    s.resize(TtySize {
+        rows: 50,
+        cols: 160,
+    })
+    .unwrap();
+    s.stdin(b"\n").unwrap();
+    let out = s.wait().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("50 160"),
+        "{:?}",
+        out.stdout
+    );
+
+    // Concurrent sessions, each its own answer.
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|i| {
+                let exec = &exec;
+                sc.spawn(move || exec(exec_req(&["sh", "-c", &format!("sleep 1; echo {i}")]), b""))
+            })
+            .collect();
+        for (i, h) in hs.into_iter().enumerate() {
+            assert_eq!(h.join().unwrap().stdout, format!("{i}\n").as_bytes());
+        }
+    });
+
+    // A tree in and out, modes and owners kept.
+    let src = scratch("exec-guest-tree");
+    std::fs::create_dir_all(src.join("tree/sub")).unwrap();
+    std::fs::write(src.join("tree/run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::write(src.join("tree/sub/key"), "k").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for (p, m) in [
+        ("tree/run.sh", 0o751),
+        ("tree/sub/key", 0o600),
+        ("tree/sub", 0o710),
+    ] {
+        std::fs::set_permissions(src.join(p), std::fs::Permissions::from_mode(m)).unwrap();
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append_dir_all("tree", src.join("tree")).unwrap();
+    let archive = tar.into_inner().unwrap();
+    client::files::put(control(), Path::new("/tmp"), &archive[..]).unwrap();
+    let out = exec(
+        exec_req(&[
+            "sh",
+            "-c",
+            "stat -c '%a %n' /tmp/tree/run.sh /tmp/tree/sub /tmp/tree/sub/key; /tmp/tree/run.sh",
+        ]),
+        b"",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "751 /tmp/tree/run.sh\n710 /tmp/tree/sub\n600 /tmp/tree/sub/key\nran\n"
+    );
+    let mut back = Vec::new();
+    client::files::get(control(), Path::new("/tmp/tree"), &mut back).unwrap();
+    let mut modes: Vec<(String, u32)> = tar::Archive::new(&back[..])
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.path().unwrap().display().to_string(),
+                e.header().mode().unwrap() & 0o7777,
+            )
+        })
+        .collect();
+    modes.sort();
+    assert_eq!(
+        modes,
+        [
+            ("tree".to_string(), 0o755),
+            ("tree/run.sh".to_string(), 0o751),
+            ("tree/sub".to_string(), 0o710),
+            ("tree/sub/key".to_string(), 0o600),
+        ]
+    );
+
+    // /suspend ends a session (and says so); exec is refused while SUSPENDED.
+    let s = Session::start(control(), &exec_req(&["sleep", "1000"])).unwrap();
+    let r = vm.hook("suspend", "").unwrap();
+    assert_eq!(
+        (r.status, r.json()["execSessionsEnded"].as_u64()),
+        (200, Some(1))
+    );
+    assert_eq!(s.wait().unwrap().exit.reason, EndReason::Suspend);
+    let refused = Session::start(control(), &exec_req(&["true"]))
+        .err()
+        .and_then(|e| e.api())
+        .unwrap();
+    assert_eq!(
+        (refused.0, refused.1["state"].as_str()),
+        (409, Some("SUSPENDED"))
+    );
+    assert_eq!(vm.hook("resume", "{}").unwrap().status, 200);
+
+    // /terminate ends every session.
+    let sessions: Vec<Session> = (0..3)
+        .map(|_| Session::start(control(), &exec_req(&["sh", "-c", "sleep 1000"])).unwrap())
+        .collect();
+    let r = vm.hook("terminate", "").unwrap();
+    assert_eq!(
+        (r.status, r.json()["execSessionsEnded"].as_u64()),
+        (200, Some(3))
+    );
+    for s in sessions {
+        assert_eq!(s.wait().unwrap().exit.reason, EndReason::Terminate);
+    }
+    assert!(vm.wait_exit(Duration::from_secs(20)), "QEMU did not exit");
+    let _ = std::fs::remove_dir_all(src);
 }
 
 fn alive(pid: u32) -> bool {

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorCode {
     /// 400: the body is not what the path takes; `field` names the culprit.
     BadRequest,
-    /// 404: no such path.
+    /// 403: the run did not enable what the request needs (shell ingress).
+    Forbidden,
+    /// 404: no such path (of the API, or of a file).
     NotFound,
     /// 405: wrong method (the answer carries `Allow`).
     MethodNotAllowed,
@@ -20,6 +22,10 @@ pub enum ErrorCode {
     InvalidState,
     /// 413: body or payload too large.
     PayloadTooLarge,
+    /// 429: too many exec sessions at once.
+    TooManySessions,
+    /// 507: the guest's disk is full.
+    InsufficientStorage,
     /// 500: the image config is invalid; only `/terminate` works.
     ImageConfigInvalid,
     /// 500: the guest clock could not be stepped.
@@ -36,11 +42,14 @@ impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::InvalidState => 409,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::TooManySessions => 429,
+            ErrorCode::InsufficientStorage => 507,
             ErrorCode::ImageConfigInvalid
             | ErrorCode::ClockStepFailed
             | ErrorCode::EntropyFailed

@@ -9,11 +9,13 @@
 //! - [`run`]: what the host sends on the control channel (`/run`, `/resume`).
 //! - [`status`]: what `GET /v1/status` answers, and hook outcomes.
 //! - [`events`]: `GET /v1/events` and the announce line.
+//! - [`exec`]: exec sessions and file transfer (shell ingress).
 //! - [`error`]: the control channel's error answers and their codes.
 
 pub mod connectors;
 pub mod error;
 pub mod events;
+pub mod exec;
 pub mod hook;
 pub mod run;
 pub mod status;
@@ -84,4 +86,8 @@ pub mod paths {
     pub const EVENTS: &str = "/v1/events";
     /// `POST` new credentials (the `/run` envelope's `credentials` object).
     pub const CREDENTIALS: &str = "/v1/credentials";
+    /// `POST`, upgraded to exec frames (see [`exec`](crate::exec)).
+    pub const EXEC: &str = "/v1/exec";
+    /// `GET`, `HEAD` and `PUT` of tar streams (see [`exec`](crate::exec)).
+    pub const FILES: &str = "/v1/files";
 }

@@ -96,6 +96,10 @@ pub struct RunEnvelope {
     /// [`MIN_ENTROPY_BYTES`](crate::limits::MIN_ENTROPY_BYTES) once decoded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entropy: Option<String>,
+    /// The run has shell ingress (the `SHELL_INGRESS` or `ALL_INGRESS` connector):
+    /// exec and files on the control channel are allowed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shell_ingress: bool,
     /// Test only: lowers the agent's minimum idle duration for this run (in the
     /// envelope, not on the kernel command line, which a snapshot freezes).
     #[serde(skip_serializing_if = "Option::is_none")]

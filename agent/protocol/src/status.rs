@@ -124,6 +124,9 @@ pub struct HookAnswer {
     /// from the guest's own (a sync of a busy disk can dwarf the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timings: Option<SuspendTimings>,
+    /// `/suspend`: exec sessions and transfers it ended (a snapshot would cut them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_sessions_ended: Option<u64>,
 }
 
 /// Milliseconds (fractional) of each step of a `/suspend`.
@@ -152,9 +155,16 @@ pub struct TerminateAnswer {
     /// The final sync or read-only remount failed (the power goes off regardless).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_error: Option<String>,
+    /// Exec sessions and transfers the termination ended.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub exec_sessions_ended: u64,
     pub state_reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<State>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The application as the host sees it.
@@ -223,6 +233,9 @@ pub struct RunInfo {
     /// What the run's `network` configured (`eth0 10.0.2.15/24 via 10.0.2.2 ...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Exec and files are allowed (the run's shell ingress).
+    #[serde(default)]
+    pub shell_ingress: bool,
 }
 
 /// Credentials without their secrets: secrets never appear in status or logs.
@@ -329,6 +342,9 @@ pub struct ActivityStatus {
     pub ingress_bytes: u64,
     pub busy: bool,
     pub idle_for_ms: u64,
+    /// Exec sessions and file transfers in progress (each keeps the VM busy).
+    #[serde(default)]
+    pub exec_sessions: u64,
 }
 
 /// `metadata` in the image config, mirroring EC2's `MetadataOptions`.
@@ -476,6 +492,7 @@ mod tests {
             logs_flushed: None,
             state: Some(State::Running),
             timings: None,
+            exec_sessions_ended: None,
         };
         let v = serde_json::to_value(&a).unwrap();
         assert_eq!(

@@ -32,6 +32,8 @@ pub struct RunRequest {
     pub logs_endpoint: Option<String>,
     /// Test only (`testMinIdleSeconds`): the lowered minimum idle duration.
     pub test_min_idle: Option<Duration>,
+    /// `shellIngress`: exec and files are allowed this run.
+    pub shell_ingress: bool,
     /// The guest's NIC for this run (`network`), validated.
     pub network: Option<crate::sys::network::NetSettings>,
     pub fresh: Freshness,
@@ -162,6 +164,7 @@ impl RunRequest {
             maximum_duration: raw.maximum_duration_in_seconds.map(Duration::from_secs),
             region: raw.region,
             test_min_idle: raw.test_min_idle_seconds.map(Duration::from_secs),
+            shell_ingress: raw.shell_ingress,
             fresh: Freshness {
                 clock: raw.clock,
                 entropy: decode_entropy(raw.entropy)?,

@@ -4,17 +4,21 @@ use super::answer::Answer;
 use super::lifecycle::{Input, Lifecycle};
 use crate::config::{self, RequestError};
 use crate::http::{drain, DRAIN_LIMIT};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{header, Method, Request, Response, StatusCode};
 use microvm_protocol::limits::MAX_CONTROL_BODY as MAX_BODY;
 use microvm_protocol::paths::{
-    CREDENTIALS as CREDENTIALS_PATH, EVENTS as EVENTS_PATH, STATUS as STATUS_PATH,
+    CREDENTIALS as CREDENTIALS_PATH, EVENTS as EVENTS_PATH, EXEC as EXEC_PATH, FILES as FILES_PATH,
+    STATUS as STATUS_PATH,
 };
 use microvm_protocol::{ApiError, ErrorCode, Hook, HOOK_PATH_PREFIX};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Every answer's body: whole (JSON), or a tar stream being packed.
+pub type Body = Either<Full<Bytes>, super::exec::ChunkBody>;
 
 /// A body that trickles in slower than this is abandoned (408).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,6 +29,8 @@ pub enum Route {
     Status,
     Events,
     Credentials,
+    Exec,
+    Files,
     Hook(Hook),
     NotFound,
 }
@@ -38,6 +44,12 @@ pub fn route(path: &str) -> Route {
     }
     if path == CREDENTIALS_PATH {
         return Route::Credentials;
+    }
+    if path == EXEC_PATH {
+        return Route::Exec;
+    }
+    if path == FILES_PATH {
+        return Route::Files;
     }
     match Hook::from_path(path) {
         Some(h) => Route::Hook(h),
@@ -57,7 +69,7 @@ pub fn parse_input(hook: Hook, body: &[u8]) -> Result<Input, RequestError> {
     })
 }
 
-fn request_error(e: RequestError) -> Answer {
+pub(super) fn request_error(e: RequestError) -> Answer {
     let (code, f) = match e {
         RequestError::Invalid(f) => (ErrorCode::BadRequest, f),
         RequestError::TooLarge(f) => (ErrorCode::PayloadTooLarge, f),
@@ -75,7 +87,7 @@ fn too_large() -> Answer {
     .into()
 }
 
-fn respond(answer: Answer, allow: Option<&str>) -> Response<Full<Bytes>> {
+pub(super) fn respond(answer: Answer, allow: Option<&str>) -> Response<Body> {
     let mut body = answer.body.to_string().into_bytes();
     body.push(b'\n');
     let mut r = Response::builder()
@@ -84,11 +96,11 @@ fn respond(answer: Answer, allow: Option<&str>) -> Response<Full<Bytes>> {
     if let Some(a) = allow {
         r = r.header(header::ALLOW, a);
     }
-    r.body(Full::new(Bytes::from(body)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    r.body(Either::Left(Full::new(Bytes::from(body))))
+        .unwrap_or_else(|_| Response::new(Either::Left(Full::new(Bytes::new()))))
 }
 
-async fn read_body(body: Incoming) -> Result<Bytes, Answer> {
+pub(super) async fn read_body(body: Incoming) -> Result<Bytes, Answer> {
     match tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(b)) => Ok(b.to_bytes()),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(too_large()),
@@ -106,9 +118,14 @@ async fn read_body(body: Incoming) -> Result<Bytes, Answer> {
 pub async fn handle(
     lc: Arc<Lifecycle>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
+    let path = route(req.uri().path());
+    match (&path, req.method()) {
+        (Route::Exec, &Method::POST) => return Ok(super::exec::exec_request(&lc, req).await),
+        (Route::Files, _) => return Ok(super::exec::files_request(&lc, req).await),
+        _ => {}
+    }
     let (parts, body) = req.into_parts();
-    let path = route(parts.uri.path());
     if path == Route::Events {
         if crate::faults::active("PANIC_ON_EVENTS") {
             panic!("test fault: panic while serving {EVENTS_PATH}");
@@ -125,7 +142,7 @@ pub async fn handle(
         (Route::Credentials, &Method::POST) => {
             return Ok(respond(credentials_request(&lc, body).await, None));
         }
-        (Route::Credentials, _) => (
+        (Route::Credentials | Route::Exec, _) => (
             ApiError::new(ErrorCode::MethodNotAllowed, "use POST").into(),
             Some("POST"),
         ),
@@ -141,11 +158,16 @@ pub async fn handle(
             ApiError::new(ErrorCode::MethodNotAllowed, "use POST").into(),
             Some("POST"),
         ),
+        // Served above, whatever the method.
+        (Route::Files, _) => (
+            ApiError::new(ErrorCode::InternalError, "files request not dispatched").into(),
+            None,
+        ),
         (Route::NotFound, _) => (
             ApiError::new(
                 ErrorCode::NotFound,
                 format!(
-                    "no such path; use {STATUS_PATH}, {EVENTS_PATH}, {CREDENTIALS_PATH} or {HOOK_PATH_PREFIX}{{ready,validate,run,resume,suspend,terminate}}"
+                    "no such path; use {STATUS_PATH}, {EVENTS_PATH}, {CREDENTIALS_PATH}, {EXEC_PATH}, {FILES_PATH} or {HOOK_PATH_PREFIX}{{ready,validate,run,resume,suspend,terminate}}"
                 ),
             )
             .into(),
@@ -216,6 +238,8 @@ mod tests {
         assert_eq!(route("/v1/status"), Route::Status);
         assert_eq!(route("/v1/events"), Route::Events);
         assert_eq!(route("/v1/credentials"), Route::Credentials);
+        assert_eq!(route("/v1/exec"), Route::Exec);
+        assert_eq!(route("/v1/files"), Route::Files);
         for h in Hook::ALL {
             assert_eq!(
                 route(&format!("{HOOK_PATH_PREFIX}{}", h.name())),

@@ -348,7 +348,7 @@ pub struct Confinement {
 }
 
 /// Read a small regular file, refusing what could hang or exhaust the agent.
-fn read_user_db(path: &str) -> std::io::Result<String> {
+pub(crate) fn read_user_db(path: &str) -> std::io::Result<String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     // Looked at before it is opened: opening a device or a FIFO has effects of its own.

@@ -15,6 +15,7 @@ mod vsock;
 pub use image::{tool, tools_available, tools_available_for, Arch, Image};
 pub use qmp::{Qmp, PAUSE_SETTLE};
 pub use snapshot::Snapshot;
+pub use vsock::{connect_hybrid, SOCKET};
 
 use serde_json::{json, Value};
 use std::io::Read;
@@ -379,7 +380,7 @@ impl Vm {
         self.kill_backend();
         let dir = &self.dir;
         let vhost = dir.join("vhost.sock");
-        let uds = dir.join("vm.vsock");
+        let uds = dir.join(SOCKET);
         for stale in [&vhost, &uds] {
             let _ = std::fs::remove_file(stale);
         }
@@ -404,7 +405,7 @@ impl Vm {
 
     /// Where the agent's announcement arrives (the backend's `<uds>_<port>`).
     fn announce_listener(&self) -> Result<UnixListener, String> {
-        let path = self.dir.join(format!("vm.vsock_{ANNOUNCE_PORT}"));
+        let path = self.dir.join(format!("{SOCKET}_{ANNOUNCE_PORT}"));
         let _ = std::fs::remove_file(&path);
         let l = UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         l.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -703,7 +704,7 @@ impl Vm {
 
     /// Where a suspended VM's memory lives.
     fn suspend_file(&self) -> PathBuf {
-        self.dir.join("suspended.mem.zst")
+        self.dir.join(SUSPEND_FILE)
     }
 
     /// Suspend through a file: save and end the VM (after the agent's /suspend).
@@ -865,6 +866,26 @@ impl Vm {
 
 /// The runner's pid, in each VM directory.
 const OWNER_FILE: &str = "owner.pid";
+/// A VM suspended to a file keeps its memory here, in its directory.
+const SUSPEND_FILE: &str = "suspended.mem.zst";
+
+/// Whether the runner that owns the VM directory `dir` is alive; `None` when the
+/// directory names no owner (not a VM directory, or one still being made).
+pub fn runner_alive(dir: &Path) -> Option<bool> {
+    let pid = std::fs::read_to_string(dir.join(OWNER_FILE))
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)?;
+    Some(process_exists(pid))
+}
+
+/// Whether the VM of directory `dir` is suspended to a file (no QEMU, no backend:
+/// nothing answers on its vsock socket until its runner resumes it).
+pub fn saved_in(dir: &Path) -> bool {
+    dir.join(SUSPEND_FILE).exists()
+}
 
 /// Remove the VM directories under `base` whose runner is gone (overlays and suspend
 /// files of a runner that was SIGKILLed, tens of MB each); returns them. A directory
@@ -876,14 +897,7 @@ pub fn sweep_stale(base: &Path) -> Vec<PathBuf> {
     let mut swept = Vec::new();
     for e in entries.flatten() {
         let dir = e.path();
-        let Some(pid) = std::fs::read_to_string(dir.join(OWNER_FILE))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
-            .filter(|p| *p > 0)
-        else {
-            continue;
-        };
-        if !process_exists(pid) && std::fs::remove_dir_all(&dir).is_ok() {
+        if runner_alive(&dir) == Some(false) && std::fs::remove_dir_all(&dir).is_ok() {
             swept.push(dir);
         }
     }

@@ -47,6 +47,8 @@ pub const CREDENTIALS_WARNING: Duration =
 /// have failed), and no two warnings, of any set, come closer together: credentials
 /// that arrive inside the window must not make host and agent rotate in a loop.
 pub const CREDENTIALS_REWARN: Duration = Duration::from_secs(60);
+/// How long /suspend and /terminate wait for exec sessions to send their last frames.
+pub const EXEC_END_WAIT: Duration = Duration::from_secs(3);
 /// After the agent ended the VM itself (application exit, maximum duration), how long
 /// the host has to read `/v1/status` before power-off; a host `/terminate` cuts it short.
 pub const SELF_TERMINATE_REPORT_WINDOW: Duration = Duration::from_secs(5);
@@ -107,6 +109,8 @@ pub struct Context {
     /// The network is the agent's to configure (a real guest, or a namespace of its
     /// own): the run's `network` is applied only then.
     pub network_ours: bool,
+    /// Exec sessions and file transfers (shell ingress).
+    pub exec: Arc<crate::exec::Exec>,
 }
 
 pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
@@ -247,6 +251,38 @@ impl Lifecycle {
         drop(g);
         let _ = tx.send(Some(answer));
         current
+    }
+
+    pub fn exec(&self) -> &Arc<crate::exec::Exec> {
+        &self.ctx.exec
+    }
+
+    /// Exec and files run only while RUNNING with nothing in flight (a suspension
+    /// under way ends sessions; new ones must not slip in behind it). Err(None): the
+    /// state refuses; the registry then decides the rest.
+    pub fn exec_phase_allows(&self) -> Result<(), Option<crate::exec::Refusal>> {
+        let g = self.lock();
+        match state::phase(g.base, g.in_flight.as_ref().map(|f| f.op)) {
+            State::Running if g.in_flight.is_none() => Ok(()),
+            _ => Err(None),
+        }
+    }
+
+    /// 409 for an exec or files request in the current state.
+    pub fn exec_conflict(&self) -> Answer {
+        let g = self.lock();
+        let in_flight = g.in_flight.as_ref().map(|f| f.op);
+        let phase = state::phase(g.base, in_flight);
+        let mut message = format!(
+            "exec and files need a RUNNING MicroVM; it is {}",
+            phase.as_str()
+        );
+        if let Some(f) = in_flight {
+            message.push_str(&format!(" ({f:?} in progress)"));
+        }
+        ApiError::new(ErrorCode::InvalidState, message)
+            .with_state(phase)
+            .into()
     }
 
     pub async fn events(&self, after: u64, wait: Duration) -> EventsPage {

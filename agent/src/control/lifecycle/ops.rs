@@ -5,11 +5,12 @@ use super::{
     Input, Lifecycle, CREDENTIALS_REWARN, CREDENTIALS_WARNING, LOG_FLUSH_DEADLINE,
     SELF_TERMINATE_REPORT_WINDOW,
 };
-use super::{LOG_HOLD_DEADLINE, STOP_GRACE, STORAGE_SYNC_TIMEOUT};
+use super::{EXEC_END_WAIT, LOG_HOLD_DEADLINE, STOP_GRACE, STORAGE_SYNC_TIMEOUT};
 use crate::config::run::parse_rfc3339;
 use crate::config::{Freshness, RunRequest, Toggle};
 use crate::control::answer::Answer;
 use crate::events::EventType;
+use microvm_protocol::exec::EndReason;
 use microvm_protocol::run::Credentials;
 use microvm_protocol::status::{
     Exit, HookAnswer, HookOutcome, RunInfo, SuspendTimings, TerminateAnswer,
@@ -43,6 +44,7 @@ impl Lifecycle {
                 // resume leaves it SUSPENDED, and suspended time is never idle time.
                 if answer.status == 200 {
                     self.ctx.activity.resume();
+                    self.ctx.exec.reopen();
                 }
                 answer
             }
@@ -98,6 +100,7 @@ impl Lifecycle {
                 idle_policy: run.idle_policy.clone(),
                 maximum_duration_in_seconds: run.maximum_duration.map(|d| d.as_secs()),
                 network,
+                shell_ingress: run.shell_ingress,
             });
         }
         if let Some(md) = &self.ctx.metadata {
@@ -136,10 +139,15 @@ impl Lifecycle {
     /// Once a run has settled as RUNNING (not when /terminate preempted it): the idle
     /// reporter and the maximum-duration timer of its policy.
     pub(super) fn run_started(self: &Arc<Self>) {
-        let (idle_policy, max_duration) = match &self.lock().run {
-            Some(r) => (r.idle_policy.clone(), r.maximum_duration_in_seconds),
+        let (idle_policy, max_duration, shell) = match &self.lock().run {
+            Some(r) => (
+                r.idle_policy.clone(),
+                r.maximum_duration_in_seconds,
+                r.shell_ingress,
+            ),
             None => return,
         };
+        self.ctx.exec.run_started(shell);
         if let Some(policy) = idle_policy {
             let max_idle = Duration::from_secs(policy.max_idle_duration_seconds);
             tokio::spawn(crate::activity::report(
@@ -386,6 +394,11 @@ impl Lifecycle {
         // From SUSPENDED too (a self-termination): the hook's and the shutdown's
         // lines must not meet a held pipeline.
         self.release_logs();
+        let exec_sessions = self
+            .ctx
+            .exec
+            .close(EndReason::Terminate, EXEC_END_WAIT)
+            .await;
         let app_running = self.ctx.supervisor.as_ref().is_some_and(|s| s.is_running());
         // The app's answer is reported, but it cannot stop the termination.
         let hook = if app_running && self.ctx.config.is_ok() {
@@ -415,6 +428,7 @@ impl Lifecycle {
                 application_exit,
                 logs_flushed,
                 storage_error,
+                exec_sessions_ended: exec_sessions as u64,
                 state_reason: reason,
                 state: None,
             },
@@ -431,6 +445,9 @@ impl Lifecycle {
             other => return answer(other),
         };
         let application_ms = ms(t0);
+        // A snapshot would cut their streams anyway: they end now, saying why.
+        hook.exec_sessions_ended =
+            Some(self.ctx.exec.close(EndReason::Suspend, EXEC_END_WAIT).await as u64);
         let t1 = Instant::now();
         hook.logs_flushed = self.flush_and_hold_logs().await;
         let logs_flush_ms = ms(t1);
@@ -443,6 +460,7 @@ impl Lifecycle {
         });
         if let Err(e) = synced {
             self.release_logs();
+            self.ctx.exec.reopen();
             // The app believes it is suspended while the VM stays RUNNING: tell it to
             // resume, so both agree, and say what became of that.
             let resumed = match self.call_hook(Hook::Resume, b"{}".to_vec()).await {
@@ -521,6 +539,7 @@ fn hook_answer(hook: Hook, outcome: HookOutcome) -> HookAnswer {
         logs_flushed: None,
         state: None,
         timings: None,
+        exec_sessions_ended: None,
     }
 }
 

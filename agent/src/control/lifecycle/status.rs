@@ -37,6 +37,7 @@ impl Lifecycle {
                 ingress_bytes: activity.ingress_bytes(),
                 busy: activity.is_busy(),
                 idle_for_ms: activity.idle_for().as_millis() as u64,
+                exec_sessions: self.ctx.exec.live() as u64,
             },
             machine: self.ctx.machine.steps(),
             role: self.ctx.role,

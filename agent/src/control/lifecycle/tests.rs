@@ -68,11 +68,17 @@ async fn rig() -> Rig {
     let machine = Arc::new(FakeMachine::default());
     *app.machine.lock().unwrap() = Some(machine.clone());
     let (power_tx, power) = mpsc::unbounded_channel();
+    let activity = Activity::new();
+    let exec = crate::exec::Exec::new(
+        Arc::new(crate::supervisor::Reaper::default()),
+        crate::exec::spawn::Base::default(),
+        activity.clone(),
+    );
     let lc = Lifecycle::new(Context {
         config: Ok(config),
         supervisor: None,
         logs: None,
-        activity: Activity::new(),
+        activity,
         events: Arc::new(Events::new()),
         machine: machine.clone(),
         power: power_tx,
@@ -81,6 +87,7 @@ async fn rig() -> Rig {
         metadata: None,
         sdk_config_file: false,
         network_ours: false,
+        exec,
     });
     Rig {
         lc,
