@@ -377,7 +377,13 @@ fn exec_and_files_in_a_real_guest() {
         .map(|e| {
             let e = e.unwrap();
             (
-                e.path().unwrap().display().to_string(),
+                // Directory names may end in '/' (as GNU tar writes them).
+                e.path()
+                    .unwrap()
+                    .display()
+                    .to_string()
+                    .trim_end_matches('/')
+                    .to_string(),
                 e.header().mode().unwrap() & 0o7777,
             )
         })
