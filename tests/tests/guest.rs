@@ -1351,3 +1351,161 @@ fn suspend_and_resume_through_a_file_keep_the_application_and_its_logs() {
     microvm_local::vm::snapshot::check_disk(&vm.dir.join("disk.qcow2"), &vm.dir.join("flat.raw"))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Poll a tmux pane until `want` is on the screen; the screen is returned.
+fn pane_shows(server: &str, want: &str) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", server, "capture-pane", "-p", "-t", "t"])
+            .output()
+            .expect("tmux runs (make setup installs it)");
+        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if screen.contains(want) {
+            return screen;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{want:?} never appeared; screen:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tmux(server: &str, args: &[&str]) {
+    let st = std::process::Command::new("tmux")
+        .arg("-L")
+        .arg(server)
+        .args(args)
+        .status()
+        .expect("tmux runs (make setup installs it)");
+    assert!(st.success(), "tmux {args:?}");
+}
+
+#[test]
+fn the_runners_exec_cp_and_shell_as_a_person_uses_them() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let img = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/example");
+    let mut vm = std::process::Command::new(runner())
+        .args(["run-microvm", "--image-identifier"])
+        .arg(&img)
+        .args([
+            "--ingress-network-connectors",
+            "SHELL_INGRESS",
+            "--interactive",
+            "--timeout",
+            "180",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(vm.stdout.take().unwrap()).lines();
+    let mut first = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        first.push_str(&l);
+        first.push('\n');
+        if l == "}" {
+            break;
+        }
+    }
+    let first: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    let id = first["microvmId"].as_str().unwrap().to_string();
+
+    // One-shot exec: the remote exit code is the runner's.
+    let st = std::process::Command::new(runner())
+        .args([
+            "exec",
+            "--microvm-identifier",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(3));
+
+    // cp in and out keeps modes.
+    let dir = scratch("runner-cp");
+    std::fs::create_dir_all(dir.join("tree/sub")).unwrap();
+    std::fs::write(dir.join("tree/sub/tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        dir.join("tree/sub/tool"),
+        std::fs::Permissions::from_mode(0o751),
+    )
+    .unwrap();
+    let cp = |src: String, dst: String| {
+        let st = std::process::Command::new(runner())
+            .args(["cp", &src, &dst])
+            .status()
+            .unwrap();
+        assert!(st.success(), "cp {src} {dst}");
+    };
+    cp(
+        dir.join("tree").display().to_string(),
+        format!("{id}:/tmp/"),
+    );
+    std::fs::create_dir_all(dir.join("back")).unwrap();
+    cp(
+        format!("{id}:/tmp/tree"),
+        dir.join("back").display().to_string(),
+    );
+    let mode = std::fs::metadata(dir.join("back/tree/sub/tool"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o751);
+    assert_eq!(
+        std::fs::read(dir.join("back/tree/sub/tool")).unwrap(),
+        b"#!/bin/sh\n"
+    );
+
+    // The interactive terminal, driven through tmux as a person would.
+    let server = format!("microvm-test-{}", std::process::id());
+    let shell = format!(
+        "{} shell --microvm-identifier {id}; echo shell-exit=$?; sleep 60",
+        runner().display()
+    );
+    tmux(
+        &server,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &shell,
+        ],
+    );
+    let result = std::panic::catch_unwind(|| {
+        tmux(&server, &["send-keys", "-t", "t", "stty size", "Enter"]);
+        pane_shows(&server, "24 80");
+        tmux(
+            &server,
+            &["resize-window", "-t", "t", "-x", "100", "-y", "30"],
+        );
+        tmux(&server, &["send-keys", "-t", "t", "stty size", "Enter"]);
+        pane_shows(&server, "30 100");
+        tmux(&server, &["send-keys", "-t", "t", "exit 5", "Enter"]);
+        pane_shows(&server, "shell-exit=5");
+    });
+    let _ = std::process::Command::new("tmux")
+        .args(["-L", &server, "kill-server"])
+        .status();
+    let stdin = vm.stdin.as_mut().unwrap();
+    writeln!(stdin, "terminate").unwrap();
+    drop(vm.stdin.take());
+    let st = vm.wait().unwrap();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+    assert!(st.success());
+}
