@@ -171,6 +171,23 @@ fn ten_megabytes_through_stdin_come_back_byte_exact_with_stderr_apart() {
 }
 
 #[test]
+fn output_waiting_for_a_slow_host_after_the_exit_is_not_dropped() {
+    let g = guest("exec-slow-host");
+    run(&g, true);
+    // The process exits at once; a child it left writes on, held up only by a host
+    // that reads nothing for well past the 2 s quiet-pipe drain (twice over).
+    let s = Session::start(
+        connect(&g),
+        &req(&["sh", "-c", "head -c 3000000 /dev/zero & exit 0"]),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let out = s.wait().unwrap();
+    assert_eq!(out.exit.exit_code, Some(0));
+    assert_eq!(out.stdout.len(), 3_000_000);
+}
+
+#[test]
 fn a_timeout_kills_the_whole_process_group() {
     let g = guest("exec-timeout");
     run(&g, true);
@@ -310,6 +327,83 @@ fn suspend_and_terminate_end_sessions_saying_why() {
     for s in sessions {
         assert_eq!(s.wait().unwrap().exit.reason, EndReason::Terminate);
     }
+}
+
+#[test]
+fn a_suspension_cuts_transfers_whose_host_stalls_and_never_completes_them() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::PermissionsExt;
+    let g = guest("exec-cut");
+    run(&g, true);
+    let dir = scratch("exec-cut-files");
+    std::fs::write(dir.join("big"), vec![5u8; 32 << 20]).unwrap();
+    // A download whose host never reads, and an upload whose host stops sending after
+    // a whole directory and file entry (no end of archive).
+    let mut down = connect(&g);
+    let get = format!(
+        "GET /v1/files?path={} HTTP/1.1\r\nHost: agent\r\n\r\n",
+        dir.join("big").display()
+    );
+    down.write_all(get.as_bytes()).unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    h.set_mode(0o700);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    b.append_data(&mut h, "d/", &[][..]).unwrap();
+    let mut part = tar_of(&[("d/f", 0o644, b"x")]);
+    part.truncate(1024); // the header and the data block, without the end blocks
+    let mut body = b.into_inner().unwrap();
+    body.truncate(512);
+    body.extend_from_slice(&part);
+    let up_dir = dir.join("up");
+    std::fs::create_dir(&up_dir).unwrap();
+    let mut up = connect(&g);
+    let put = format!(
+        "PUT /v1/files?path={} HTTP/1.1\r\nHost: agent\r\nContent-Length: {}\r\n\r\n",
+        up_dir.display(),
+        body.len() + 4096
+    );
+    up.write_all(put.as_bytes()).unwrap();
+    up.write_all(&body).unwrap();
+    g.wait_status(Duration::from_secs(10), |s| {
+        s["activity"]["execSessions"] == 2
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let r = g.hook("suspend", "");
+    assert_eq!(r.status, 200, "{}", r.json());
+    assert_eq!(r.json()["execSessionsEnded"], 2);
+    // Neither transfer holds its place past the suspension.
+    assert_eq!(g.status()["activity"]["execSessions"], 0);
+    // The upload is answered as cut, and the directory's own mode (applied only to a
+    // whole archive) was never set.
+    let mut answer = String::new();
+    up.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = up.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    let mode = std::fs::metadata(up_dir.join("d"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_ne!(
+        mode & 0o7777,
+        0o700,
+        "directory metadata applied to a cut archive"
+    );
+    // The download ends without the chunked body's last chunk: a cut, not a whole tar.
+    down.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = down.read_to_end(&mut got);
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    assert!(got.len() < 32 << 20, "the whole file was sent");
+    assert!(
+        !got.ends_with(b"\r\n0\r\n\r\n"),
+        "the cut stream ended like a whole one"
+    );
 }
 
 #[test]

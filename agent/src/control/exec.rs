@@ -172,34 +172,35 @@ fn download(path: std::path::PathBuf, ticket: Ticket) -> Response<Body> {
         return files_error(e);
     }
     let (tx, rx) = mpsc::channel(CHUNKS);
-    let fail = tx.clone();
+    let done = tx.clone();
+    let (end, runtime) = (ticket.end.clone(), tokio::runtime::Handle::current());
     let job = tokio::task::spawn_blocking(move || {
-        let out = std::io::BufWriter::with_capacity(64 * 1024, ChunkWriter::new(tx));
+        let out = ChunkWriter::new(tx, end, runtime);
+        let out = std::io::BufWriter::with_capacity(64 * 1024, out);
         files::pack(&path, out).map_err(|e| format!("packing {}: {e}", path.display()))
     });
     tokio::spawn(async move {
-        // Ended by a suspension or termination: the stream is cut, not completed.
-        let mut end_rx = ticket.end.clone();
-        let end = async move {
-            let _ = end_rx.wait_for(Option::is_some).await;
-        };
-        tokio::select! {
-            r = job => {
-                if let Ok(Err(e)) = r {
-                    tracing::warn!("files: {e}");
-                    let _ = fail.send(Err(std::io::Error::other(e))).await;
+        // The packer gives up on its own when the session must end, so this wait is
+        // bounded by the host's reading or by the end.
+        match job.await {
+            Ok(Ok(())) => {
+                tokio::select! {
+                    _ = done.send(Ok(Bytes::new())) => {}
+                    _ = ticket.ended() => {}
                 }
             }
-            _ = end => {
-                let _ = fail.send(Err(std::io::Error::other("the MicroVM is being suspended or terminated"))).await;
-            }
+            Ok(Err(e)) => tracing::warn!("files: {e}"),
+            Err(e) => tracing::warn!("files: the packer failed: {e}"),
         }
         drop(ticket);
     });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-tar")
-        .body(Either::Right(ChunkBody(rx)))
+        .body(Either::Right(ChunkBody {
+            rx,
+            complete: false,
+        }))
         .unwrap_or_else(|_| Response::new(Either::Left(Full::new(Bytes::new()))))
 }
 
@@ -207,41 +208,42 @@ async fn upload(path: std::path::PathBuf, body: Incoming, ticket: Ticket) -> Res
     let (tx, rx) = mpsc::channel(CHUNKS);
     let dest = path.clone();
     let job = tokio::task::spawn_blocking(move || files::unpack(&dest, ChunkReader::new(rx)));
+    // True when the session had to end: the unpacker is then told the stream is cut
+    // (an end between two entries would otherwise read as a whole archive).
+    // Moves `tx` in: the unpacker sees the end of input when the feed is done.
+    let ended = ticket.ended();
     let feed = async move {
         let mut body = body;
-        while let Some(frame) = body.frame().await {
-            let chunk = match frame {
-                Ok(f) => match f.into_data() {
-                    Ok(d) => d,
-                    Err(_) => continue,
+        tokio::pin!(ended);
+        loop {
+            let chunk = tokio::select! {
+                f = body.frame() => match f {
+                    None => return false,
+                    Some(Ok(f)) => match f.into_data() {
+                        Ok(d) => Ok(d),
+                        Err(_) => continue,
+                    },
+                    Some(Err(e)) => Err(std::io::Error::other(format!("reading the body: {e}"))),
                 },
-                Err(e) => {
-                    let _ = tx
-                        .send(Err(std::io::Error::other(format!("reading the body: {e}"))))
-                        .await;
-                    return;
+                reason = &mut ended => {
+                    let cut = format!("cut short: the MicroVM is ending the session ({reason:?})");
+                    let _ = tx.send(Err(std::io::Error::other(cut))).await;
+                    return true;
                 }
             };
+            let failed = chunk.is_err();
             // The unpacker stopped (an error): what is left of the body is not read.
-            if tx.send(Ok(chunk)).await.is_err() {
-                return;
+            if tx.send(chunk).await.is_err() || failed {
+                return false;
             }
         }
     };
-    let mut end_rx = ticket.end.clone();
-    let end = async move {
-        let _ = end_rx.wait_for(Option::is_some).await;
-    };
-    let result = tokio::select! {
-        (_, r) = async { tokio::join!(feed, job) } => r,
-        _ = end => {
-            // The blocking unpacker sees its input end early and fails (no partial file
-            // is renamed into place); the answer says why.
-            drop(ticket);
-            return respond(lc_conflict_suspended());
-        }
-    };
+    // The ticket is held until the unpacker is done: a suspension waits for it.
+    let (cut, result) = tokio::join!(feed, job);
     drop(ticket);
+    if cut {
+        return respond(lc_conflict_suspended());
+    }
     match result {
         Ok(Ok(put)) => {
             tracing::info!(path = %path.display(), ?put, "files unpacked");
@@ -262,8 +264,13 @@ fn lc_conflict_suspended() -> Answer {
     .into()
 }
 
-/// A response body fed by a channel of chunks (a tar stream being packed).
-pub struct ChunkBody(mpsc::Receiver<std::io::Result<Bytes>>);
+/// A response body fed by a channel of chunks (a tar stream being packed). An empty
+/// chunk marks the whole stream; a channel that closes without it was cut short, and
+/// the body fails so the host never takes a cut archive for a whole one.
+pub struct ChunkBody {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    complete: bool,
+}
 
 impl hyper::body::Body for ChunkBody {
     type Data = Bytes;
@@ -273,6 +280,19 @@ impl hyper::body::Body for ChunkBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.0.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data)))
+        if self.complete {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(b))) if b.is_empty() => {
+                self.complete = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(r)) => Poll::Ready(Some(r.map(Frame::data))),
+            Poll::Ready(None) => Poll::Ready(Some(Err(std::io::Error::other(
+                "the tar stream was cut short",
+            )))),
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! [`FilesError`] the control channel turns into its answer.
 
 use hyper::body::Bytes;
+use microvm_protocol::exec::EndReason;
 use microvm_protocol::exec::FilesPut;
 use microvm_protocol::{ApiError, ErrorCode};
 use std::fs;
@@ -15,7 +16,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
@@ -199,9 +200,10 @@ fn entry_path(raw: &Path) -> Result<PathBuf, FilesError> {
     Ok(out)
 }
 
-/// Make `rel`'s parent directories below `root`, never through a symlink (an archive
-/// must not write outside the directory it is unpacked into).
-fn parents(root: &Path, rel: &Path, made: &mut u64) -> Result<(), FilesError> {
+/// Walk `rel`'s parent directories below `root`, never through a symlink (an archive
+/// must not reach outside the directory it is unpacked into). Missing ones are made
+/// and counted in `made` when it is given, else refused.
+fn parents(root: &Path, rel: &Path, mut made: Option<&mut u64>) -> Result<(), FilesError> {
     let mut at = root.to_path_buf();
     let Some(parent) = rel.parent() else {
         return Ok(());
@@ -216,10 +218,18 @@ fn parents(root: &Path, rel: &Path, made: &mut u64) -> Result<(), FilesError> {
                     at.display()
                 )))
             }
-            Err(_) => {
-                fs::create_dir(&at).map_err(|e| write_error(&at, e))?;
-                *made += 1;
-            }
+            Err(_) => match made.as_deref_mut() {
+                Some(made) => {
+                    fs::create_dir(&at).map_err(|e| write_error(&at, e))?;
+                    *made += 1;
+                }
+                None => {
+                    return Err(FilesError::BadArchive(format!(
+                        "{} is missing",
+                        at.display()
+                    )))
+                }
+            },
         }
     }
     Ok(())
@@ -275,7 +285,7 @@ pub fn unpack(root: &Path, input: impl Read) -> Result<FilesPut, FilesError> {
             // `.`: the destination itself, which exists and keeps its own mode.
             continue;
         }
-        parents(root, &rel, &mut put.directories)?;
+        parents(root, &rel, Some(&mut put.directories))?;
         match kind {
             tar::EntryType::Directory => {
                 match fs::symlink_metadata(&dest) {
@@ -347,8 +357,19 @@ pub fn unpack(root: &Path, input: impl Read) -> Result<FilesPut, FilesError> {
                     std::os::unix::fs::symlink(&target, &tmp).map_err(|e| write_error(&dest, e))?;
                     chown(&tmp, uid, gid)?;
                 } else {
-                    // A hard link names another entry of the same archive.
-                    let from = root.join(entry_path(&target)?);
+                    // A hard link names a file already unpacked here. link(2) follows
+                    // symlinks in the target's directories, so they are walked like an
+                    // entry's own, and the target itself must be a file, not a link.
+                    let from_rel = entry_path(&target)?;
+                    parents(root, &from_rel, None)?;
+                    let from = root.join(&from_rel);
+                    if !fs::symlink_metadata(&from).is_ok_and(|m| m.is_file()) {
+                        return Err(FilesError::BadArchive(format!(
+                            "hard link {} to {}: the target is not a file unpacked here",
+                            raw.display(),
+                            target.display()
+                        )));
+                    }
                     fs::hard_link(&from, &tmp).map_err(|e| {
                         FilesError::BadArchive(format!(
                             "hard link {} to {}: {e}",
@@ -412,21 +433,43 @@ impl Read for ChunkReader {
 }
 
 /// A blocking writer whose chunks an async task sends on (a response body).
+/// A write waiting for room gives up when the session must end, so a host that stops
+/// reading cannot hold a suspension or the session's place.
 pub struct ChunkWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
+    end: watch::Receiver<Option<EndReason>>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl ChunkWriter {
-    pub fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> ChunkWriter {
-        ChunkWriter { tx }
+    /// Made on a blocking thread of the runtime whose task reads the chunks.
+    pub fn new(
+        tx: mpsc::Sender<io::Result<Bytes>>,
+        end: watch::Receiver<Option<EndReason>>,
+        runtime: tokio::runtime::Handle,
+    ) -> ChunkWriter {
+        ChunkWriter { tx, end, runtime }
     }
 }
 
 impl Write for ChunkWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the host stopped reading"))?;
+        if buf.is_empty() {
+            // An empty chunk is the body's end marker (see ChunkBody): never sent here.
+            return Ok(0);
+        }
+        let chunk = Bytes::copy_from_slice(buf);
+        let (tx, end) = (&self.tx, &mut self.end);
+        self.runtime.block_on(async {
+            tokio::select! {
+                r = tx.send(Ok(chunk)) => r.map_err(|_| {
+                    io::Error::new(io::ErrorKind::BrokenPipe, "the host stopped reading")
+                }),
+                reason = super::ended(end) => Err(io::Error::other(format!(
+                    "cut short: the MicroVM is ending the session ({reason:?})"
+                ))),
+            }
+        })?;
         Ok(buf.len())
     }
 
@@ -528,6 +571,44 @@ mod tests {
         out.extend_from_slice(data);
         out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
         out
+    }
+
+    fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    }
+
+    fn link_entry(b: &mut tar::Builder<Vec<u8>>, kind: tar::EntryType, name: &str, to: &str) {
+        b.append_link(&mut header(kind, 0, 0o777), name, to)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_hard_link_cannot_reach_out_through_a_symlink_of_the_same_archive() {
+        let dst = scratch("hardlink");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header(tar::EntryType::Regular, 1, 0o640);
+        b.append_data(&mut h, "f", &b"x"[..]).unwrap();
+        link_entry(&mut b, tar::EntryType::Link, "same", "f");
+        link_entry(&mut b, tar::EntryType::Symlink, "up", "/");
+        link_entry(&mut b, tar::EntryType::Link, "passwd", "up/etc/passwd");
+        let e = unpack(&dst, &b.into_inner().unwrap()[..]).unwrap_err();
+        assert!(matches!(e, FilesError::BadRequest(_)), "{e}");
+        assert!(fs::symlink_metadata(dst.join("passwd")).is_err());
+        // A link within the archive works; one to a symlink is refused.
+        assert_eq!(fs::read(dst.join("same")).unwrap(), b"x");
+        let mut b = tar::Builder::new(Vec::new());
+        link_entry(&mut b, tar::EntryType::Link, "up2", "up");
+        let e = unpack(&dst, &b.into_inner().unwrap()[..]).unwrap_err();
+        assert!(matches!(e, FilesError::BadArchive(_)), "{e}");
+        assert!(fs::symlink_metadata(dst.join("up2")).is_err());
+        fs::remove_dir_all(&dst).unwrap();
     }
 
     #[test]

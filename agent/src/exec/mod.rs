@@ -69,6 +69,24 @@ pub struct Ticket {
     _busy: Busy,
 }
 
+impl Ticket {
+    /// Resolves with why the session must end (a suspension or termination closing
+    /// sessions); a registry that is gone counts as termination.
+    pub fn ended(&self) -> impl std::future::Future<Output = EndReason> + Send + 'static {
+        let mut end = self.end.clone();
+        async move { ended(&mut end).await }
+    }
+}
+
+/// See [`Ticket::ended`].
+pub async fn ended(end: &mut watch::Receiver<Option<EndReason>>) -> EndReason {
+    end.wait_for(Option::is_some)
+        .await
+        .ok()
+        .and_then(|r| *r)
+        .unwrap_or(EndReason::Terminate)
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.exec.lock().live.remove(&self.id);
@@ -203,19 +221,12 @@ mod tests {
         e.run_started(true);
         let t = e.admit().unwrap();
         assert!(e.activity.is_busy(), "a session keeps the VM awake");
-        let mut end = t.end.clone();
-        let waiter = tokio::spawn(async move {
-            end.wait_for(Option::is_some)
-                .await
-                .map(|r| *r)
-                .ok()
-                .flatten()
-        });
+        let waiter = tokio::spawn(t.ended());
         let closing = {
             let e = e.clone();
             tokio::spawn(async move { e.close(EndReason::Suspend, Duration::from_secs(5)).await })
         };
-        assert_eq!(waiter.await.unwrap(), Some(EndReason::Suspend));
+        assert_eq!(waiter.await.unwrap(), EndReason::Suspend);
         assert_eq!(e.admit().err(), Some(Refusal::NotNow), "suspended");
         drop(t);
         assert_eq!(

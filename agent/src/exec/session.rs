@@ -16,7 +16,7 @@ use microvm_protocol::status::Exit;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,8 +40,8 @@ const TERMINAL_EOF: u8 = 0x04;
 
 /// How the host side of a session ended, if it did first.
 enum HostEnd {
-    /// The connection failed (a clean end of the host's frames is only the end of
-    /// stdin: a host may half-close and still read).
+    /// The connection closed (even half: stdin ends with an empty stdin frame) or
+    /// failed.
     Gone,
     ProtocolError(String),
 }
@@ -63,11 +63,10 @@ where
     let (host_rd, host_wr) = tokio::io::split(io);
     let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let mut writer = tokio::spawn(write_frames(host_wr, out_rx));
-    let started = Instant::now();
-    let progress = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Progress::new());
     let mut readers = JoinSet::new();
     let (stdin_tx, stdin_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
-    let plumbing = plumb(streams, &mut readers, &out_tx, &progress, started, stdin_rx);
+    let plumbing = plumb(streams, &mut readers, &out_tx, &progress, stdin_rx);
     let (input, stdin_task) = match plumbing {
         Ok((terminal, stdin_task)) => (
             Input {
@@ -88,7 +87,6 @@ where
         }
     };
     let mut host = tokio::spawn(read_frames(host_rd, input, pid));
-    let mut end = ticket.end.clone();
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let timed_out = async {
         match deadline {
@@ -99,9 +97,7 @@ where
     let (reason, message, status) = tokio::select! {
         status = &mut exit => (EndReason::Exited, None, status.ok()),
         _ = timed_out => (EndReason::Timeout, None, None),
-        reason = async { end.wait_for(Option::is_some).await.ok().and_then(|r| *r) } => {
-            (reason.unwrap_or(EndReason::Terminate), None, None)
-        }
+        reason = ticket.ended() => (reason, None, None),
         h = &mut host => match h {
             Ok(HostEnd::ProtocolError(m)) => (EndReason::ProtocolError, Some(m), None),
             _ => return gone(pid, exit, readers, writer, stdin_task).await,
@@ -123,7 +119,7 @@ where
     if let Some(t) = stdin_task {
         t.abort();
     }
-    drain(&mut readers, &progress, started).await;
+    drain(&mut readers, &progress, &ticket.end).await;
     let frame = exit_frame(status, reason, message);
     tracing::info!(pid, ?frame, "exec session ended");
     let body = serde_json::to_vec(&frame).unwrap_or_default();
@@ -185,8 +181,7 @@ fn plumb(
     streams: Streams,
     readers: &mut JoinSet<()>,
     out: &mpsc::Sender<Vec<u8>>,
-    progress: &Arc<AtomicU64>,
-    started: Instant,
+    progress: &Arc<Progress>,
     stdin_rx: mpsc::Receiver<Vec<u8>>,
 ) -> std::io::Result<Plumbed> {
     let receiver = |fd: OwnedFd| -> std::io::Result<pipe::Receiver> {
@@ -198,13 +193,7 @@ fn plumb(
         pipe::Sender::from_owned_fd_unchecked(fd)
     };
     let mut read = |kind: Kind, rx: pipe::Receiver| {
-        readers.spawn(read_output(
-            kind,
-            rx,
-            out.clone(),
-            progress.clone(),
-            started,
-        ));
+        readers.spawn(read_output(kind, rx, out.clone(), progress.clone()));
     };
     match streams {
         Streams::Pipes {
@@ -229,16 +218,54 @@ fn plumb(
     }
 }
 
-fn mark(progress: &AtomicU64, started: Instant) {
-    progress.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+/// When the process's output last moved, and how many readers wait for the host to
+/// take a frame: a reader held up by a slow host is not a quiet pipe.
+struct Progress {
+    started: Instant,
+    last_ms: AtomicU64,
+    sending: AtomicUsize,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            sending: AtomicUsize::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> u64 {
+        self.last_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a reader as sending for as long as it lives (an aborted send included).
+struct Sending<'a>(&'a Progress);
+
+impl<'a> Sending<'a> {
+    fn new(p: &'a Progress) -> Sending<'a> {
+        p.sending.fetch_add(1, Ordering::Relaxed);
+        Sending(p)
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn read_output(
     kind: Kind,
     mut rx: pipe::Receiver,
     out: mpsc::Sender<Vec<u8>>,
-    progress: Arc<AtomicU64>,
-    started: Instant,
+    progress: Arc<Progress>,
 ) {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
@@ -247,29 +274,37 @@ async fn read_output(
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        mark(&progress, started);
+        progress.mark();
+        let sending = Sending::new(&progress);
         if out.send(exec::frame(kind, &buf[..n])).await.is_err() {
             return;
         }
-        mark(&progress, started);
+        drop(sending);
+        progress.mark();
     }
 }
 
-/// Forward output until every reader is done or none made progress for [`DRAIN_QUIET`].
-async fn drain(readers: &mut JoinSet<()>, progress: &AtomicU64, started: Instant) {
+/// Forward output until every reader is done, or nothing moved for [`DRAIN_QUIET`]
+/// while no reader was waiting on the host. A reader held up by a slow host is flow
+/// control, not a quiet pipe (the process itself would have waited on the same host);
+/// only a session that must end (`ending`: suspend, terminate) stops waiting on it.
+async fn drain(
+    readers: &mut JoinSet<()>,
+    progress: &Progress,
+    ending: &tokio::sync::watch::Receiver<Option<EndReason>>,
+) {
     loop {
-        let last = Duration::from_millis(progress.load(Ordering::Relaxed));
-        let quiet_until = started + last.max(started.elapsed()) + DRAIN_QUIET;
-        let until = tokio::time::Instant::from_std(quiet_until);
+        let last = progress.last();
+        let until = tokio::time::Instant::now() + DRAIN_QUIET;
         match tokio::time::timeout_at(until, readers.join_next()).await {
             Ok(None) => return,
-            Ok(Some(_)) => continue,
+            Ok(Some(_)) => {}
+            Err(_) if progress.last() != last => {}
+            Err(_) if progress.sending.load(Ordering::Relaxed) > 0 && ending.borrow().is_none() => {
+            }
             Err(_) => {
-                let now = Duration::from_millis(progress.load(Ordering::Relaxed));
-                if now == last {
-                    readers.abort_all();
-                    return;
-                }
+                readers.abort_all();
+                return;
             }
         }
     }
