@@ -218,7 +218,7 @@ pub fn spawn(plan: &Plan, base: &Base, reaper: &Reaper) -> Result<Spawned, ApiEr
     let groups: Vec<libc::gid_t> = id.groups.clone();
     let reset = base.reset_oom_score;
     // SAFETY: the closure runs in the child between fork and exec and makes only
-    // async-signal-safe calls (setsid, ioctl, open/write/close, set*id) on values
+    // async-signal-safe calls (setsid, ioctl, open/write/close, raw set*id) on values
     // prepared before the fork; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
@@ -238,9 +238,17 @@ pub fn spawn(plan: &Plan, base: &Base, reaper: &Reaper) -> Result<Spawned, ApiEr
             if reset {
                 crate::supervisor::cgroup::reset_oom_score_in_child()?;
             }
-            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
-            check(libc::setresgid(id.gid, id.gid, id.gid))?;
-            check(libc::setresuid(id.uid, id.uid, id.uid))?;
+            // Raw system calls, as in supervisor/privileges.rs: musl's wrappers
+            // synchronise every thread of the parent, which a forked child does not
+            // have (and whose lock another thread may have held at the fork).
+            let sys = |r: libc::c_long| check(if r < 0 { -1 } else { 0 });
+            sys(libc::syscall(
+                libc::SYS_setgroups,
+                groups.len(),
+                groups.as_ptr(),
+            ))?;
+            sys(libc::syscall(libc::SYS_setresgid, id.gid, id.gid, id.gid))?;
+            sys(libc::syscall(libc::SYS_setresuid, id.uid, id.uid, id.uid))?;
             Ok(())
         });
     }
