@@ -617,6 +617,49 @@ impl Drop for Guest {
     }
 }
 
+/// A tar stream's entries as (name, mode bits, uid), sorted; a directory's name
+/// without the trailing '/' some writers give it (GNU tar, the tar crate's root).
+pub fn tar_listing(archive: &[u8]) -> Vec<(String, u32, u64)> {
+    let mut out: Vec<_> = tar::Archive::new(archive)
+        .entries()
+        .expect("a tar stream")
+        .map(|e| {
+            let e = e.expect("a tar entry");
+            let h = e.header();
+            let name = e.path().expect("an entry name").display().to_string();
+            (
+                name.trim_end_matches('/').to_string(),
+                h.mode().expect("a mode") & 0o7777,
+                h.uid().expect("a uid"),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Read an exec session's stdout frames until `want` appears in what was read.
+pub fn read_until(s: &mut microvm_local::exec::Session, want: &str) -> String {
+    use microvm_protocol::exec::Kind;
+    let mut seen = Vec::new();
+    loop {
+        match s.next_frame().expect("a frame") {
+            Some((Kind::Stdout, b)) => seen.extend_from_slice(&b),
+            Some((Kind::Exit, b)) => panic!(
+                "exited before {want:?}: {} after {:?}",
+                String::from_utf8_lossy(&b),
+                String::from_utf8_lossy(&seen)
+            ),
+            Some(_) => {}
+            None => panic!("closed before {want:?}"),
+        }
+        let text = String::from_utf8_lossy(&seen).to_string();
+        if text.contains(want) {
+            return text;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Run only by [`a_skip_fails_under_ci_and_passes_elsewhere`], in a child process.

@@ -216,27 +216,6 @@ fn a_timeout_kills_the_whole_process_group() {
     }
 }
 
-/// Read stdout frames until `want` appears in what was read.
-fn read_until(s: &mut Session, want: &str) -> String {
-    let mut seen = Vec::new();
-    loop {
-        match s.next_frame().unwrap() {
-            Some((Kind::Stdout, b)) => seen.extend_from_slice(&b),
-            Some((Kind::Exit, b)) => panic!(
-                "exited before {want:?}: {} after {:?}",
-                String::from_utf8_lossy(&b),
-                String::from_utf8_lossy(&seen)
-            ),
-            Some(_) => {}
-            None => panic!("closed before {want:?}"),
-        }
-        let text = String::from_utf8_lossy(&seen).to_string();
-        if text.contains(want) {
-            return text;
-        }
-    }
-}
-
 #[test]
 fn a_terminal_reports_its_size_and_follows_a_resize() {
     let g = guest("exec-tty");
@@ -475,23 +454,7 @@ fn files_go_in_and_out_as_tar_streams_keeping_modes_and_owners() {
     // Out again: the same entries, modes and owners.
     let mut back = Vec::new();
     client::files::get(connect(&g), &dest.join("tree"), &mut back).unwrap();
-    let mut names = vec![];
-    for e in tar::Archive::new(&back[..]).entries().unwrap() {
-        let e = e.unwrap();
-        let h = e.header();
-        names.push((
-            // Directory names may end in '/' (as GNU tar writes them).
-            e.path()
-                .unwrap()
-                .display()
-                .to_string()
-                .trim_end_matches('/')
-                .to_string(),
-            h.mode().unwrap() & 0o7777,
-            h.uid().unwrap(),
-        ));
-    }
-    names.sort();
+    let names = tar_listing(&back);
     assert_eq!(
         names,
         [

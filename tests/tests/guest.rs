@@ -236,7 +236,7 @@ fn exec_req(command: &[&str]) -> microvm_protocol::exec::ExecRequest {
 #[test]
 fn exec_and_files_in_a_real_guest() {
     use microvm_local::exec::{self as client, Session};
-    use microvm_protocol::exec::{EndReason, Kind, TtySize};
+    use microvm_protocol::exec::{EndReason, TtySize};
     let Some(vm) = boot("exec") else {
         return;
     };
@@ -305,15 +305,8 @@ fn exec_and_files_in_a_real_guest() {
     let mut r = exec_req(&["sh", "-c", "stty size; echo ready; read x; stty size"]);
     r.tty = Some(TtySize { rows: 24, cols: 80 });
     let mut s = Session::start(control(), &r).unwrap();
-    let mut seen = Vec::new();
-    while !String::from_utf8_lossy(&seen).contains("ready") {
-        match s.next_frame().unwrap() {
-            Some((Kind::Stdout, b)) => seen.extend_from_slice(&b),
-            Some((Kind::Exit, b)) => panic!("exited early: {}", String::from_utf8_lossy(&b)),
-            _ => {}
-        }
-    }
-    assert!(String::from_utf8_lossy(&seen).contains("24 80"), "{seen:?}");
+    let seen = read_until(&mut s, "ready");
+    assert!(seen.contains("24 80"), "{seen:?}");
     s.resize(TtySize {
         rows: 50,
         cols: 160,
@@ -371,24 +364,10 @@ fn exec_and_files_in_a_real_guest() {
     );
     let mut back = Vec::new();
     client::files::get(control(), Path::new("/tmp/tree"), &mut back).unwrap();
-    let mut modes: Vec<(String, u32)> = tar::Archive::new(&back[..])
-        .entries()
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                // Directory names may end in '/' (as GNU tar writes them).
-                e.path()
-                    .unwrap()
-                    .display()
-                    .to_string()
-                    .trim_end_matches('/')
-                    .to_string(),
-                e.header().mode().unwrap() & 0o7777,
-            )
-        })
+    let modes: Vec<(String, u32)> = tar_listing(&back)
+        .into_iter()
+        .map(|(name, mode, _)| (name, mode))
         .collect();
-    modes.sort();
     assert_eq!(
         modes,
         [

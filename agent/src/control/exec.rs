@@ -3,12 +3,12 @@
 
 use super::answer::Answer;
 use super::lifecycle::Lifecycle;
-use super::routes::{read_body, request_error, Body};
+use super::routes::{build, empty, read_body, request_error, Body};
 use crate::config::{self, RequestError};
 use crate::exec::files::{self, ChunkReader, ChunkWriter, FilesError};
 use crate::exec::{session, spawn, Refusal, Ticket};
 use crate::supervisor::privileges::read_user_db;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Either};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -103,22 +103,18 @@ pub async fn exec_request(lc: &Arc<Lifecycle>, mut req: Request<Incoming>) -> Re
             Err(e) => {
                 // The host left before the upgrade: the process must not run on alone.
                 tracing::warn!(pid, "exec upgrade failed ({e}); killing the process group");
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                session::kill_group(pid);
                 let _ = tokio::time::timeout(session::KILL_WAIT, spawned.exit).await;
                 drop(ticket);
             }
         }
     });
-    Response::builder()
+    let head = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, UPGRADE)
-        .header(PID_HEADER, pid.to_string())
-        .body(Either::Left(Full::new(Bytes::new())))
-        .unwrap_or_else(|_| Response::new(Either::Left(Full::new(Bytes::new()))))
+        .header(PID_HEADER, pid.to_string());
+    build(head, empty())
 }
 
 fn respond(a: Answer) -> Response<Body> {
@@ -155,11 +151,12 @@ pub async fn files_request(lc: &Arc<Lifecycle>, req: Request<Incoming>) -> Respo
     };
     match parts.method {
         Method::HEAD => match files::file_type(&path) {
-            Ok(t) => Response::builder()
-                .status(StatusCode::OK)
-                .header(TYPE_HEADER, t)
-                .body(Either::Left(Full::new(Bytes::new())))
-                .unwrap_or_else(|_| Response::new(Either::Left(Full::new(Bytes::new())))),
+            Ok(t) => build(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(TYPE_HEADER, t),
+                empty(),
+            ),
             Err(e) => files_error(e),
         },
         Method::GET => download(path, ticket),
@@ -194,14 +191,16 @@ fn download(path: std::path::PathBuf, ticket: Ticket) -> Response<Body> {
         }
         drop(ticket);
     });
-    Response::builder()
+    let head = Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/x-tar")
-        .body(Either::Right(ChunkBody {
+        .header(header::CONTENT_TYPE, "application/x-tar");
+    build(
+        head,
+        Either::Right(ChunkBody {
             rx,
             complete: false,
-        }))
-        .unwrap_or_else(|_| Response::new(Either::Left(Full::new(Bytes::new()))))
+        }),
+    )
 }
 
 async fn upload(path: std::path::PathBuf, body: Incoming, ticket: Ticket) -> Response<Body> {

@@ -96,8 +96,19 @@ pub(super) fn respond(answer: Answer, allow: Option<&str>) -> Response<Body> {
     if let Some(a) = allow {
         r = r.header(header::ALLOW, a);
     }
-    r.body(Either::Left(Full::new(Bytes::from(body))))
-        .unwrap_or_else(|_| Response::new(Either::Left(Full::new(Bytes::new()))))
+    build(r, Either::Left(Full::new(Bytes::from(body))))
+}
+
+/// A response from `builder`, or an empty 200 should a header fail to build (the
+/// headers set here are all literals or numbers: never expected).
+pub(super) fn build(builder: hyper::http::response::Builder, body: Body) -> Response<Body> {
+    builder
+        .body(body)
+        .unwrap_or_else(|_| Response::new(empty()))
+}
+
+pub(super) fn empty() -> Body {
+    Either::Left(Full::new(Bytes::new()))
 }
 
 pub(super) async fn read_body(body: Incoming) -> Result<Bytes, Answer> {

@@ -166,7 +166,7 @@ pub fn exit_frame(status: Exit, reason: EndReason, message: Option<String>) -> E
     }
 }
 
-fn kill_group(pgid: i32) {
+pub fn kill_group(pgid: i32) {
     if let Err(e) = killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
         if e != nix::errno::Errno::ESRCH {
             tracing::warn!(pgid, "killing an exec process group: {e}");
