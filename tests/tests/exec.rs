@@ -185,6 +185,21 @@ fn output_waiting_for_a_slow_host_after_the_exit_is_not_dropped() {
     let out = s.wait().unwrap();
     assert_eq!(out.exit.exit_code, Some(0));
     assert_eq!(out.stdout.len(), 3_000_000);
+    // The same, but the host half-closes instead of reading: that hang-up ends the
+    // drain, kills the left child and frees the place.
+    let stream = connect(&g);
+    let half = stream.try_clone().unwrap();
+    let s = Session::start(
+        stream,
+        &req(&["sh", "-c", "head -c 3000000 /dev/zero & exit 0"]),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    g.wait_status(Duration::from_secs(3), |s| {
+        s["activity"]["execSessions"] == 0
+    });
+    drop(s);
 }
 
 #[test]

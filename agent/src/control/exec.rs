@@ -224,6 +224,9 @@ async fn upload(path: std::path::PathBuf, body: Incoming, ticket: Ticket) -> Res
                     },
                     Some(Err(e)) => Err(std::io::Error::other(format!("reading the body: {e}"))),
                 },
+                // The unpacker is done (the archive's end, or an error): the rest
+                // of the body (tar's padding) is not waited for.
+                _ = tx.closed() => return false,
                 reason = &mut ended => {
                     let cut = format!("cut short: the MicroVM is ending the session ({reason:?})");
                     let _ = tx.send(Err(std::io::Error::other(cut))).await;
@@ -240,7 +243,8 @@ async fn upload(path: std::path::PathBuf, body: Incoming, ticket: Ticket) -> Res
     // The ticket is held until the unpacker is done: a suspension waits for it.
     let (cut, result) = tokio::join!(feed, job);
     drop(ticket);
-    if cut {
+    // An unpacker that finished before the cut did the whole archive.
+    if cut && !matches!(result, Ok(Ok(_))) {
         return respond(lc_conflict_suspended());
     }
     match result {

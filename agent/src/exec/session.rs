@@ -115,11 +115,22 @@ where
             }
         }
     };
-    host.abort();
+    // The host is still watched while output drains (it may hang up then too); its
+    // task already ended on a protocol error.
+    let host = (reason != EndReason::ProtocolError).then_some(host);
+    let hung_up = drain(&mut readers, &progress, &ticket.end, host, pid).await;
     if let Some(t) = stdin_task {
         t.abort();
     }
-    drain(&mut readers, &progress, &ticket.end).await;
+    if hung_up {
+        // Nobody is there for the exit frame.
+        writer.abort();
+        tracing::info!(
+            pid,
+            "exec session: the host went away after the exit; process group killed"
+        );
+        return;
+    }
     let frame = exit_frame(status, reason, message);
     tracing::info!(pid, ?frame, "exec session ended");
     let body = serde_json::to_vec(&frame).unwrap_or_default();
@@ -287,27 +298,54 @@ async fn read_output(
 /// Forward output until every reader is done, or nothing moved for [`DRAIN_QUIET`]
 /// while no reader was waiting on the host. A reader held up by a slow host is flow
 /// control, not a quiet pipe (the process itself would have waited on the same host);
-/// only a session that must end (`ending`: suspend, terminate) stops waiting on it.
+/// only a session that must end (`ending`: suspend, terminate) or a host that hangs
+/// up (which kills the group, as during the run) stops waiting on it. True when the
+/// host hung up.
 async fn drain(
     readers: &mut JoinSet<()>,
     progress: &Progress,
     ending: &tokio::sync::watch::Receiver<Option<EndReason>>,
-) {
+    host: Option<tokio::task::JoinHandle<HostEnd>>,
+    pgid: i32,
+) -> bool {
+    let stop = host.as_ref().map(|h| h.abort_handle());
+    let hung_up = async move {
+        match host {
+            Some(h) => {
+                let _ = h.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(hung_up);
+    let mut gone = false;
     loop {
         let last = progress.last();
         let until = tokio::time::Instant::now() + DRAIN_QUIET;
-        match tokio::time::timeout_at(until, readers.join_next()).await {
-            Ok(None) => return,
-            Ok(Some(_)) => {}
-            Err(_) if progress.last() != last => {}
-            Err(_) if progress.sending.load(Ordering::Relaxed) > 0 && ending.borrow().is_none() => {
+        let give_up = tokio::select! {
+            _ = &mut hung_up => {
+                kill_group(pgid);
+                gone = true;
+                true
             }
-            Err(_) => {
-                readers.abort_all();
-                return;
-            }
+            r = tokio::time::timeout_at(until, readers.join_next()) => match r {
+                Ok(None) => break,
+                Ok(Some(_)) => false,
+                Err(_) if progress.last() != last => false,
+                Err(_) => {
+                    progress.sending.load(Ordering::Relaxed) == 0 || ending.borrow().is_some()
+                }
+            },
+        };
+        if give_up {
+            readers.abort_all();
+            break;
         }
     }
+    if let Some(stop) = stop {
+        stop.abort();
+    }
+    gone
 }
 
 async fn write_stdin(tx: pipe::Sender, mut rx: mpsc::Receiver<Vec<u8>>, terminal: bool) {
