@@ -57,10 +57,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 if ! "$root/.tools/bin/vhost-device-vsock" --version >/dev/null 2>&1; then
   cargo install --locked --quiet vhost-device-vsock@0.3.0 --root "$root/.tools"
 fi
-# moto: a real CloudWatch Logs wire-protocol server for the log tests, pinned.
-if ! "$root/.venv/bin/moto_server" --help >/dev/null 2>&1; then
+# moto: a real CloudWatch Logs wire-protocol server for the log tests; the AWS CLI
+# (v1, with `aws lambda-microvms` from botocore's model) and boto3 that drive
+# `microvm-local serve` in the endpoint tests. All pinned.
+if ! "$root/.venv/bin/moto_server" --help >/dev/null 2>&1 ||
+  ! "$root/.venv/bin/aws" --version 2>&1 | grep -q '^aws-cli/1\.46\.3 '; then
   python3 -m venv "$root/.venv"
-  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
+  "$root/.venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.5' 'awscli==1.46.3'
 fi
 # apt-get download (the kernel and the toolbox's busybox for images) needs fresh
 # package lists.

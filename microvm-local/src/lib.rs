@@ -36,6 +36,7 @@
 //! - [`exec`]: the exec and files client (sessions, frames, tar streams) over any
 //!   connected Unix stream; [`connect`]: a MicroVM by id; [`attach`]: the `exec` and
 //!   `shell` commands; [`terminal`]: raw mode and window size; [`cp`]: `cp`.
+//! - [`serve`]: the local Lambda MicroVMs endpoint (`microvm-local serve`).
 //! - [`vm`]: QEMU + vhost-device-vsock, hybrid vsock, QMP; [`http`]: the client;
 //!   [`bridge`]: the per-connection bridge of a forwarded egress endpoint;
 //!   [`host`]: the host's clock, entropy, ids and timestamps.
@@ -52,6 +53,7 @@ pub mod host;
 pub mod http;
 pub mod params;
 pub mod run;
+pub mod serve;
 pub mod session;
 pub mod shorthand;
 pub mod signals;

@@ -19,6 +19,9 @@ pub enum CliError {
     Validation(Vec<String>),
     /// Asked for help or the version: the text goes to stdout (exit 0).
     Info(String),
+    /// What the service would refuse (exit 254, as the CLI prints a service error):
+    /// the error's type and message.
+    Service(&'static str, String),
 }
 
 impl std::fmt::Display for CliError {
@@ -30,6 +33,10 @@ impl std::fmt::Display for CliError {
                 write!(f, "\nParameter validation failed:\n{}", v.join("\n"))
             }
             CliError::Info(text) => f.write_str(text.trim_end()),
+            CliError::Service(kind, m) => write!(
+                f,
+                "\nAn error occurred ({kind}) when calling the RunMicrovm operation: {m}"
+            ),
         }
     }
 }
@@ -40,6 +47,7 @@ impl CliError {
             CliError::Info(_) => 0,
             CliError::Usage(_) | CliError::Operation(_) => 252,
             CliError::Validation(_) => 255,
+            CliError::Service(..) => 254,
         }
     }
 }
@@ -57,6 +65,8 @@ pub enum Invocation {
     Exec(Box<crate::attach::ExecArgs>),
     /// `cp` into or out of a running MicroVM.
     Cp(crate::cp::CpArgs),
+    /// `serve`: the local endpoint.
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 /// A validated `run-microvm`.
@@ -82,6 +92,10 @@ pub struct RunArgs {
     pub credentials_lifetime_s: u64,
     /// `--cold-boot`: boot the kernel even when the image has a snapshot.
     pub cold_boot: bool,
+    /// `serve`'s runners: the endpoint on a Unix socket, the id, errors as JSON.
+    pub endpoint_socket: Option<std::path::PathBuf>,
+    pub microvm_id: Option<String>,
+    pub json_errors: bool,
 }
 
 /// `GUEST_PORT=HOST:PORT` of `--forward`.
@@ -148,6 +162,9 @@ pub fn finish(mut args: RunArgs) -> Result<RunArgs, CliError> {
         .unwrap_or(microvm_protocol::limits::MIN_IDLE_SECONDS);
     args.warnings =
         validate::validate_with(&args.request, min_idle).map_err(CliError::Validation)?;
+    // The one-shot runner plays the service too: it refuses what the service would.
+    validate::service_limits(&args.request)
+        .map_err(|m| CliError::Service("ValidationException", m))?;
     args.envelope = envelope(&args.request).map_err(CliError::Validation)?;
     Ok(args)
 }
@@ -200,14 +217,15 @@ pub fn skeleton(kind: &str) -> Value {
         });
     }
     json!({
+        "ingressNetworkConnectors": [""],
+        "egressNetworkConnectors": [""],
         "imageIdentifier": "",
+        "imageVersion": "",
         "executionRoleArn": "",
         "idlePolicy": {"maxIdleDurationSeconds": 0, "suspendedDurationSeconds": 0, "autoResumeEnabled": true},
         "logging": {"disabled": {}, "cloudWatch": {"logGroup": "", "logStream": ""}},
         "runHookPayload": "",
         "maximumDurationInSeconds": 0,
-        "ingressNetworkConnectors": [""],
-        "egressNetworkConnectors": [""],
         "clientToken": ""
     })
 }

@@ -37,6 +37,7 @@ where
         Ok(Invocation::Snapshot(dir)) => snapshot_image(&dir),
         Ok(Invocation::Exec(a)) => crate::attach::main(&a),
         Ok(Invocation::Cp(a)) => crate::cp::main(&a),
+        Ok(Invocation::Serve(a)) => crate::serve::main(*a),
         Err(e @ CliError::Info(_)) => {
             println!("{e}");
             0
@@ -93,7 +94,18 @@ fn run(a: &RunArgs) -> i32 {
             return 254;
         }
     };
-    let microvm_id = host::microvm_id();
+    if a.json_errors {
+        crate::session::report_errors_as_json();
+    }
+    let microvm_id = match &a.microvm_id {
+        // Chosen by `serve`; it names a directory, so it must be one name.
+        Some(id) if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+            eprintln!("microvm-local: --microvm-id {id:?}: letters, digits and '-' only");
+            return 252;
+        }
+        Some(id) => id.clone(),
+        None => host::microvm_id(),
+    };
     let base = std::env::temp_dir().join("microvm-local");
     for gone in crate::vm::sweep_stale(&base) {
         eprintln!(
@@ -224,14 +236,13 @@ fn image_build_hooks(host: &Arc<Host>, image: &Image) -> Result<(), i32> {
 
 fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image: &Image, image_path: &str) -> i32 {
     let req = &a.request;
-    let endpoint = match std::net::TcpListener::bind(("127.0.0.1", a.endpoint_port)) {
+    let endpoint = match Endpoint::bind(a) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("microvm-local: endpoint port {}: {e}", a.endpoint_port);
+            eprintln!("microvm-local: endpoint: {e}");
             return finish(host, 255);
         }
     };
-    let endpoint_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
     if let Err(code) = image_build_hooks(host, image) {
         return finish(host, code);
     }
@@ -271,7 +282,7 @@ fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image: &Image, image_p
         "microvmId": microvm_id,
         "imageArn": image_path,
         "state": r.json()["state"].clone(),
-        "endpoint": format!("http://127.0.0.1:{endpoint_port}"),
+        "endpoint": endpoint.url(),
         "startedAt": started_at,
     });
     for k in [
@@ -301,7 +312,10 @@ fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image: &Image, image_p
     }
     {
         let h = host.clone();
-        std::thread::spawn(move || h.serve_endpoint(endpoint));
+        std::thread::spawn(move || match endpoint {
+            Endpoint::Tcp(l) => h.serve_endpoint(l.incoming()),
+            Endpoint::Unix(l, _) => h.serve_endpoint(l.incoming()),
+        });
         let h = host.clone();
         std::thread::spawn(move || h.poll_events());
     }
@@ -325,6 +339,39 @@ fn drive(host: &Arc<Host>, a: &RunArgs, microvm_id: &str, image: &Image, image_p
     finish(host, 0)
 }
 
+/// Where clients reach the MicroVM: a TCP port on 127.0.0.1, or (for `serve`) a
+/// Unix socket behind the server's authenticating proxy.
+enum Endpoint {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener, std::path::PathBuf),
+}
+
+impl Endpoint {
+    fn bind(a: &RunArgs) -> Result<Endpoint, String> {
+        match &a.endpoint_socket {
+            Some(p) => {
+                let _ = std::fs::remove_file(p);
+                std::os::unix::net::UnixListener::bind(p)
+                    .map(|l| Endpoint::Unix(l, p.clone()))
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            }
+            None => std::net::TcpListener::bind(("127.0.0.1", a.endpoint_port))
+                .map(Endpoint::Tcp)
+                .map_err(|e| format!("port {}: {e}", a.endpoint_port)),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Endpoint::Tcp(l) => format!(
+                "http://127.0.0.1:{}",
+                l.local_addr().map(|a| a.port()).unwrap_or(0)
+            ),
+            Endpoint::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
 fn interactive(host: &Arc<Host>) {
     eprintln!("microvm-local: commands: suspend, resume, terminate, status, sleep=N, quit");
     // stdin is read on a thread of its own: a signal must end the session even while
@@ -341,6 +388,14 @@ fn interactive(host: &Arc<Host>) {
     loop {
         let line = match lines.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => line,
+            // A guest gone by itself (powered off, QEMU crashed, terminated after its
+            // suspended duration) ends the session: `serve` learns it by our exit.
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                if host.terminated()
+                    || (!host.suspended() && host.vm.wait_exit(Duration::ZERO)) =>
+            {
+                break
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !signals::stopping() => continue,
             Err(_) => break,
         };

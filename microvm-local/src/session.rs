@@ -66,14 +66,27 @@ fn answer(r: std::io::Result<Reply>) -> Result<Value, String> {
     Ok(json!({"status": r.status, "answer": r.json()}))
 }
 
-/// One line per action on stdout (JSON), errors on stderr.
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `serve`'s runners: failed actions are JSON lines on stdout as well.
+pub fn report_errors_as_json() {
+    JSON_ERRORS.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// One line per action on stdout (JSON), errors on stderr (and, for `serve`'s
+/// runners, as `{"action", "error"}` on stdout).
 pub fn report(action: &str, r: Result<Value, String>) {
     match r {
         Ok(mut v) => {
             v["action"] = json!(action);
             println!("{v}");
         }
-        Err(e) => eprintln!("microvm-local: {action}: {e}"),
+        Err(e) => {
+            eprintln!("microvm-local: {action}: {e}");
+            if JSON_ERRORS.load(std::sync::atomic::Ordering::SeqCst) {
+                println!("{}", json!({"action": action, "error": e}));
+            }
+        }
     }
 }
 
@@ -367,8 +380,11 @@ impl Host {
     /// The MicroVM's endpoint: each client connection goes to the agent's ingress
     /// over vsock; a suspended VM is resumed first (autoResumeEnabled), and the client
     /// waits until /resume has answered.
-    pub fn serve_endpoint(self: Arc<Self>, listener: std::net::TcpListener) {
-        for client in listener.incoming() {
+    pub fn serve_endpoint<S: Duplex>(
+        self: Arc<Self>,
+        clients: impl Iterator<Item = std::io::Result<S>>,
+    ) {
+        for client in clients {
             let Ok(client) = client else { continue };
             let host = self.clone();
             std::thread::spawn(move || {
@@ -393,9 +409,34 @@ impl Host {
     }
 }
 
+/// A client connection of the endpoint: TCP (the one-shot runner's port) or a Unix
+/// socket (`serve`'s runners, behind the server's authenticating proxy).
+pub trait Duplex: std::io::Read + std::io::Write + Send + Sized + 'static {
+    fn duplicate(&self) -> std::io::Result<Self>;
+    fn close_write(&self);
+}
+
+impl Duplex for std::net::TcpStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl Duplex for std::os::unix::net::UnixStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn close_write(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// Copy both ways until either side closes.
-fn pipe(client: std::net::TcpStream, up: std::os::unix::net::UnixStream) {
-    let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), up.try_clone()) else {
+fn pipe<S: Duplex>(client: S, up: std::os::unix::net::UnixStream) {
+    let (Ok(mut c2), Ok(mut u2)) = (client.duplicate(), up.try_clone()) else {
         return;
     };
     let _ = up.set_read_timeout(None);
@@ -405,7 +446,7 @@ fn pipe(client: std::net::TcpStream, up: std::os::unix::net::UnixStream) {
     });
     let (mut c, mut u) = (client, up);
     let _ = std::io::copy(&mut u, &mut c);
-    let _ = c.shutdown(std::net::Shutdown::Write);
+    c.close_write();
     let _ = t.join();
 }
 

@@ -2,20 +2,22 @@
 //! wording (botocore's parameter validation), so scripts see the same messages.
 
 use microvm_protocol::limits::{
-    MAX_DURATION_SECONDS, MAX_RUN_HOOK_PAYLOAD, MIN_IDLE_SECONDS, RUN_HOOK_PAYLOAD_SCHEMA_MAX,
+    MAX_DURATION_SECONDS, MIN_IDLE_SECONDS, RUN_HOOK_PAYLOAD_SCHEMA_MAX,
 };
 use serde_json::{Map, Value};
 
-/// Parameters in API (camelCase) form, in the order `--generate-cli-skeleton` prints.
-pub const MEMBERS: [&str; 9] = [
+/// Parameters in API (camelCase) form, in the order the AWS CLI's (1.46)
+/// `--generate-cli-skeleton` prints them.
+pub const MEMBERS: [&str; 10] = [
+    "ingressNetworkConnectors",
+    "egressNetworkConnectors",
     "imageIdentifier",
+    "imageVersion",
     "executionRoleArn",
     "idlePolicy",
     "logging",
     "runHookPayload",
     "maximumDurationInSeconds",
-    "ingressNetworkConnectors",
-    "egressNetworkConnectors",
     "clientToken",
 ];
 
@@ -103,6 +105,29 @@ fn members<'a>(
     Some(m)
 }
 
+/// What the service refuses beyond what botocore checks before sending (it checks
+/// only minimums): the model's maxima, in the service's words (a
+/// `ValidationException`'s message). The agent itself takes payloads up to 16,384
+/// bytes; the API does not (the model's 4,096, which people measured enforced).
+pub fn service_limits(r: &Map<String, Value>) -> Result<(), String> {
+    let mut errors = Vec::new();
+    if let Some(s) = r.get("runHookPayload").and_then(Value::as_str) {
+        if s.len() > RUN_HOOK_PAYLOAD_SCHEMA_MAX {
+            errors.push(format!(
+                "Value at 'runHookPayload' failed to satisfy constraint: Member must have length less than or equal to {RUN_HOOK_PAYLOAD_SCHEMA_MAX}"
+            ));
+        }
+    }
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(format!("1 validation error detected: {}", errors[0])),
+        n => Err(format!(
+            "{n} validation errors detected: {}",
+            errors.join("; ")
+        )),
+    }
+}
+
 /// Check the request against RunMicrovm's constraints. Ok carries warnings.
 pub fn validate(r: &Map<String, Value>) -> Result<Vec<String>, Vec<String>> {
     validate_with(r, MIN_IDLE_SECONDS)
@@ -111,7 +136,7 @@ pub fn validate(r: &Map<String, Value>) -> Result<Vec<String>, Vec<String>> {
 /// [`validate`] with another idle minimum (the test-only setting).
 pub fn validate_with(r: &Map<String, Value>, min_idle: u64) -> Result<Vec<String>, Vec<String>> {
     let mut errors = Vec::new();
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     for k in r.keys() {
         if !MEMBERS.contains(&k.as_str()) {
             errors.push(format!(
@@ -124,16 +149,19 @@ pub fn validate_with(r: &Map<String, Value>, min_idle: u64) -> Result<Vec<String
         None => errors.push("Missing required parameter in input: \"imageIdentifier\"".into()),
         Some(v) => string_len(&mut errors, "imageIdentifier", v, 1, 2048),
     }
-    if let Some(v) = r.get("runHookPayload") {
-        string_len(&mut errors, "runHookPayload", v, 0, MAX_RUN_HOOK_PAYLOAD);
-        if let Some(s) = v.as_str() {
-            if s.len() > RUN_HOOK_PAYLOAD_SCHEMA_MAX && s.len() <= MAX_RUN_HOOK_PAYLOAD {
-                warnings.push(format!(
-                    "warning: runHookPayload is {} bytes: above the {RUN_HOOK_PAYLOAD_SCHEMA_MAX} bytes the API schema states, within the {MAX_RUN_HOOK_PAYLOAD} bytes the platform documents",
-                    s.len()
-                ));
-            }
+    if let Some(v) = r.get("imageVersion") {
+        string_len(&mut errors, "imageVersion", v, 1, 2048);
+        if v.as_str()
+            .is_some_and(|s| s.chars().any(char::is_whitespace))
+        {
+            errors.push(format!(
+                "Invalid value for parameter imageVersion, value: {v}, valid pattern: [^\\s]+"
+            ));
         }
+    }
+    // botocore checks only the minimum (none): the maximum is the service's (below).
+    if let Some(v) = r.get("runHookPayload") {
+        string_len(&mut errors, "runHookPayload", v, 0, usize::MAX);
     }
     let max_duration = MAX_DURATION_SECONDS as i64;
     if let Some(v) = r.get("maximumDurationInSeconds") {
@@ -304,8 +332,15 @@ mod tests {
 
     #[test]
     fn limits_come_from_the_contract() {
-        let payload = "x".repeat(MAX_RUN_HOOK_PAYLOAD);
-        assert!(check(json!({"imageIdentifier": "i", "runHookPayload": payload})).is_ok());
+        let at = json!({"imageIdentifier": "i", "runHookPayload": "x".repeat(RUN_HOOK_PAYLOAD_SCHEMA_MAX)});
+        assert_eq!(service_limits(at.as_object().unwrap()), Ok(()));
+        let over = json!({"imageIdentifier": "i", "runHookPayload": "x".repeat(RUN_HOOK_PAYLOAD_SCHEMA_MAX + 1)});
+        // The client lets it through (botocore checks only minimums); the service not.
+        assert!(check(over.clone()).is_ok());
+        assert_eq!(
+            service_limits(over.as_object().unwrap()),
+            Err("1 validation error detected: Value at 'runHookPayload' failed to satisfy constraint: Member must have length less than or equal to 4096".into())
+        );
         let policy = json!({"maxIdleDurationSeconds": MIN_IDLE_SECONDS - 1});
         assert!(check(json!({"imageIdentifier": "i", "idlePolicy": policy.clone()})).is_err());
         assert!(validate_with(

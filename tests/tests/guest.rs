@@ -572,15 +572,17 @@ fn the_runner_validates_like_the_cli() {
             .output()
             .unwrap()
     };
+    // The service's 4,096 (the model's, measured enforced), refused as the service's
+    // ValidationException (the agent itself would take 16,384).
     let o = run(&[
         "--image-identifier",
         "x",
         "--run-hook-payload",
-        &"p".repeat(16_385),
+        &"p".repeat(4097),
     ]);
-    assert_eq!(o.status.code(), Some(255));
+    assert_eq!(o.status.code(), Some(254));
     assert!(String::from_utf8_lossy(&o.stderr).contains(
-        "Parameter validation failed:\nInvalid length for parameter runHookPayload, value: 16385, valid max length: 16384"
+        "An error occurred (ValidationException) when calling the RunMicrovm operation: 1 validation error detected: Value at 'runHookPayload' failed to satisfy constraint: Member must have length less than or equal to 4096"
     ));
     let o = run(&["--generate-cli-skeleton"]);
     assert!(o.status.success());

@@ -191,7 +191,7 @@ fn die_with_parent(cmd: &mut Command) -> &mut Command {
 /// the process. PR_SET_PDEATHSIG fires when the *thread* that forked the child ends:
 /// a VM restored from a short-lived thread (an endpoint client's, a test's scoped
 /// thread) would be killed the moment that thread returned.
-fn spawn_kept(mut cmd: Command) -> std::io::Result<Child> {
+pub(crate) fn spawn_kept(mut cmd: Command) -> std::io::Result<Child> {
     type Request = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
     static KEEPER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Request>>> =
         std::sync::OnceLock::new();

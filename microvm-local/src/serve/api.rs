@@ -1,0 +1,513 @@
+//! The operations, routed by the model's HTTP bindings (rest-json), and CloudWatch
+//! Logs' (awsJson1.1, by `X-Amz-Target`) on the same port.
+
+use super::microvms::{self, Op, Repeat, State, Token};
+use super::wire::{self, Answer, ApiError};
+use super::{images, proxy, sigv4, Server};
+use crate::validate;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+const PREFIX: &str = "/2025-09-09/";
+/// Largest request body taken (PutLogEvents' 1 MiB batch plus its JSON).
+const MAX_BODY: usize = 2 * 1024 * 1024;
+/// How long RunMicrovm waits for the agent's answer to `/run` (a cold boot runs the
+/// image-build hooks first).
+const RUN_WAIT: Duration = Duration::from_secs(600);
+/// How long a suspend or resume may take (the save or restore of the memory).
+const ACT_WAIT: Duration = Duration::from_secs(300);
+
+pub async fn serve(server: Arc<Server>, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(server, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+async fn handle(server: Arc<Server>, req: Request<Incoming>) -> Answer {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return wire::error(&ApiError::validation(format!(
+                "request body refused: {e} (at most {MAX_BODY} bytes)"
+            )))
+        }
+    };
+    let headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).to_string(),
+            )
+        })
+        .collect();
+    if let Some(keys) = &server.keys {
+        let signed = sigv4::Signed {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: headers.clone(),
+            body: &body,
+        };
+        if let Err((kind, message)) = sigv4::check(&signed, keys, wire::now_ms() as i64) {
+            return wire::error(&ApiError::new(403, kind, message));
+        }
+    }
+    if let Some(target) = parts.headers.get("x-amz-target") {
+        let target = String::from_utf8_lossy(target.as_bytes()).to_string();
+        return logs(&server, &target, &body);
+    }
+    let pairs = match wire::query_pairs(parts.uri.query()) {
+        Ok(p) => p,
+        Err(e) => return wire::error(&e),
+    };
+    let path = parts.uri.path().to_string();
+    let segments: Vec<String> = match path.strip_prefix(PREFIX) {
+        Some(rest) => rest
+            .split('/')
+            .map(|s| wire::percent_decode(s).unwrap_or_default())
+            .collect(),
+        None => Vec::new(),
+    };
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = parts.method.as_str();
+    let r = match (method, seg.as_slice()) {
+        ("POST", ["microvms"]) => run(&server, &body).await,
+        ("GET", ["microvms"]) => list(&server, &pairs),
+        ("GET", ["microvms", id]) => get(&server, id),
+        ("DELETE", ["microvms", id]) => terminate(&server, id),
+        ("POST", ["microvms", id, "suspend"]) => suspend(&server, id).await,
+        ("POST", ["microvms", id, "resume"]) => resume(&server, id).await,
+        ("POST", ["microvms", id, "auth-token"]) => auth_token(&server, id, &body, false),
+        ("POST", ["microvms", id, "shell-auth-token"]) => auth_token(&server, id, &body, true),
+        ("GET", ["microvm-images"]) => list_images(&server, &pairs),
+        ("GET", ["microvm-images", id]) => image(&server, id).map(|i| (200, i.summary())),
+        ("GET", ["microvm-images", id, "versions"]) => image_versions(&server, id, &pairs),
+        ("GET", ["microvm-images", id, "versions", v]) => image_version(&server, id, v),
+        ("GET", ["managed-microvm-images"]) => Ok((200, json!({"items": []}))),
+        _ => Err(ApiError::new(
+            404,
+            "UnknownOperationException",
+            format!("no operation of lambda-microvms 2025-09-09 is {method} {path}"),
+        )),
+    };
+    match r {
+        Ok((status, v)) => wire::ok(status, &v),
+        Err(e) => wire::error(&e),
+    }
+}
+
+type Reply = Result<(u16, Value), ApiError>;
+
+fn logs(server: &Server, target: &str, body: &[u8]) -> Answer {
+    let Some(op) = target.strip_prefix("Logs_20140328.") else {
+        return wire::error(&ApiError::new(
+            400,
+            "UnknownOperationException",
+            format!("unknown X-Amz-Target {target}"),
+        ));
+    };
+    let r = server.logs.handle(op, body, wire::now_ms() as i64);
+    let kind = (r.status >= 400)
+        .then(|| r.body["__type"].as_str().map(str::to_string))
+        .flatten();
+    wire::respond(
+        r.status,
+        "application/x-amz-json-1.1",
+        r.body.to_string().into_bytes(),
+        kind.as_deref(),
+    )
+}
+
+fn object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(ApiError::new(
+            400,
+            "SerializationException",
+            "the request body is not a JSON object",
+        )),
+    }
+}
+
+fn validation_errors(errors: Vec<String>) -> ApiError {
+    let n = errors.len();
+    ApiError::validation(format!(
+        "{n} validation error{} detected: {}",
+        if n == 1 { "" } else { "s" },
+        errors.join("; ")
+    ))
+}
+
+async fn run(server: &Arc<Server>, body: &[u8]) -> Reply {
+    let request = object(body)?;
+    // kmsKeyIdentifier is the model's, with no local meaning: echoed, not checked
+    // by the runner's (CLI-side) validation.
+    let mut checked = request.clone();
+    let kms = checked.remove("kmsKeyIdentifier");
+    if kms
+        .as_ref()
+        .is_some_and(|k| !k.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 2048))
+    {
+        return Err(ApiError::validation(
+            "kmsKeyIdentifier must be a string of 1-2048 characters",
+        ));
+    }
+    let min_idle = server
+        .args
+        .test_min_idle_seconds
+        .unwrap_or(microvm_protocol::limits::MIN_IDLE_SECONDS);
+    validate::validate_with(&checked, min_idle).map_err(validation_errors)?;
+    validate::service_limits(&checked).map_err(ApiError::validation)?;
+    let identifier = checked["imageIdentifier"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let image = images::find(
+        &server.args.images,
+        &server.args.region,
+        &server.args.account,
+        &identifier,
+    )?;
+    if let Some(v) = checked.get("imageVersion").and_then(Value::as_str) {
+        if v != images::VERSION {
+            return Err(ApiError::not_found(
+                "MicrovmImageVersion",
+                &format!("{}:{v}", image.arn),
+            ));
+        }
+    }
+    let token = checked
+        .get("clientToken")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let mut without_token = request.clone();
+    without_token.remove("clientToken");
+    let id = crate::host::microvm_id();
+    let dir = server.microvm_dir(&id);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ApiError::internal(format!("{}: {e}", dir.display())))?;
+    let (proxy_task, endpoint) = proxy::start(server.clone(), &id)
+        .await
+        .map_err(|e| ApiError::internal(format!("ingress endpoint: {e}")))?;
+    {
+        let mut reg = server.reg();
+        match reg.repeat(token.as_deref(), &without_token)? {
+            Repeat::Same(existing) => {
+                proxy_task.abort();
+                let _ = std::fs::remove_dir_all(&dir);
+                return reg.get(&existing).map(|r| (200, r.view()));
+            }
+            Repeat::New => {}
+        }
+        let record = super::pending(&mut reg, &id, &image, request.clone(), endpoint);
+        if let Some(t) = &token {
+            reg.client_tokens
+                .insert(t.clone(), (id.clone(), without_token));
+        }
+        reg.records.insert(id.clone(), record);
+    }
+    server
+        .proxies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), proxy_task);
+    let args = runner_args(server, &id, &dir, &image, &checked)?;
+    let observer: Arc<dyn super::child::Observer> = server.clone();
+    let spawned = super::child::Child::spawn(observer, &id, &dir, &args);
+    let ran = match spawned {
+        Ok((child, ran)) => {
+            server
+                .children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.clone(), child);
+            ran
+        }
+        Err(e) => {
+            server.exited_now(&id, &format!("the runner could not start: {e}"));
+            return Err(ApiError::internal(format!(
+                "the MicroVM's runner could not start: {e}"
+            )));
+        }
+    };
+    let max = server.reg().get(&id).map(|r| r.maximum_duration_s)?;
+    {
+        let (server, id) = (server.clone(), id.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(max)).await;
+            let _ = server.terminate(
+                &id,
+                &format!("The maximum duration of {max} seconds was reached"),
+            );
+        });
+    }
+    // The answer once the agent has answered /run (or the MicroVM is gone).
+    let _ = tokio::time::timeout(RUN_WAIT, ran).await;
+    server.reg().get(&id).map(|r| (200, r.view()))
+}
+
+/// The runner's command line: the validated request (with the image's directory for
+/// its identifier) in a file, the endpoint on a Unix socket only the proxy reaches,
+/// and the logs endpoint: this server, through the guest's restricted egress.
+fn runner_args(
+    server: &Server,
+    id: &str,
+    dir: &std::path::Path,
+    image: &images::LocalImage,
+    request: &Map<String, Value>,
+) -> Result<Vec<String>, ApiError> {
+    let mut r = request.clone();
+    r.insert(
+        "imageIdentifier".into(),
+        json!(image.dir.display().to_string()),
+    );
+    let file = dir.join("request.json");
+    std::fs::write(&file, Value::Object(r).to_string())
+        .map_err(|e| ApiError::internal(format!("{}: {e}", file.display())))?;
+    let max = request
+        .get("maximumDurationInSeconds")
+        .and_then(Value::as_u64)
+        .unwrap_or(microvms::DEFAULT_MAXIMUM_DURATION_S);
+    let mut args = vec![
+        "run-microvm".to_string(),
+        "--cli-input-json".into(),
+        format!("file://{}", file.display()),
+        "--interactive".into(),
+        "--json-errors".into(),
+        "--microvm-id".into(),
+        id.to_string(),
+        "--endpoint-socket".into(),
+        super::endpoint_socket(id).display().to_string(),
+        // A backstop only: the server terminates at the maximum duration itself.
+        "--timeout".into(),
+        (max + 300).to_string(),
+        "--forward".into(),
+        format!("{}=127.0.0.1:{}", LOGS_GUEST_PORT, server.port),
+        "--logs-endpoint".into(),
+        format!("http://10.0.2.100:{LOGS_GUEST_PORT}"),
+    ];
+    if let Some(n) = server.args.test_min_idle_seconds {
+        args.push("--test-min-idle-seconds".into());
+        args.push(n.to_string());
+    }
+    Ok(args)
+}
+
+/// The guest's port for this server's CloudWatch Logs (on the forward address).
+const LOGS_GUEST_PORT: u16 = 4566;
+
+fn get(server: &Server, id: &str) -> Reply {
+    server.reg().get(id).map(|r| (200, r.view()))
+}
+
+fn list(server: &Server, pairs: &[(String, String)]) -> Reply {
+    let max = wire::max_results(pairs, 50)?;
+    let image_arn = match wire::query(pairs, "imageIdentifier") {
+        None => None,
+        Some(i) => match images::name_of(i, &server.args.region, &server.args.account) {
+            Some((name, _)) => Some(images::arn(&server.args.region, &server.args.account, name)),
+            None => Some(i.to_string()),
+        },
+    };
+    let reg = server.reg();
+    let items = reg.list(image_arn.as_deref(), wire::query(pairs, "imageVersion"));
+    let (page, next) = wire::page(
+        items,
+        |r| r.id.clone(),
+        max,
+        wire::query(pairs, "nextToken"),
+    )?;
+    let mut v = json!({"items": page.iter().map(|r| r.item()).collect::<Vec<_>>()});
+    if let Some(n) = next {
+        v["nextToken"] = json!(n);
+    }
+    Ok((200, v))
+}
+
+fn terminate(server: &Server, id: &str) -> Reply {
+    server.terminate(id, "Terminated by TerminateMicrovm")?;
+    Ok((200, json!({})))
+}
+
+/// Suspend or resume: the state allows it, the runner does it, its report decides.
+async fn suspend(server: &Arc<Server>, id: &str) -> Reply {
+    lifecycle(
+        server,
+        id,
+        Op::Suspend,
+        "suspend",
+        State::Suspended,
+        State::Running,
+    )
+    .await
+}
+
+async fn resume(server: &Arc<Server>, id: &str) -> Reply {
+    lifecycle(
+        server,
+        id,
+        Op::Resume,
+        "resume",
+        State::Running,
+        State::Suspended,
+    )
+    .await
+}
+
+async fn lifecycle(
+    server: &Arc<Server>,
+    id: &str,
+    op: Op,
+    action: &str,
+    done: State,
+    undone: State,
+) -> Reply {
+    let child = {
+        let mut reg = server.reg();
+        let r = reg.get_mut(id)?;
+        match microvms::begin(r.state, op) {
+            Ok(Some(s)) => r.state = s,
+            Ok(None) => return Ok((200, json!({}))),
+            Err(m) => return Err(ApiError::conflict(id, format!("MicroVM {id}: {m}"))),
+        }
+        server.child(id)
+    };
+    let Some(child) = child else {
+        return Err(ApiError::internal(format!("MicroVM {id} has no runner")));
+    };
+    let report = child.act(action, ACT_WAIT).await;
+    let mut reg = server.reg();
+    let r = reg.get_mut(id)?;
+    let worked = report.as_ref().is_ok_and(|v| v["status"] == 200);
+    // A MicroVM that ended meanwhile stays ended; an idle suspension that came first
+    // already moved it.
+    if matches!(r.state, State::Terminating | State::Terminated) {
+        return Err(ApiError::conflict(
+            id,
+            format!("MicroVM {id} is {}", r.state.as_str()),
+        ));
+    }
+    if worked {
+        r.state = done;
+        return Ok((200, json!({})));
+    }
+    if r.state != done {
+        r.state = undone;
+    }
+    Err(ApiError::internal(match report {
+        Ok(v) => format!("{action} of {id}: the agent answered {}", v["status"]),
+        Err(e) => format!("{action} of {id}: {e}"),
+    }))
+}
+
+fn auth_token(server: &Server, id: &str, body: &[u8], shell: bool) -> Reply {
+    let req = object(body)?;
+    let minutes = microvms::token_minutes(req.get("expirationInMinutes"))?;
+    let ports = if shell {
+        microvms::Ports::All
+    } else {
+        microvms::Ports::parse(req.get("allowedPorts"))?
+    };
+    let mut reg = server.reg();
+    let r = reg.get_mut(id)?;
+    if r.state == State::Terminated {
+        return Err(ApiError::conflict(
+            id,
+            format!("MicroVM {id} is TERMINATED"),
+        ));
+    }
+    if shell && !r.shell {
+        return Err(ApiError::validation(format!(
+            "MicroVM {id} was not run with the SHELL_INGRESS (or ALL_INGRESS) ingress network connector"
+        )));
+    }
+    let value = format!(
+        "{}{}",
+        if shell { "mvs-" } else { "mva-" },
+        crate::host::hex(&crate::host::random(32))
+    );
+    r.tokens.push(Token {
+        value: value.clone(),
+        expires_ms: wire::now_ms() + minutes * server.args.token_minute.as_millis() as u64,
+        ports,
+        shell,
+    });
+    Ok((200, json!({"authToken": {"X-aws-proxy-auth": value}})))
+}
+
+fn image(server: &Server, id: &str) -> Result<images::LocalImage, ApiError> {
+    images::find(
+        &server.args.images,
+        &server.args.region,
+        &server.args.account,
+        id,
+    )
+}
+
+fn list_images(server: &Server, pairs: &[(String, String)]) -> Reply {
+    let max = wire::max_results(pairs, 50)?;
+    let filter = wire::query(pairs, "nameFilter");
+    let all: Vec<images::LocalImage> = images::scan(
+        &server.args.images,
+        &server.args.region,
+        &server.args.account,
+    )
+    .into_iter()
+    .filter(|i| filter.is_none_or(|f| i.name.contains(f)))
+    .collect();
+    let (page, next) = wire::page(
+        all,
+        |i| i.name.clone(),
+        max,
+        wire::query(pairs, "nextToken"),
+    )?;
+    let mut v = json!({"items": page.iter().map(|i| i.summary()).collect::<Vec<_>>()});
+    if let Some(n) = next {
+        v["nextToken"] = json!(n);
+    }
+    Ok((200, v))
+}
+
+fn image_versions(server: &Server, id: &str, pairs: &[(String, String)]) -> Reply {
+    wire::max_results(pairs, 50)?;
+    let i = image(server, id)?;
+    Ok((
+        200,
+        json!({"items": [i.version(&server.args.region, &server.args.account)]}),
+    ))
+}
+
+fn image_version(server: &Server, id: &str, version: &str) -> Reply {
+    let i = image(server, id)?;
+    if version != images::VERSION {
+        return Err(ApiError::not_found(
+            "MicrovmImageVersion",
+            &format!("{}:{version}", i.arn),
+        ));
+    }
+    Ok((200, i.version(&server.args.region, &server.args.account)))
+}

@@ -1,0 +1,911 @@
+//! `microvm-local serve` driven as users drive the platform: the real AWS CLI (pinned
+//! in the test venv) and boto3, with `--endpoint-url`, against real guests (the
+//! images `make test` builds, restored from their snapshots under QEMU).
+
+use microvm_local::vm::Arch;
+use microvm_tests::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY_ID: &str = "AKIDLOCALTEST";
+const SECRET: &str = "local/secret+key";
+/// Every MicroVM of the example image logs to this group (the agent's default).
+const GROUP: &str = "/aws/lambda-microvms/example-recorder";
+
+fn venv(bin: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.venv/bin")
+        .join(bin);
+    p.is_file().then_some(p)
+}
+
+/// The images this suite runs, and the AWS CLI; None (after [`skip`]) without them.
+fn ready() -> Option<PathBuf> {
+    built_image("build/example", Arch::X86_64)?;
+    built_image("build/test", Arch::X86_64)?;
+    if venv("aws").is_none() {
+        skip("the AWS CLI is not in .venv: run `make setup`");
+        return None;
+    }
+    Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"))
+}
+
+/// A `serve` on a free port, stopped (SIGTERM: it terminates its MicroVMs) on drop.
+struct Endpoint {
+    child: Child,
+    url: String,
+    state: PathBuf,
+}
+
+impl Endpoint {
+    fn start(images: &Path, name: &str, extra: &[&str]) -> Endpoint {
+        use std::os::unix::process::CommandExt;
+        let state = scratch(name);
+        let mut cmd = Command::new(runner());
+        cmd.arg("serve")
+            .arg("--images")
+            .arg(images)
+            .args(["--port", "0", "--state-dir"])
+            .arg(&state)
+            .args(extra)
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("AWS_REGION", "us-east-1")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(state.join("serve.err")).unwrap());
+        // SAFETY: prctl is async-signal-safe; nothing of the parent is touched.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("start microvm-local serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("serve's first line {line:?}: {e}"));
+        Endpoint {
+            child,
+            url: v["endpoint"].as_str().unwrap().to_string(),
+            state,
+        }
+    }
+
+    /// The AWS CLI against this endpoint: (exit code, stdout, stderr).
+    fn aws_with(&self, secret: &str, args: &[&str]) -> (i32, String, String) {
+        let o = Command::new(venv("aws").unwrap())
+            .args(["--endpoint-url", &self.url, "--output", "json"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_PAGER", "")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run aws");
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    }
+
+    fn aws(&self, args: &[&str]) -> (i32, String, String) {
+        self.aws_with(SECRET, args)
+    }
+
+    /// A call that must succeed: its JSON output.
+    fn ok(&self, args: &[&str]) -> Value {
+        let (code, out, err) = self.aws(args);
+        assert_eq!(code, 0, "aws {args:?}: {err}");
+        if out.trim().is_empty() {
+            return Value::Null;
+        }
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("aws {args:?}: {e}: {out}"))
+    }
+
+    /// A call that must fail with the service error `kind`: its stderr. (The CLI v1
+    /// exits 255 on a service error; v2 would exit 254.)
+    fn fails(&self, kind: &str, args: &[&str]) -> String {
+        let (code, _, err) = self.aws(args);
+        assert_eq!(code, 255, "aws {args:?} should fail with {kind}: {err}");
+        assert!(
+            err.contains(&format!("An error occurred ({kind})")),
+            "aws {args:?}: {err}"
+        );
+        err
+    }
+
+    fn get(&self, id: &str) -> Value {
+        self.ok(&["lambda-microvms", "get-microvm", "--microvm-identifier", id])
+    }
+
+    fn wait_state(&self, id: &str, state: &str, within: Duration) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.get(id);
+            if v["state"] == state {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "{id} never {state}: {v}\n{}",
+                self.runner_log(id)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn runner_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.state.join("microvms").join(id).join("runner.log"))
+            .unwrap_or_default()
+    }
+
+    fn run(&self, args: &[&str]) -> Value {
+        let mut all = vec!["lambda-microvms", "run-microvm"];
+        all.extend_from_slice(args);
+        let v = self.ok(&all);
+        assert_eq!(v["state"], "RUNNING", "{v}");
+        v
+    }
+
+    fn token(&self, id: &str, minutes: &str, ports: &str) -> String {
+        let v = self.ok(&[
+            "lambda-microvms",
+            "create-microvm-auth-token",
+            "--microvm-identifier",
+            id,
+            "--expiration-in-minutes",
+            minutes,
+            "--allowed-ports",
+            ports,
+        ]);
+        v["authToken"]["X-aws-proxy-auth"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// The messages of a MicroVM's log stream, read back with `aws logs`, once
+    /// `want` is among them.
+    fn log_lines(&self, id: &str, want: &str) -> Vec<String> {
+        let t0 = Instant::now();
+        loop {
+            let (code, out, _) = self.aws(&[
+                "logs",
+                "get-log-events",
+                "--log-group-name",
+                GROUP,
+                "--log-stream-name",
+                id,
+                "--start-from-head",
+            ]);
+            if code == 0 {
+                let v: Value = serde_json::from_str(&out).unwrap();
+                let lines: Vec<String> = v["events"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["message"].as_str().unwrap().to_string())
+                    .collect();
+                if lines.iter().any(|l| l.contains(want)) {
+                    return lines;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "{want:?} never logged for {id}: {out}\n{}",
+                self.runner_log(id)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(90) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request to a MicroVM's endpoint: (status, headers, body).
+fn http(endpoint: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let addr = endpoint.trim_start_matches("http://");
+    let mut s = match std::net::TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => return (0, String::new(), e.to_string()),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    // An upgraded connection stays open: stop at the end of a 101's head.
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if raw.starts_with(b"HTTP/1.1 101") && raw.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// The pids of QEMU processes started for MicroVM `id`.
+fn qemu_of(id: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.starts_with("qemu-system") && cmd.contains(id) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn the_cli_skeleton_matches_the_aws_clis() {
+    let Some(aws) = venv("aws") else {
+        return skip("the AWS CLI is not in .venv: run `make setup`");
+    };
+    let theirs = Command::new(aws)
+        .args([
+            "lambda-microvms",
+            "run-microvm",
+            "--generate-cli-skeleton",
+            "input",
+        ])
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .output()
+        .unwrap();
+    let ours = Command::new(runner())
+        .args(["run-microvm", "--generate-cli-skeleton", "input"])
+        .output()
+        .unwrap();
+    let theirs: Value = serde_json::from_slice(&theirs.stdout).unwrap();
+    let ours: Value = serde_json::from_slice(&ours.stdout).unwrap();
+    assert_eq!(ours, theirs);
+    // And the one-shot runner takes each of them.
+    for k in theirs.as_object().unwrap().keys() {
+        let flag = format!(
+            "--{}",
+            k.chars()
+                .flat_map(|c| match c.is_ascii_uppercase() {
+                    true => vec!['-', c.to_ascii_lowercase()],
+                    false => vec![c],
+                })
+                .collect::<String>()
+        );
+        let o = Command::new(runner())
+            .args(["run-microvm", &flag, "--help"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&o.stderr).contains("Unknown options"),
+            "{flag}"
+        );
+    }
+}
+
+#[test]
+fn signatures_are_checked_unless_the_switch_says_otherwise() {
+    let Some(images) = ready() else { return };
+    let e = Endpoint::start(&images, "serve-sig", &[]);
+    let (code, _, err) = e.aws_with("wrong", &["lambda-microvms", "list-microvms"]);
+    assert_eq!(code, 255, "{err}");
+    assert!(err.contains("(InvalidSignatureException)"), "{err}");
+    let (code, _, err) = e.aws(&["--no-sign-request", "lambda-microvms", "list-microvms"]);
+    assert_eq!(code, 255, "{err}");
+    assert!(
+        err.contains("(MissingAuthenticationTokenException)"),
+        "{err}"
+    );
+    assert_eq!(
+        e.ok(&["lambda-microvms", "list-microvms"]),
+        json!({"items": []})
+    );
+    let images_v = e.ok(&["lambda-microvms", "list-microvm-images"]);
+    let names: Vec<&str> = images_v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"example") && names.contains(&"test"),
+        "{images_v}"
+    );
+    drop(e);
+    let any = Endpoint::start(&images, "serve-any", &["--accept-any-signature"]);
+    let (code, out, err) = any.aws_with("wrong", &["lambda-microvms", "list-microvms"]);
+    assert_eq!((code, out.contains("\"items\"")), (0, true), "{err}");
+}
+
+/// The platform's operations through the AWS CLI: run (payload byte-exact),
+/// idempotency, get, list with pagination and filters, ingress tokens, suspend,
+/// resume, terminate, the errors, and the application's lines read back with `aws logs`.
+#[test]
+fn the_aws_cli_drives_local_microvms() {
+    let Some(images) = ready() else { return };
+    let e = Endpoint::start(&images, "serve-cli", &["--test-token-minute-seconds", "2"]);
+    let payload = "héllo \"world\" \\ {json} ✓ tab\there";
+    let role = "arn:aws:iam::000000000000:role/local";
+    let a = e.run(&[
+        "--image-identifier",
+        "example",
+        "--run-hook-payload",
+        payload,
+        "--execution-role-arn",
+        role,
+        "--client-token",
+        "token-a",
+    ]);
+    let id_a = a["microvmId"].as_str().unwrap().to_string();
+    assert!(id_a.starts_with("mvm-"), "{a}");
+    assert_eq!(
+        a["imageArn"],
+        "arn:aws:lambda:us-east-1:000000000000:microvm-image:example"
+    );
+    assert_eq!(
+        (a["imageVersion"].as_str(), a["executionRoleArn"].as_str()),
+        (Some("1"), Some(role))
+    );
+    assert_eq!(a["maximumDurationInSeconds"], 28800);
+    let endpoint = a["endpoint"].as_str().unwrap().to_string();
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{a}");
+
+    // The same client token and parameters: the same MicroVM; other parameters: a conflict.
+    let again = e.ok(&[
+        "lambda-microvms",
+        "run-microvm",
+        "--image-identifier",
+        "example",
+        "--run-hook-payload",
+        payload,
+        "--execution-role-arn",
+        role,
+        "--client-token",
+        "token-a",
+    ]);
+    assert_eq!(again["microvmId"], id_a.as_str());
+    e.fails(
+        "ConflictException",
+        &[
+            "lambda-microvms",
+            "run-microvm",
+            "--image-identifier",
+            "example",
+            "--run-hook-payload",
+            "other",
+            "--client-token",
+            "token-a",
+        ],
+    );
+
+    let b = e.run(&[
+        "--image-identifier",
+        "arn:aws:lambda:us-east-1:000000000000:microvm-image:test",
+    ]);
+    let id_b = b["microvmId"].as_str().unwrap().to_string();
+    let c = e.run(&["--image-identifier", "example", "--image-version", "1"]);
+    let id_c = c["microvmId"].as_str().unwrap().to_string();
+
+    // Pagination, one item a page: by hand with --max-results and --next-token, and
+    // as the CLI does it by itself with --page-size.
+    let mut ids = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..4 {
+        let mut args = vec!["lambda-microvms", "list-microvms", "--max-results", "1"];
+        if let Some(t) = &next {
+            args.extend_from_slice(&["--next-token", t]);
+        }
+        let page = e.ok(&args);
+        let items = page["items"].as_array().unwrap();
+        assert_eq!(items.len(), 1, "{page}");
+        ids.push(items[0]["microvmId"].as_str().unwrap().to_string());
+        next = page["nextToken"].as_str().map(str::to_string);
+        if next.is_none() {
+            break;
+        }
+    }
+    assert_eq!(ids, [id_a.clone(), id_b.clone(), id_c.clone()]);
+    let all = e.ok(&["lambda-microvms", "list-microvms", "--page-size", "1"]);
+    let auto: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["microvmId"].as_str().unwrap())
+        .collect();
+    assert_eq!(auto, [id_a.as_str(), id_b.as_str(), id_c.as_str()], "{all}");
+    e.fails(
+        "ValidationException",
+        &[
+            "lambda-microvms",
+            "list-microvms",
+            "--max-results",
+            "1",
+            "--next-token",
+            "forged",
+        ],
+    );
+    e.fails(
+        "ValidationException",
+        &["lambda-microvms", "list-microvms", "--max-results", "51"],
+    );
+    // Filters: by image name or ARN, and by version.
+    let only = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["lambda-microvms", "list-microvms"];
+        all.extend_from_slice(args);
+        e.ok(&all)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["microvmId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(only(&["--image-identifier", "test"]), vec![id_b.clone()]);
+    assert_eq!(
+        only(&[
+            "--image-identifier",
+            "arn:aws:lambda:us-east-1:000000000000:microvm-image:example"
+        ]),
+        [id_a.clone(), id_c.clone()]
+    );
+    assert_eq!(only(&["--image-version", "1"]).len(), 3);
+    assert!(only(&["--image-version", "2"]).is_empty());
+
+    // Ingress: nothing gets through without a valid token for the port.
+    let token = e.token(&id_a, "30", "port=8080");
+    let (status, _, body) = http(&endpoint, "/hello", &[]);
+    assert_eq!(status, 401, "{body}");
+    let (status, _, body) = http(&endpoint, "/hello", &[("X-aws-proxy-auth", &token)]);
+    assert_eq!(status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (seen["path"].as_str(), seen["port"].as_u64()),
+        (Some("/hello"), Some(8080))
+    );
+    assert!(
+        !body.contains(&token),
+        "the token reached the guest: {body}"
+    );
+    let (status, _, body) = http(
+        &endpoint,
+        "/",
+        &[("X-aws-proxy-auth", &token), ("X-aws-proxy-port", "9000")],
+    );
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            403,
+            r#"{"message":"the auth token does not allow port 9000"}"#
+        )
+    );
+    let (status, _, _) = http(&endpoint, "/", &[("X-aws-proxy-auth", "mva-forged")]);
+    assert_eq!(status, 403);
+    // A token of another MicroVM does not open this one.
+    let token_c = e.token(&id_c, "30", "allPorts={}");
+    assert_eq!(
+        http(&endpoint, "/", &[("X-aws-proxy-auth", &token_c)]).0,
+        403
+    );
+    // A token for one minute (two seconds in this test) expires.
+    let short = e.token(&id_a, "1", "range={startPort=8000,endPort=8090}");
+    assert_eq!(http(&endpoint, "/", &[("X-aws-proxy-auth", &short)]).0, 200);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, _, body) = http(&endpoint, "/", &[("X-aws-proxy-auth", &short)]);
+    assert_eq!(
+        (status, body.as_str()),
+        (403, r#"{"message":"the auth token has expired"}"#)
+    );
+    // A WebSocket authenticates with its subprotocol, which stops at the proxy.
+    let (status, head, _) = http(
+        &endpoint,
+        "/ws",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            (
+                "Sec-WebSocket-Protocol",
+                &format!("chat, lambda-microvms.authentication.{token}"),
+            ),
+        ],
+    );
+    assert_eq!(status, 101, "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("x-echo-subprotocols: chat\r\n")
+            || lower.ends_with("x-echo-subprotocols: chat"),
+        "{head}"
+    );
+
+    // Suspend, a second suspend (conflict), resume; ingress works again.
+    assert_eq!(
+        e.ok(&[
+            "lambda-microvms",
+            "suspend-microvm",
+            "--microvm-identifier",
+            &id_a
+        ]),
+        Value::Null
+    );
+    assert_eq!(e.get(&id_a)["state"], "SUSPENDED");
+    let err = e.fails(
+        "ConflictException",
+        &[
+            "lambda-microvms",
+            "suspend-microvm",
+            "--microvm-identifier",
+            &id_a,
+        ],
+    );
+    assert!(
+        err.contains("only a RUNNING MicroVM can be suspended; this one is SUSPENDED"),
+        "{err}"
+    );
+    let (status, _, _) = http(&endpoint, "/", &[("X-aws-proxy-auth", &token)]);
+    assert_eq!(
+        status, 409,
+        "a suspended MicroVM without auto-resume is not woken"
+    );
+    e.ok(&[
+        "lambda-microvms",
+        "resume-microvm",
+        "--microvm-identifier",
+        &id_a,
+    ]);
+    assert_eq!(e.get(&id_a)["state"], "RUNNING");
+    e.fails(
+        "ConflictException",
+        &[
+            "lambda-microvms",
+            "resume-microvm",
+            "--microvm-identifier",
+            &id_a,
+        ],
+    );
+    assert_eq!(
+        http(&endpoint, "/again", &[("X-aws-proxy-auth", &token)]).0,
+        200
+    );
+
+    // Errors the service finds, printed by the CLI as the service's.
+    let err = e.fails(
+        "ValidationException",
+        &[
+            "lambda-microvms",
+            "run-microvm",
+            "--image-identifier",
+            "example",
+            "--run-hook-payload",
+            &"p".repeat(4097),
+        ],
+    );
+    assert!(err.contains("Value at 'runHookPayload' failed to satisfy constraint: Member must have length less than or equal to 4096"), "{err}");
+    let err = e.fails(
+        "ValidationException",
+        &[
+            "lambda-microvms",
+            "run-microvm",
+            "--image-identifier",
+            "example",
+            "--maximum-duration-in-seconds",
+            "28801",
+        ],
+    );
+    assert!(err.contains("maximumDurationInSeconds"), "{err}");
+    e.fails(
+        "ValidationException",
+        &[
+            "lambda-microvms",
+            "create-microvm-auth-token",
+            "--microvm-identifier",
+            &id_a,
+            "--expiration-in-minutes",
+            "61",
+            "--allowed-ports",
+            "port=8080",
+        ],
+    );
+    let err = e.fails(
+        "ValidationException",
+        &[
+            "lambda-microvms",
+            "create-microvm-shell-auth-token",
+            "--microvm-identifier",
+            &id_a,
+            "--expiration-in-minutes",
+            "5",
+        ],
+    );
+    assert!(err.contains("SHELL_INGRESS"), "{err}");
+    e.fails(
+        "ResourceNotFoundException",
+        &[
+            "lambda-microvms",
+            "get-microvm",
+            "--microvm-identifier",
+            "mvm-00000000-0000-0000-0000-000000000000",
+        ],
+    );
+    e.fails(
+        "ResourceNotFoundException",
+        &[
+            "lambda-microvms",
+            "run-microvm",
+            "--image-identifier",
+            "no-such-image",
+        ],
+    );
+    e.fails(
+        "ResourceNotFoundException",
+        &[
+            "lambda-microvms",
+            "run-microvm",
+            "--image-identifier",
+            "example",
+            "--image-version",
+            "7",
+        ],
+    );
+
+    // A crashed QEMU: the MicroVM is TERMINATED, and says why.
+    let pids = qemu_of(&id_b);
+    assert_eq!(pids.len(), 1, "one QEMU for {id_b}");
+    // SAFETY: kill(2) of a QEMU this test's server started.
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    let gone = e.wait_state(&id_b, "TERMINATED", Duration::from_secs(30));
+    assert!(
+        gone["stateReason"]
+            .as_str()
+            .unwrap()
+            .starts_with("The MicroVM stopped unexpectedly"),
+        "{gone}"
+    );
+
+    // Terminate: TERMINATED, with when and why, and still listed.
+    assert_eq!(
+        e.ok(&[
+            "lambda-microvms",
+            "terminate-microvm",
+            "--microvm-identifier",
+            &id_a
+        ]),
+        Value::Null
+    );
+    let done = e.wait_state(&id_a, "TERMINATED", Duration::from_secs(60));
+    assert_eq!(done["stateReason"], "Terminated by TerminateMicrovm");
+    assert!(
+        done["terminatedAt"].as_f64().unwrap() >= done["startedAt"].as_f64().unwrap(),
+        "{done}"
+    );
+    assert_eq!(
+        only(&["--image-identifier", "example"]),
+        [id_a.clone(), id_c.clone()]
+    );
+    e.ok(&[
+        "lambda-microvms",
+        "terminate-microvm",
+        "--microvm-identifier",
+        &id_a,
+    ]);
+    e.fails(
+        "ConflictException",
+        &[
+            "lambda-microvms",
+            "suspend-microvm",
+            "--microvm-identifier",
+            &id_a,
+        ],
+    );
+    // Its endpoint is closed.
+    assert_eq!(http(&endpoint, "/", &[("X-aws-proxy-auth", &token)]).0, 0);
+
+    // The application's lines, shipped by the agent to this server, read back.
+    let lines = e.log_lines(&id_a, "\"hook\":\"terminate\"");
+    let run = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("recorder: "))
+        .filter_map(|j| serde_json::from_str::<Value>(j).ok())
+        .find(|r| r["hook"] == "run")
+        .unwrap_or_else(|| panic!("no run record in {lines:?}"));
+    assert_eq!(run["runHookPayload"], payload);
+    assert_eq!(run["microvmId"], id_a.as_str());
+    let found = e.ok(&[
+        "logs",
+        "filter-log-events",
+        "--log-group-name",
+        GROUP,
+        "--filter-pattern",
+        "\"hook\":\"terminate\"",
+    ]);
+    assert!(
+        found["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|ev| ev["logStreamName"] == id_a.as_str()),
+        "{found}"
+    );
+
+    // Nothing outlives the server: C is terminated when it stops.
+    assert_eq!(qemu_of(&id_c).len(), 1);
+    drop(e);
+    assert!(
+        qemu_of(&id_c).is_empty(),
+        "QEMU of {id_c} outlived the server"
+    );
+}
+
+/// RunMicrovm through boto3 without its parameter validation: the answer.
+fn boto_run(e: &Endpoint, params: &str) -> Value {
+    let script = r#"
+import boto3, json, sys
+from botocore.config import Config
+c = boto3.client("lambda-microvms", endpoint_url=sys.argv[1], region_name="us-east-1",
+                 config=Config(parameter_validation=False))
+r = c.run_microvm(**json.loads(sys.argv[2]))
+r.pop("ResponseMetadata", None)
+print(json.dumps(r, default=str))
+"#;
+    let o = Command::new(venv("python").unwrap())
+        .args(["-c", script, &e.url, params])
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["state"], "RUNNING", "{v}");
+    v
+}
+
+/// The idle policy and the maximum duration, carried out by the server; and boto3.
+#[test]
+fn the_server_carries_out_idle_policies_and_maximum_durations_and_boto3_drives_it() {
+    let Some(images) = ready() else { return };
+    let e = Endpoint::start(&images, "serve-policy", &["--test-min-idle-seconds", "2"]);
+    let short = e.run(&[
+        "--image-identifier",
+        "example",
+        "--maximum-duration-in-seconds",
+        "6",
+    ]);
+    let short_id = short["microvmId"].as_str().unwrap().to_string();
+    // botocore checks the idle minimum (60 s) before sending: these two go through
+    // boto3 with its client-side validation off, to the server's test minimum.
+    let napper = boto_run(
+        &e,
+        r#"{"imageIdentifier": "example", "idlePolicy": {"maxIdleDurationSeconds": 2, "suspendedDurationSeconds": 3600, "autoResumeEnabled": true}}"#,
+    );
+    let napper_id = napper["microvmId"].as_str().unwrap().to_string();
+    let sleeper = boto_run(
+        &e,
+        r#"{"imageIdentifier": "example", "idlePolicy": {"maxIdleDurationSeconds": 2, "suspendedDurationSeconds": 1, "autoResumeEnabled": false}}"#,
+    );
+    let sleeper_id = sleeper["microvmId"].as_str().unwrap().to_string();
+
+    // Idle: suspended by itself; a request with a token wakes it (autoResumeEnabled).
+    e.wait_state(&napper_id, "SUSPENDED", Duration::from_secs(60));
+    let token = e.token(&napper_id, "10", "port=8080");
+    let (status, _, body) = http(
+        napper["endpoint"].as_str().unwrap(),
+        "/wake",
+        &[("X-aws-proxy-auth", &token)],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(e.get(&napper_id)["state"], "RUNNING");
+    // Idle, then suspended longer than suspendedDurationSeconds: terminated.
+    let gone = e.wait_state(&sleeper_id, "TERMINATED", Duration::from_secs(90));
+    assert_eq!(
+        gone["stateReason"], "Suspended for the idle policy's suspendedDurationSeconds",
+        "{gone}"
+    );
+    let ended = e.wait_state(&short_id, "TERMINATED", Duration::from_secs(60));
+    assert_eq!(
+        ended["stateReason"],
+        "The maximum duration of 6 seconds was reached"
+    );
+
+    // boto3, the same endpoint: run, get, paginate, conflict, not found, terminate.
+    let script = r#"
+import boto3, json, sys, botocore
+url = sys.argv[1]
+c = boto3.client("lambda-microvms", endpoint_url=url, region_name="us-east-1")
+out = {}
+r = c.run_microvm(imageIdentifier="example", runHookPayload="from boto3", clientToken="boto-1")
+out["run"] = r["state"]
+again = c.run_microvm(imageIdentifier="example", runHookPayload="from boto3", clientToken="boto-1")
+out["same"] = again["microvmId"] == r["microvmId"]
+out["get"] = c.get_microvm(microvmIdentifier=r["microvmId"])["state"]
+ids = [i["microvmId"] for p in c.get_paginator("list_microvms").paginate(PaginationConfig={"PageSize": 1}) for i in p["items"]]
+out["listed"] = len(ids)
+out["unique"] = len(set(ids))
+def code(f):
+    try:
+        f()
+        return None
+    except botocore.exceptions.ClientError as e:
+        return [e.response["Error"]["Code"], e.response["ResponseMetadata"]["HTTPStatusCode"]]
+out["resume_running"] = code(lambda: c.resume_microvm(microvmIdentifier=r["microvmId"]))
+out["missing"] = code(lambda: c.get_microvm(microvmIdentifier="mvm-missing"))
+out["long_payload"] = code(lambda: c.run_microvm(imageIdentifier="example", runHookPayload="x" * 4097))
+t = c.create_microvm_auth_token(microvmIdentifier=r["microvmId"], expirationInMinutes=5, allowedPorts=[{"allPorts": {}}])
+out["token_keys"] = sorted(t["authToken"].keys())
+c.terminate_microvm(microvmIdentifier=r["microvmId"])
+out["after"] = c.get_microvm(microvmIdentifier=r["microvmId"])["state"]
+print(json.dumps(out))
+"#;
+    let o = Command::new(venv("python").unwrap())
+        .args(["-c", script, &e.url])
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["run"], "RUNNING", "{v}");
+    assert_eq!(v["same"], true, "{v}");
+    assert_eq!(v["get"], "RUNNING", "{v}");
+    assert_eq!(
+        (v["listed"].as_u64(), v["unique"].as_u64()),
+        (Some(4), Some(4)),
+        "{v}"
+    );
+    assert_eq!(v["resume_running"], json!(["ConflictException", 409]));
+    assert_eq!(v["missing"], json!(["ResourceNotFoundException", 404]));
+    assert_eq!(v["long_payload"], json!(["ValidationException", 400]));
+    assert_eq!(v["token_keys"], json!(["X-aws-proxy-auth"]));
+    assert!(
+        v["after"] == "TERMINATING" || v["after"] == "TERMINATED",
+        "{v}"
+    );
+}
