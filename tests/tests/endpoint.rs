@@ -779,6 +779,24 @@ fn the_aws_cli_drives_local_microvms() {
     );
 }
 
+/// A boto3 script run against the endpoint (its URL first in argv, then `args`),
+/// with the test's keys and no local AWS configuration: its JSON output.
+fn python(e: &Endpoint, script: &str, args: &[&str]) -> Value {
+    let o = Command::new(venv("python").unwrap())
+        .args(["-c", script, &e.url])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v
+}
+
 /// RunMicrovm through boto3 without its parameter validation: the answer.
 fn boto_run(e: &Endpoint, params: &str) -> Value {
     let script = r#"
@@ -790,17 +808,7 @@ r = c.run_microvm(**json.loads(sys.argv[2]))
 r.pop("ResponseMetadata", None)
 print(json.dumps(r, default=str))
 "#;
-    let o = Command::new(venv("python").unwrap())
-        .args(["-c", script, &e.url, params])
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = python(e, script, &[params]);
     assert_eq!(v["state"], "RUNNING", "{v}");
     v
 }
@@ -881,17 +889,7 @@ c.terminate_microvm(microvmIdentifier=r["microvmId"])
 out["after"] = c.get_microvm(microvmIdentifier=r["microvmId"])["state"]
 print(json.dumps(out))
 "#;
-    let o = Command::new(venv("python").unwrap())
-        .args(["-c", script, &e.url])
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = python(&e, script, &[]);
     assert_eq!(v["run"], "RUNNING", "{v}");
     assert_eq!(v["same"], true, "{v}");
     assert_eq!(v["get"], "RUNNING", "{v}");

@@ -7,28 +7,8 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Pending,
-    Running,
-    Suspending,
-    Suspended,
-    Terminating,
-    Terminated,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "PENDING",
-            State::Running => "RUNNING",
-            State::Suspending => "SUSPENDING",
-            State::Suspended => "SUSPENDED",
-            State::Terminating => "TERMINATING",
-            State::Terminated => "TERMINATED",
-        }
-    }
-}
+/// The model's states: the contract's enum, which the agent's status already uses.
+pub use microvm_protocol::status::State;
 
 /// An operation on a MicroVM that its state may forbid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
