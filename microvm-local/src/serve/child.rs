@@ -52,25 +52,15 @@ impl Child {
         dir: &Path,
         args: &[String],
     ) -> std::io::Result<(Arc<Child>, oneshot::Receiver<Value>)> {
-        use std::os::unix::process::CommandExt;
         let log = std::fs::File::create(dir.join("runner.log"))?;
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log);
-        // A process group of its own: a Ctrl-C meant for the server reaches the server,
-        // which terminates every MicroVM in order.
-        cmd.process_group(0);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // A Ctrl-C meant for the server reaches the server, which terminates every
+        // MicroVM in order; a dead server's runners get SIGTERM and do the same.
+        crate::vm::die_with_parent_by(&mut cmd, libc::SIGTERM);
         // Forked from a thread that lives as long as the process (PDEATHSIG follows
         // the forking thread).
         let mut child = crate::vm::spawn_kept(cmd)?;

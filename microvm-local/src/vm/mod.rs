@@ -172,14 +172,20 @@ pub struct Saved {
 /// Children die with the thread that started them, even if it is SIGKILLed: no
 /// QEMU or backend may outlive its runner.
 fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    // QEMU must not quit under the agent: Ctrl-C reaches the runner only, and a dead
+    // runner's QEMU is killed outright.
+    die_with_parent_by(cmd, libc::SIGKILL)
+}
+
+/// A process group of its own (a Ctrl-C in the terminal reaches the parent only,
+/// which stops its children in order) and `sig` when the parent dies.
+pub(crate) fn die_with_parent_by(cmd: &mut Command, sig: libc::c_int) -> &mut Command {
     use std::os::unix::process::CommandExt;
-    // A process group of its own: Ctrl-C in the terminal reaches the runner only,
-    // which terminates the MicroVM cleanly; QEMU must not quit under the agent.
     cmd.process_group(0);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
