@@ -137,11 +137,10 @@ async fn handle(server: Arc<Server>, id: &str, mut req: Request<Incoming>) -> Re
             req.headers_mut().insert(SEC_WEBSOCKET_PROTOCOL, v);
         }
     }
-    forward(&server, id, req).await
+    forward(id, req).await
 }
 
-async fn forward(server: &Server, id: &str, mut req: Request<Incoming>) -> Response<Body> {
-    let _ = server;
+async fn forward(id: &str, mut req: Request<Incoming>) -> Response<Body> {
     let sock = super::endpoint_socket(id);
     let stream = match tokio::net::UnixStream::connect(&sock).await {
         Ok(s) => s,
