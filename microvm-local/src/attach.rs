@@ -27,10 +27,20 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// The command `shell` runs when given none.
 pub const DEFAULT_SHELL: &str = "/bin/sh";
 
+/// Where the session runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A MicroVM a local runner keeps, by its id (the runner's hybrid vsock socket).
+    Local(String),
+    /// A MicroVM a `microvm-local serve` endpoint keeps: its endpoint URL and a shell
+    /// auth token (the shell over WebSocket, [`crate::wsshell`]).
+    Endpoint { url: String, token: String },
+}
+
 /// An `exec` or `shell` command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecArgs {
-    pub microvm_id: String,
+    pub target: Target,
     /// What to run; `tty` is filled in from the local terminal.
     pub request: ExecRequest,
     /// Ask for a terminal.
@@ -110,6 +120,12 @@ enum Event {
     Signal(Signal),
 }
 
+/// How the session is reached, once the target is known to exist.
+enum Way<'a> {
+    Control(std::os::unix::net::UnixStream),
+    WebSocket { url: &'a str, token: &'a str },
+}
+
 fn attach(a: &ExecArgs) -> Result<(i32, Option<String>), Failure> {
     let name = a.name();
     let fail = |line: String, code: i32| Failure {
@@ -131,17 +147,27 @@ fn attach(a: &ExecArgs) -> Result<(i32, Option<String>), Failure> {
             req.env.entry("TERM".into()).or_insert(term);
         }
     }
-    let stream = connect::control(&a.microvm_id).map_err(|e| Failure {
-        line: format!("microvm-local: {e}"),
-        code: e.exit_code(),
-    })?;
-    // Before any thread exists, so that every thread inherits the mask.
+    let way = match &a.target {
+        Target::Local(id) => Way::Control(connect::control(id).map_err(|e| Failure {
+            line: format!("microvm-local: {e}"),
+            code: e.exit_code(),
+        })?),
+        Target::Endpoint { url, token } => Way::WebSocket { url, token },
+    };
+    // Before any thread exists (the WebSocket's too), so that every thread inherits
+    // the mask.
     let signals = signal_set();
     signals
         .thread_block()
         .map_err(|e| fail(format!("blocking signals: {e}"), 255))?;
-    let _ = stream.set_read_timeout(Some(ANSWER_TIMEOUT));
-    let session = Session::start(stream, &req).map_err(|e| match e {
+    let started = match way {
+        Way::Control(stream) => {
+            let _ = stream.set_read_timeout(Some(ANSWER_TIMEOUT));
+            Session::start(stream, &req)
+        }
+        Way::WebSocket { url, token } => crate::wsshell::open(url, token, &req, ANSWER_TIMEOUT),
+    };
+    let session = started.map_err(|e| match e {
         ExecError::Api { .. } => fail(e.message(), refusal_code(&e)),
         e => fail(format!("the agent did not start the command: {e}"), 255),
     })?;

@@ -2,6 +2,7 @@
 //! differ: usage errors are `aws: error: ...` with exit 252, constraint failures
 //! `Parameter validation failed:` with exit 255; `--help` and `--version` exit 0.
 
+use crate::attach::Target;
 use crate::params::{self, CliError, Invocation, RunArgs};
 use clap::error::{ContextKind, ErrorKind};
 use clap::{Args, Parser, Subcommand};
@@ -77,6 +78,10 @@ struct ServeCmd {
     /// How long a terminated MicroVM stays visible (seconds).
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     terminated_retention_seconds: u64,
+    /// The most MicroVMs run at once (each a QEMU); RunMicrovm beyond it is a
+    /// ServiceQuotaExceededException.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_microvms: u32,
     /// Test only: lowers the agents' minimum idle duration.
     #[arg(long, value_name = "SECONDS", hide = true)]
     test_min_idle_seconds: Option<u64>,
@@ -90,8 +95,21 @@ struct ServeCmd {
 #[derive(Debug, Args)]
 struct ProcessOpts {
     /// The MicroVM, by the microvmId run-microvm printed.
-    #[arg(long, value_name = "ID")]
-    microvm_identifier: String,
+    #[arg(
+        long,
+        value_name = "ID",
+        required_unless_present = "endpoint_url",
+        conflicts_with = "endpoint_url"
+    )]
+    microvm_identifier: Option<String>,
+    /// Instead: a MicroVM a `microvm-local serve` endpoint keeps, by its endpoint URL
+    /// (get-microvm's `endpoint`); the shell over WebSocket.
+    #[arg(long, value_name = "URL", requires = "auth_token")]
+    endpoint_url: Option<String>,
+    /// With --endpoint-url: the `X-aws-proxy-auth` value of
+    /// create-microvm-shell-auth-token's answer.
+    #[arg(long, value_name = "TOKEN", requires = "endpoint_url")]
+    auth_token: Option<String>,
     /// The user to run as: NAME, UID, NAME:GROUP or UID:GID, from the image's
     /// /etc/passwd and /etc/group (default root).
     #[arg(long, value_name = "USER", allow_hyphen_values = true)]
@@ -178,8 +196,16 @@ fn exec_args(
         timeout_seconds: p.timeout_seconds,
         tty: None,
     };
+    let target = match (p.microvm_identifier, p.endpoint_url, p.auth_token) {
+        (Some(id), None, None) => Target::Local(id),
+        (None, Some(url), Some(token)) => Target::Endpoint { url, token },
+        _ => return Err(CliError::Usage(
+            "the MicroVM is --microvm-identifier ID, or --endpoint-url URL with --auth-token TOKEN"
+                .into(),
+        )),
+    };
     Ok(Invocation::Exec(Box::new(crate::attach::ExecArgs {
-        microvm_id: p.microvm_identifier,
+        target,
         request,
         tty,
         shell,
@@ -319,6 +345,7 @@ where
                 account: s.account_id,
                 accept_any_signature: s.accept_any_signature,
                 retention: std::time::Duration::from_secs(s.terminated_retention_seconds),
+                max_microvms: s.max_microvms as usize,
                 test_min_idle_seconds: s.test_min_idle_seconds,
                 token_minute: std::time::Duration::from_secs(
                     s.test_token_minute_seconds.unwrap_or(60),
@@ -481,14 +508,14 @@ mod tests {
             "--run-hook-payload",
             "from-flag",
             "--idle-policy",
-            "maxIdleDurationSeconds=120",
+            "maxIdleDurationSeconds=120,suspendedDurationSeconds=0,autoResumeEnabled=false",
         ])
         .unwrap();
         assert_eq!(a.request["runHookPayload"], "from-flag");
         assert_eq!(a.request["maximumDurationInSeconds"], 60);
         assert_eq!(
             a.request["idlePolicy"],
-            json!({"maxIdleDurationSeconds":120})
+            json!({"maxIdleDurationSeconds":120,"suspendedDurationSeconds":0,"autoResumeEnabled":false})
         );
         assert_eq!(a.envelope.run_hook_payload, "from-flag");
         assert_eq!(a.envelope.maximum_duration_in_seconds, Some(60));
@@ -510,7 +537,7 @@ mod tests {
             "--test-min-idle-seconds",
             "0",
             "--idle-policy",
-            "maxIdleDurationSeconds=2",
+            "maxIdleDurationSeconds=2,suspendedDurationSeconds=0,autoResumeEnabled=true",
         ])
         .unwrap();
         assert_eq!(a.then, ["status", "sleep=1", "terminate"]);
@@ -579,7 +606,7 @@ mod tests {
             "--image-identifier",
             "i",
             "--idle-policy",
-            "maxIdleDurationSeconds=59",
+            "maxIdleDurationSeconds=59,suspendedDurationSeconds=0,autoResumeEnabled=true",
         ])
         .unwrap_err();
         assert!(e.to_string().contains("valid min value: 60"), "{e}");
@@ -743,7 +770,7 @@ mod tests {
             "-c",
             "echo --env",
         ]);
-        assert_eq!(e.microvm_id, "mvm-1");
+        assert_eq!(e.target, Target::Local("mvm-1".into()));
         assert_eq!(e.request.command, ["sh", "-c", "echo --env"]);
         assert_eq!(e.request.env["B"], "x=y");
         assert_eq!(e.request.env.len(), 2);
@@ -768,8 +795,34 @@ mod tests {
         assert!(s.shell && s.tty);
         let s = exec_of(&["shell", "--microvm-identifier", "m", "bash", "-l"]);
         assert_eq!(s.request.command, ["bash", "-l"]);
+        // A MicroVM of a local endpoint: its URL and a shell token.
+        let s = exec_of(&[
+            "shell",
+            "--endpoint-url",
+            "http://127.0.0.1:4000",
+            "--auth-token",
+            "mvs-x",
+        ]);
+        assert_eq!(
+            s.target,
+            Target::Endpoint {
+                url: "http://127.0.0.1:4000".into(),
+                token: "mvs-x".into()
+            }
+        );
         for bad in [
             &["exec", "--microvm-identifier", "m"][..],
+            &["shell", "--endpoint-url", "http://127.0.0.1:1"],
+            &["shell", "--auth-token", "t", "--microvm-identifier", "m"],
+            &[
+                "shell",
+                "--microvm-identifier",
+                "m",
+                "--endpoint-url",
+                "http://127.0.0.1:1",
+                "--auth-token",
+                "t",
+            ],
             &["exec", "true"],
             &[
                 "exec",

@@ -36,7 +36,8 @@
 //! - [`exec`]: the exec and files client (sessions, frames, tar streams) over any
 //!   connected Unix stream; [`connect`]: a MicroVM by id; [`attach`]: the `exec` and
 //!   `shell` commands; [`terminal`]: raw mode and window size; [`cp`]: `cp`.
-//! - [`serve`]: the local Lambda MicroVMs endpoint (`microvm-local serve`).
+//! - [`serve`]: the local Lambda MicroVMs endpoint (`microvm-local serve`);
+//!   [`wsshell`]: the shell over WebSocket, both ends.
 //! - [`vm`]: QEMU + vhost-device-vsock, hybrid vsock, QMP; [`http`]: the client;
 //!   [`bridge`]: the per-connection bridge of a forwarded egress endpoint;
 //!   [`host`]: the host's clock, entropy, ids and timestamps.
@@ -60,3 +61,4 @@ pub mod signals;
 pub mod terminal;
 pub mod validate;
 pub mod vm;
+pub mod wsshell;

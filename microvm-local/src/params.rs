@@ -7,7 +7,7 @@ use microvm_protocol::run::RunEnvelope;
 use serde_json::{json, Map, Value};
 
 /// Usage line shown with operation errors.
-pub const USAGE: &str = "usage: microvm-local run-microvm --image-identifier PATH [options]\n       microvm-local run-microvm --generate-cli-skeleton [input|output]\n       microvm-local exec --microvm-identifier ID [options] -- COMMAND [ARG...]\n       microvm-local shell --microvm-identifier ID [options] [COMMAND [ARG...]]\n       microvm-local cp SRC DEST   (one of them MICROVM_ID:/absolute/path)";
+pub const USAGE: &str = "usage: microvm-local run-microvm --image-identifier PATH [options]\n       microvm-local run-microvm --generate-cli-skeleton [input|output]\n       microvm-local exec --microvm-identifier ID [options] -- COMMAND [ARG...]\n       microvm-local shell --microvm-identifier ID [options] [COMMAND [ARG...]]\n       microvm-local exec|shell --endpoint-url URL --auth-token TOKEN [options] ...\n       microvm-local cp SRC DEST   (one of them MICROVM_ID:/absolute/path)";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CliError {

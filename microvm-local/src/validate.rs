@@ -48,6 +48,10 @@ const IDLE_POLICY_MEMBERS: [&str; 3] = [
     "autoResumeEnabled",
 ];
 const CLOUD_WATCH_MEMBERS: [&str; 2] = ["logGroup", "logStream"];
+/// The model's maxima the service checks (botocore does not).
+const IMAGE_IDENTIFIER_MAX: usize = 256;
+const LOG_NAME_MAX: usize = 512;
+const VERSION_MAX: usize = 2048;
 
 fn int_range(errors: &mut Vec<String>, name: &str, v: &Value, min: i64, max: i64) {
     match v.as_i64() {
@@ -69,13 +73,14 @@ fn string_len(errors: &mut Vec<String>, name: &str, v: &Value, min: usize, max: 
         None => errors.push(format!(
             "Invalid type for parameter {name}, value: {v}, valid types: <class 'str'>"
         )),
-        Some(s) if s.len() < min => errors.push(format!(
+        // Lengths in characters, as botocore (Python's len) and the model count them.
+        Some(s) if s.chars().count() < min => errors.push(format!(
             "Invalid length for parameter {name}, value: {}, valid min length: {min}",
-            s.len()
+            s.chars().count()
         )),
-        Some(s) if s.len() > max => errors.push(format!(
+        Some(s) if s.chars().count() > max => errors.push(format!(
             "Invalid length for parameter {name}, value: {}, valid max length: {max}",
-            s.len()
+            s.chars().count()
         )),
         _ => {}
     }
@@ -111,10 +116,47 @@ fn members<'a>(
 /// bytes; the API does not (the model's 4,096, which people measured enforced).
 pub fn service_limits(r: &Map<String, Value>) -> Result<(), String> {
     let mut errors = Vec::new();
-    if let Some(s) = r.get("runHookPayload").and_then(Value::as_str) {
-        if s.len() > RUN_HOOK_PAYLOAD_SCHEMA_MAX {
+    let mut longest = |at: &str, v: Option<&Value>, max: usize| {
+        if v.and_then(Value::as_str)
+            .is_some_and(|s| s.chars().count() > max)
+        {
             errors.push(format!(
-                "Value at 'runHookPayload' failed to satisfy constraint: Member must have length less than or equal to {RUN_HOOK_PAYLOAD_SCHEMA_MAX}"
+                "Value at '{at}' failed to satisfy constraint: Member must have length less than or equal to {max}"
+            ));
+        }
+    };
+    longest(
+        "runHookPayload",
+        r.get("runHookPayload"),
+        RUN_HOOK_PAYLOAD_SCHEMA_MAX,
+    );
+    longest(
+        "imageIdentifier",
+        r.get("imageIdentifier"),
+        IMAGE_IDENTIFIER_MAX,
+    );
+    longest("imageVersion", r.get("imageVersion"), VERSION_MAX);
+    let cloud_watch = r.get("logging").and_then(|l| l.get("cloudWatch"));
+    let group = cloud_watch.and_then(|c| c.get("logGroup"));
+    let stream = cloud_watch.and_then(|c| c.get("logStream"));
+    longest("logging.cloudWatch.logGroup", group, LOG_NAME_MAX);
+    longest("logging.cloudWatch.logStream", stream, LOG_NAME_MAX);
+    // The model's patterns: a group of [a-zA-Z0-9_\-/.#]+, a stream without ':' or
+    // '*' (CloudWatch Logs would refuse the agent's PutLogEvents later, silently).
+    if let Some(g) = group.and_then(Value::as_str) {
+        if !g
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-/.#".contains(c))
+        {
+            errors.push(format!(
+                "Value '{g}' at 'logging.cloudWatch.logGroup' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_\\-/.#]+"
+            ));
+        }
+    }
+    if let Some(st) = stream.and_then(Value::as_str) {
+        if st.contains([':', '*']) {
+            errors.push(format!(
+                "Value '{st}' at 'logging.cloudWatch.logStream' failed to satisfy constraint: Member must satisfy regular expression pattern: [^:*]*"
             ));
         }
     }
@@ -147,10 +189,10 @@ pub fn validate_with(r: &Map<String, Value>, min_idle: u64) -> Result<Vec<String
     }
     match r.get("imageIdentifier") {
         None => errors.push("Missing required parameter in input: \"imageIdentifier\"".into()),
-        Some(v) => string_len(&mut errors, "imageIdentifier", v, 1, 2048),
+        Some(v) => string_len(&mut errors, "imageIdentifier", v, 1, usize::MAX),
     }
     if let Some(v) = r.get("imageVersion") {
-        string_len(&mut errors, "imageVersion", v, 1, 2048);
+        string_len(&mut errors, "imageVersion", v, 1, usize::MAX);
         if v.as_str()
             .is_some_and(|s| s.chars().any(char::is_whitespace))
         {
@@ -184,17 +226,20 @@ pub fn validate_with(r: &Map<String, Value>, min_idle: u64) -> Result<Vec<String
     }
     if let Some(v) = r.get("idlePolicy") {
         if let Some(p) = members(&mut errors, "idlePolicy", v, &IDLE_POLICY_MEMBERS) {
-            match p.get("maxIdleDurationSeconds") {
-                None => errors.push(
-                    "Missing required parameter in idlePolicy: \"maxIdleDurationSeconds\"".into(),
-                ),
-                Some(m) => int_range(
+            // The model requires all three members, as botocore checks before sending.
+            for m in IDLE_POLICY_MEMBERS {
+                if !p.contains_key(m) {
+                    errors.push(format!("Missing required parameter in idlePolicy: \"{m}\""));
+                }
+            }
+            if let Some(m) = p.get("maxIdleDurationSeconds") {
+                int_range(
                     &mut errors,
                     "idlePolicy.maxIdleDurationSeconds",
                     m,
                     min_idle as i64,
-                    max_duration,
-                ),
+                    i64::MAX,
+                );
             }
             if let Some(s) = p.get("suspendedDurationSeconds") {
                 int_range(
@@ -202,7 +247,7 @@ pub fn validate_with(r: &Map<String, Value>, min_idle: u64) -> Result<Vec<String
                     "idlePolicy.suspendedDurationSeconds",
                     s,
                     0,
-                    max_duration,
+                    i64::MAX,
                 );
             }
             if let Some(a) = p.get("autoResumeEnabled") {
@@ -341,7 +386,30 @@ mod tests {
             service_limits(over.as_object().unwrap()),
             Err("1 validation error detected: Value at 'runHookPayload' failed to satisfy constraint: Member must have length less than or equal to 4096".into())
         );
-        let policy = json!({"maxIdleDurationSeconds": MIN_IDLE_SECONDS - 1});
+        // Characters, not bytes: 4,096 of 'é' (8,192 bytes) are within the limit.
+        let wide = json!({"imageIdentifier": "i", "runHookPayload": "é".repeat(RUN_HOOK_PAYLOAD_SCHEMA_MAX)});
+        assert_eq!(service_limits(wide.as_object().unwrap()), Ok(()));
+        let long = json!({"imageIdentifier": "i".repeat(257),
+            "logging": {"cloudWatch": {"logGroup": "bad group!", "logStream": "a:b"}}});
+        let e = service_limits(long.as_object().unwrap()).unwrap_err();
+        assert!(e.starts_with("3 validation errors detected: Value at 'imageIdentifier' failed to satisfy constraint: Member must have length less than or equal to 256; Value 'bad group!' at 'logging.cloudWatch.logGroup'"), "{e}");
+        assert!(e.ends_with("Value 'a:b' at 'logging.cloudWatch.logStream' failed to satisfy constraint: Member must satisfy regular expression pattern: [^:*]*"), "{e}");
+        let fine = json!({"imageIdentifier": "i".repeat(256),
+            "logging": {"cloudWatch": {"logGroup": "/aws/lambda-microvms/x_y-z.1#2", "logStream": "s/t"}}});
+        assert_eq!(service_limits(fine.as_object().unwrap()), Ok(()));
+        // All three members of an idle policy are required.
+        let errs =
+            check(json!({"imageIdentifier": "i", "idlePolicy": {"maxIdleDurationSeconds": 60}}))
+                .unwrap_err();
+        assert_eq!(
+            errs,
+            [
+                "Missing required parameter in idlePolicy: \"suspendedDurationSeconds\"",
+                "Missing required parameter in idlePolicy: \"autoResumeEnabled\"",
+            ]
+        );
+        let policy = json!({"maxIdleDurationSeconds": MIN_IDLE_SECONDS - 1,
+            "suspendedDurationSeconds": 0, "autoResumeEnabled": false});
         assert!(check(json!({"imageIdentifier": "i", "idlePolicy": policy.clone()})).is_err());
         assert!(validate_with(
             json!({"imageIdentifier": "i", "idlePolicy": policy})

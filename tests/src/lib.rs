@@ -660,6 +660,84 @@ pub fn read_until(s: &mut microvm_local::exec::Session, want: &str) -> String {
     }
 }
 
+/// Poll a tmux pane until `want` is on the screen; the screen is returned.
+pub fn pane_shows(server: &str, want: &str) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = std::process::Command::new("tmux")
+            .args(["-L", server, "capture-pane", "-p", "-t", "t"])
+            .output()
+            .expect("tmux runs (make setup installs it)");
+        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
+        if screen.contains(want) {
+            return screen;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "{want:?} never appeared; screen:\n{screen}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+pub fn tmux(server: &str, args: &[&str]) {
+    let st = std::process::Command::new("tmux")
+        .arg("-L")
+        .arg(server)
+        .args(args)
+        .status()
+        .expect("tmux runs (make setup installs it)");
+    assert!(st.success(), "tmux {args:?}");
+}
+
+/// A person at a remote shell in the tmux window of [`in_tmux`] (80x24), whose
+/// command echoes `shell-exit=$?` after the shell: the terminal's size, a resize
+/// reaching the remote terminal, and `exit 5` becoming the client's status.
+pub fn terminal_session(server: &str) {
+    tmux(server, &["send-keys", "-t", "t", "stty size", "Enter"]);
+    pane_shows(server, "24 80");
+    tmux(
+        server,
+        &["resize-window", "-t", "t", "-x", "100", "-y", "30"],
+    );
+    tmux(server, &["send-keys", "-t", "t", "stty size", "Enter"]);
+    pane_shows(server, "30 100");
+    tmux(server, &["send-keys", "-t", "t", "exit 5", "Enter"]);
+    pane_shows(server, "shell-exit=5");
+}
+
+/// `command` in a detached 80x24 tmux window (session `t` on a server of its own),
+/// driven by `drive` with the server's name; the server is killed afterwards, even
+/// when `drive` panics. The panic, if any, is returned for the caller to resume once
+/// it has cleaned up its own.
+pub fn in_tmux(command: &str, drive: impl FnOnce(&str)) -> std::thread::Result<()> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let server = format!(
+        "microvm-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    tmux(
+        &server,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            command,
+        ],
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drive(&server)));
+    let _ = std::process::Command::new("tmux")
+        .args(["-L", &server, "kill-server"])
+        .status();
+    result
+}
+
 #[cfg(test)]
 mod tests {
     /// Run only by [`a_skip_fails_under_ci_and_passes_elsewhere`], in a child process.

@@ -37,6 +37,8 @@ fn ready() -> Option<PathBuf> {
 struct Endpoint {
     child: Child,
     url: String,
+    /// The port the guests' egress reaches: CloudWatch Logs alone.
+    logs_url: String,
     state: PathBuf,
 }
 
@@ -74,14 +76,19 @@ impl Endpoint {
         Endpoint {
             child,
             url: v["endpoint"].as_str().unwrap().to_string(),
+            logs_url: format!("http://127.0.0.1:{}", v["logsPort"].as_u64().unwrap()),
             state,
         }
     }
 
     /// The AWS CLI against this endpoint: (exit code, stdout, stderr).
     fn aws_with(&self, secret: &str, args: &[&str]) -> (i32, String, String) {
+        self.aws_at(&self.url, secret, args)
+    }
+
+    fn aws_at(&self, url: &str, secret: &str, args: &[&str]) -> (i32, String, String) {
         let o = Command::new(venv("aws").unwrap())
-            .args(["--endpoint-url", &self.url, "--output", "json"])
+            .args(["--endpoint-url", url, "--output", "json"])
             .args(args)
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", secret)
@@ -561,6 +568,56 @@ fn the_aws_cli_drives_local_microvms() {
         "{head}"
     );
 
+    // The port the proxy authorizes is the port the agent connects to: a WebSocket's
+    // port subprotocol wins over the header (as in the agent), and a plain request's
+    // port subprotocol means nothing.
+    let ws_headers = |protocols: String| {
+        vec![
+            ("Upgrade", "websocket".to_string()),
+            ("Connection", "Upgrade".to_string()),
+            ("Sec-WebSocket-Version", "13".to_string()),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==".to_string()),
+            ("X-aws-proxy-port", "8080".to_string()),
+            ("Sec-WebSocket-Protocol", protocols),
+        ]
+    };
+    let h = ws_headers(format!(
+        "lambda-microvms.port.9000, lambda-microvms.authentication.{token}"
+    ));
+    let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _, body) = http(&endpoint, "/ws", &h);
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            403,
+            r#"{"message":"the auth token does not allow port 9000"}"#
+        )
+    );
+    let (status, _, body) = http(
+        &endpoint,
+        "/plain",
+        &[
+            ("X-aws-proxy-auth", &token),
+            ("Sec-WebSocket-Protocol", "lambda-microvms.port.9000"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["port"], 8080, "{seen}");
+    let only_9000 = e.token(&id_a, "30", "port=9000");
+    let (status, _, _) = http(
+        &endpoint,
+        "/plain",
+        &[
+            ("X-aws-proxy-auth", &only_9000),
+            ("Sec-WebSocket-Protocol", "lambda-microvms.port.9000"),
+        ],
+    );
+    assert_eq!(
+        status, 403,
+        "a plain request's port subprotocol opens nothing"
+    );
+
     // Suspend, a second suspend (conflict), resume; ingress works again.
     assert_eq!(
         e.ok(&[
@@ -847,7 +904,7 @@ fn the_server_carries_out_idle_policies_and_maximum_durations_and_boto3_drives_i
         &[("X-aws-proxy-auth", &token)],
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(e.get(&napper_id)["state"], "RUNNING");
+    e.wait_state(&napper_id, "RUNNING", Duration::from_secs(10));
     // Idle, then suspended longer than suspendedDurationSeconds: terminated.
     let gone = e.wait_state(&sleeper_id, "TERMINATED", Duration::from_secs(90));
     assert_eq!(
@@ -885,6 +942,12 @@ out["missing"] = code(lambda: c.get_microvm(microvmIdentifier="mvm-missing"))
 out["long_payload"] = code(lambda: c.run_microvm(imageIdentifier="example", runHookPayload="x" * 4097))
 t = c.create_microvm_auth_token(microvmIdentifier=r["microvmId"], expirationInMinutes=5, allowedPorts=[{"allPorts": {}}])
 out["token_keys"] = sorted(t["authToken"].keys())
+# An ARN in the path (percent-encoded, signed twice-encoded) under signature checks.
+arn = "arn:aws:lambda:us-east-1:000000000000:microvm-image:example"
+out["image"] = c.get_microvm_image(imageIdentifier=arn)["imageArn"]
+# A client set to another region is refused, not answered with this one's ARNs.
+west = boto3.client("lambda-microvms", endpoint_url=url, region_name="us-west-2")
+out["other_region"] = code(lambda: west.list_microvms())
 c.terminate_microvm(microvmIdentifier=r["microvmId"])
 out["after"] = c.get_microvm(microvmIdentifier=r["microvmId"])["state"]
 print(json.dumps(out))
@@ -902,8 +965,331 @@ print(json.dumps(out))
     assert_eq!(v["missing"], json!(["ResourceNotFoundException", 404]));
     assert_eq!(v["long_payload"], json!(["ValidationException", 400]));
     assert_eq!(v["token_keys"], json!(["X-aws-proxy-auth"]));
+    assert_eq!(
+        v["image"],
+        "arn:aws:lambda:us-east-1:000000000000:microvm-image:example"
+    );
+    assert_eq!(v["other_region"], json!(["InvalidSignatureException", 403]));
     assert!(
         v["after"] == "TERMINATING" || v["after"] == "TERMINATED",
         "{v}"
     );
+}
+
+/// `microvm-local exec` or `shell` against a MicroVM of the endpoint, through its
+/// endpoint URL and `token`: (exit code, stdout, stderr).
+fn ws_exec(endpoint: &str, token: &str, args: &[&str], stdin: &[u8]) -> (i32, Vec<u8>, String) {
+    let mut child = Command::new(runner())
+        .args(["exec", "--endpoint-url", endpoint, "--auth-token", token])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let o = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        o.stdout,
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    )
+}
+
+type Ws = tungstenite::WebSocket<std::net::TcpStream>;
+
+/// A WebSocket to a MicroVM's endpoint offering `protocols`: the socket, or the
+/// refusal's (status, body).
+fn ws_open(endpoint: &str, protocols: &str) -> Result<Ws, (u16, String)> {
+    use tungstenite::client::IntoClientRequest;
+    let addr = endpoint.trim_start_matches("http://");
+    let mut req = format!("ws://{addr}/").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocols.parse().unwrap());
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    match tungstenite::client(req, tcp) {
+        Ok((ws, resp)) => {
+            assert_eq!(
+                resp.headers()["sec-websocket-protocol"],
+                "lambda-microvms.shell"
+            );
+            Ok(ws)
+        }
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => Err((
+            r.status().as_u16(),
+            String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).to_string(),
+        )),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn shell_protocols(token: &str) -> String {
+    format!("lambda-microvms.shell, lambda-microvms.authentication.{token}")
+}
+
+/// The next message that is not a ping or pong.
+fn ws_next(ws: &mut Ws) -> tungstenite::Message {
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_)) => {}
+            Ok(m) => return m,
+            Err(e) => panic!("reading the shell's WebSocket: {e}"),
+        }
+    }
+}
+
+/// The close the endpoint sends: (code, reason).
+fn ws_closed(ws: &mut Ws) -> (u16, String) {
+    loop {
+        match ws_next(ws) {
+            tungstenite::Message::Close(Some(f)) => return (f.code.into(), f.reason.to_string()),
+            tungstenite::Message::Close(None) => return (1005, String::new()),
+            _ => {}
+        }
+    }
+}
+
+/// A started command on the shell's WebSocket: the socket and the pid.
+fn ws_started(endpoint: &str, token: &str, command: &[&str]) -> (Ws, i64) {
+    let mut ws = ws_open(endpoint, &shell_protocols(token)).unwrap();
+    ws.send(tungstenite::Message::text(
+        json!({ "command": command }).to_string(),
+    ))
+    .unwrap();
+    let first = match ws_next(&mut ws) {
+        tungstenite::Message::Text(t) => serde_json::from_str::<Value>(&t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let pid = first["pid"].as_i64().unwrap_or_else(|| panic!("{first}"));
+    (ws, pid)
+}
+
+#[test]
+fn the_shell_token_opens_the_terminal_over_a_websocket() {
+    use microvm_protocol::exec::{frame, Kind};
+    let Some(images) = ready() else { return };
+    let e = Endpoint::start(
+        &images,
+        "serve-shell",
+        &["--test-token-minute-seconds", "4", "--max-microvms", "1"],
+    );
+    let v = e.run(&[
+        "--image-identifier",
+        "example",
+        "--ingress-network-connectors",
+        "SHELL_INGRESS",
+    ]);
+    // One at most here: a second is over the quota.
+    let err = e.fails(
+        "ServiceQuotaExceededException",
+        &[
+            "lambda-microvms",
+            "run-microvm",
+            "--image-identifier",
+            "example",
+        ],
+    );
+    assert!(err.contains("serve --max-microvms 1"), "{err}");
+    // The port the guests' egress reaches serves CloudWatch Logs and nothing else:
+    // an application cannot drive the MicroVMs, even with the server's keys.
+    let (code, _, err) = e.aws_at(&e.logs_url, SECRET, &["lambda-microvms", "list-microvms"]);
+    assert_eq!(code, 255);
+    assert!(
+        err.contains("An error occurred (AccessDeniedException)")
+            && err.contains("this port serves CloudWatch Logs only"),
+        "{err}"
+    );
+    let (code, out, err) = e.aws_at(&e.logs_url, SECRET, &["logs", "describe-log-groups"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("logGroups"), "{out}");
+    let id = v["microvmId"].as_str().unwrap().to_string();
+    let endpoint = v["endpoint"].as_str().unwrap().to_string();
+    let shell_token = |minutes: &str| {
+        e.ok(&[
+            "lambda-microvms",
+            "create-microvm-shell-auth-token",
+            "--microvm-identifier",
+            &id,
+            "--expiration-in-minutes",
+            minutes,
+        ])["authToken"]["X-aws-proxy-auth"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Sixty "minutes" of four seconds: enough for the whole test on a slow machine.
+    let token = shell_token("60");
+
+    // A command through the WebSocket: stdin in (far more than every buffer on the
+    // way holds, so both directions must flow at once), stdout and stderr out
+    // byte-exact, the exit code the runner's.
+    let input: Vec<u8> = (0..16_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (code, out, err) = ws_exec(
+        &endpoint,
+        &token,
+        &["--", "sh", "-c", "cat; echo oops >&2; exit 7"],
+        &input,
+    );
+    assert_eq!(code, 7, "{err}");
+    assert!(out == input, "stdout differs: {} bytes", out.len());
+    assert_eq!(err, "oops\n");
+    // The agent's refusal reaches the client as it would locally.
+    let (code, _, err) = ws_exec(&endpoint, &token, &["--", "no-such-command"], b"");
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("no-such-command"), "{err}");
+
+    // The terminal, as a person uses it.
+    let shell = format!(
+        "{} shell --endpoint-url {endpoint} --auth-token {token}; echo shell-exit=$?; sleep 60",
+        runner().display()
+    );
+    in_tmux(&shell, terminal_session).unwrap_or_else(|p| std::panic::resume_unwind(p));
+
+    // Only a valid shell token opens it, refused before the guest.
+    let ingress = e.token(&id, "30", "allPorts={}");
+    for (protocols, status, why) in [
+        (
+            "lambda-microvms.shell".to_string(),
+            401,
+            "missing X-aws-proxy-auth",
+        ),
+        (
+            shell_protocols(&ingress),
+            403,
+            "the auth token is not valid for this MicroVM",
+        ),
+        (
+            shell_protocols("mvs-forged"),
+            403,
+            "the auth token is not valid for this MicroVM",
+        ),
+    ] {
+        let (got, body) = ws_open(&endpoint, &protocols).map(|_| ()).unwrap_err();
+        assert_eq!(got, status, "{protocols}: {body}");
+        assert!(body.contains(why), "{protocols}: {body}");
+    }
+    let (code, _, err) = ws_exec(&endpoint, &ingress, &["--", "true"], b"");
+    assert_eq!(code, 255);
+    assert!(
+        err.contains("the auth token is not valid for this MicroVM"),
+        "{err}"
+    );
+    // Nor does the shell token open the application's ports.
+    let (status, _, body) = http(&endpoint, "/", &[("X-aws-proxy-auth", &token)]);
+    assert_eq!(status, 403, "{body}");
+    // A shell token expires like any other (a minute is four seconds here).
+    let short = shell_token("1");
+    assert_eq!(ws_exec(&endpoint, &short, &["--", "true"], b"").0, 0);
+    std::thread::sleep(Duration::from_millis(4500));
+    let (code, _, err) = ws_exec(&endpoint, &short, &["--", "true"], b"");
+    assert_eq!(code, 255);
+    assert!(err.contains("the auth token has expired"), "{err}");
+
+    // Messages the protocol does not allow end the session with 1008 and why.
+    let mut ws = ws_open(&endpoint, &shell_protocols(&token)).unwrap();
+    ws.send(tungstenite::Message::binary(frame(Kind::Stdin, b"x")))
+        .unwrap();
+    assert_eq!(
+        ws_closed(&mut ws),
+        (
+            1008,
+            "the first message must be text: an exec request".into()
+        )
+    );
+    let mut ws = ws_open(&endpoint, &shell_protocols(&token)).unwrap();
+    ws.send(tungstenite::Message::text("{\"command\": 5}"))
+        .unwrap();
+    let (code, reason) = ws_closed(&mut ws);
+    assert_eq!(code, 1008);
+    assert!(
+        reason.starts_with("the first message is not an exec request"),
+        "{reason}"
+    );
+    let (mut ws, _) = ws_started(&endpoint, &token, &["cat"]);
+    ws.send(tungstenite::Message::binary(frame(Kind::Stdout, b"x")))
+        .unwrap();
+    assert_eq!(
+        ws_closed(&mut ws),
+        (1008, "a Stdout frame does not go this way".into())
+    );
+    let (mut ws, _) = ws_started(&endpoint, &token, &["cat"]);
+    let mut two = frame(Kind::Stdin, b"a");
+    two.extend(frame(Kind::Stdin, b"b"));
+    ws.send(tungstenite::Message::binary(two)).unwrap();
+    let (code, reason) = ws_closed(&mut ws);
+    assert_eq!(code, 1008);
+    assert!(reason.contains("one whole frame"), "{reason}");
+    let (mut ws, _) = ws_started(&endpoint, &token, &["cat"]);
+    ws.send(tungstenite::Message::binary(vec![0u8; 70_000]))
+        .unwrap();
+    assert_eq!(ws_closed(&mut ws).0, 1009, "a message over one frame");
+    // An echo through the raw protocol, ending with the exit frame and a 1000.
+    let (mut ws, _) = ws_started(&endpoint, &token, &["cat"]);
+    ws.send(tungstenite::Message::binary(frame(Kind::Stdin, b"ping")))
+        .unwrap();
+    ws.send(tungstenite::Message::binary(frame(Kind::Stdin, b"")))
+        .unwrap();
+    let mut echoed = Vec::new();
+    loop {
+        match ws_next(&mut ws) {
+            tungstenite::Message::Binary(b) if b[0] == Kind::Stdout as u8 => {
+                echoed.extend_from_slice(&b[5..])
+            }
+            tungstenite::Message::Binary(b) if b[0] == Kind::Exit as u8 => {
+                let exit: Value = serde_json::from_slice(&b[5..]).unwrap();
+                assert_eq!(exit["exitCode"], 0, "{exit}");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(echoed, b"ping");
+    assert_eq!(ws_closed(&mut ws), (1000, String::new()));
+
+    // The client leaving ends the command: the agent kills its process group.
+    let (ws, pid) = ws_started(&endpoint, &token, &["sleep", "300"]);
+    let alive = |pid: i64| {
+        ws_exec(
+            &endpoint,
+            &token,
+            &["--", "sh", "-c", &format!("kill -0 {pid} 2>/dev/null")],
+            b"",
+        )
+        .0 == 0
+    };
+    assert!(alive(pid));
+    drop(ws);
+    let t0 = Instant::now();
+    while alive(pid) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{pid} outlived its WebSocket"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A suspended MicroVM's shell waits for ResumeMicrovm.
+    e.ok(&[
+        "lambda-microvms",
+        "suspend-microvm",
+        "--microvm-identifier",
+        &id,
+    ]);
+    let (code, _, err) = ws_exec(&endpoint, &token, &["--", "true"], b"");
+    assert_eq!(code, 255);
+    assert!(err.contains("the MicroVM is SUSPENDED"), "{err}");
+    e.ok(&[
+        "lambda-microvms",
+        "resume-microvm",
+        "--microvm-identifier",
+        &id,
+    ]);
+    let (code, out, err) = ws_exec(&endpoint, &token, &["--", "echo", "back"], b"");
+    assert_eq!((code, out.as_slice()), (0, &b"back\n"[..]), "{err}");
 }

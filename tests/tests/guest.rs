@@ -1333,36 +1333,6 @@ fn suspend_and_resume_through_a_file_keep_the_application_and_its_logs() {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// Poll a tmux pane until `want` is on the screen; the screen is returned.
-fn pane_shows(server: &str, want: &str) -> String {
-    let t0 = std::time::Instant::now();
-    loop {
-        let out = std::process::Command::new("tmux")
-            .args(["-L", server, "capture-pane", "-p", "-t", "t"])
-            .output()
-            .expect("tmux runs (make setup installs it)");
-        let screen = String::from_utf8_lossy(&out.stdout).into_owned();
-        if screen.contains(want) {
-            return screen;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "{want:?} never appeared; screen:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn tmux(server: &str, args: &[&str]) {
-    let st = std::process::Command::new("tmux")
-        .arg("-L")
-        .arg(server)
-        .args(args)
-        .status()
-        .expect("tmux runs (make setup installs it)");
-    assert!(st.success(), "tmux {args:?}");
-}
-
 #[test]
 fn the_runners_exec_cp_and_shell_as_a_person_uses_them() {
     use std::io::{BufRead, Write};
@@ -1450,40 +1420,11 @@ fn the_runners_exec_cp_and_shell_as_a_person_uses_them() {
     );
 
     // The interactive terminal, driven through tmux as a person would.
-    let server = format!("microvm-test-{}", std::process::id());
     let shell = format!(
         "{} shell --microvm-identifier {id}; echo shell-exit=$?; sleep 60",
         runner().display()
     );
-    tmux(
-        &server,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "t",
-            "-x",
-            "80",
-            "-y",
-            "24",
-            &shell,
-        ],
-    );
-    let result = std::panic::catch_unwind(|| {
-        tmux(&server, &["send-keys", "-t", "t", "stty size", "Enter"]);
-        pane_shows(&server, "24 80");
-        tmux(
-            &server,
-            &["resize-window", "-t", "t", "-x", "100", "-y", "30"],
-        );
-        tmux(&server, &["send-keys", "-t", "t", "stty size", "Enter"]);
-        pane_shows(&server, "30 100");
-        tmux(&server, &["send-keys", "-t", "t", "exit 5", "Enter"]);
-        pane_shows(&server, "shell-exit=5");
-    });
-    let _ = std::process::Command::new("tmux")
-        .args(["-L", &server, "kill-server"])
-        .status();
+    let result = in_tmux(&shell, terminal_session);
     let stdin = vm.stdin.as_mut().unwrap();
     writeln!(stdin, "terminate").unwrap();
     drop(vm.stdin.take());

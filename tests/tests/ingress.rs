@@ -211,17 +211,14 @@ fn a_closed_port_is_502_and_a_closed_stream() {
 fn h2c_and_raw_tcp_are_forwarded_as_streams() {
     require_root!();
     let g = echo_guest("streams", false);
+    // The h2c preface: the stream goes to the app's HTTP/2 server as it is, whose
+    // first frame is its SETTINGS (type 4, stream 0).
     let mut s = ingress(&g);
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap();
-    assert_eq!(line, "H2C port=8080\n");
-    s.write_all(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .unwrap();
     let mut frame = [0u8; 9];
-    r.read_exact(&mut frame).unwrap();
-    assert_eq!(frame, *b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    s.read_exact(&mut frame).unwrap();
+    assert_eq!((frame[3], &frame[5..9]), (4, &[0u8; 4][..]), "{frame:?}");
 
     let mut s = ingress(&g);
     s.write_all(b"hello raw\n").unwrap();
@@ -231,6 +228,117 @@ fn h2c_and_raw_tcp_are_forwarded_as_streams() {
     r.read_line(&mut a).unwrap();
     r.read_line(&mut b).unwrap();
     assert_eq!((a.as_str(), b.as_str()), ("RAW port=8080\n", "hello raw\n"));
+}
+
+/// One HTTP/1.1 request with `headers` and a body: (status, answer's JSON).
+fn post(g: &Guest, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let mut s = ingress(g);
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: mvm.example\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    s.write_all(r.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let rep = read_reply(&mut BufReader::new(s)).unwrap();
+    (rep.status, String::from_utf8_lossy(&rep.body).to_string())
+}
+
+#[test]
+fn force_h2_speaks_http2_cleartext_to_the_application() {
+    require_root!();
+    let g = echo_guest("force-h2", false);
+    let body = vec![b'z'; 100_000];
+    let (status, answer) = post(
+        &g,
+        "/h2?x=1",
+        &[
+            ("X-aws-proxy-force-h2", "true"),
+            ("X-aws-proxy-port", "8081"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "gzip"),
+            ("Connection", "X-Internal"),
+            ("X-Internal", "this hop only"),
+            ("X-Mine", "kept"),
+        ],
+        &body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let v: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        (
+            v["version"].as_str(),
+            v["port"].as_u64(),
+            v["path"].as_str(),
+            v["method"].as_str(),
+            v["bodyLen"].as_u64()
+        ),
+        (
+            Some("HTTP/2.0"),
+            Some(8081),
+            Some("/h2?x=1"),
+            Some("POST"),
+            Some(100_000)
+        )
+    );
+    assert_eq!(v["authority"], "mvm.example", "Host becomes :authority");
+    let names = header_names(&v);
+    assert!(names.contains(&"x-mine".to_string()), "{names:?}");
+    for gone in [
+        "keep-alive",
+        "te",
+        "connection",
+        "x-internal",
+        "host",
+        "x-aws-proxy-force-h2",
+        "x-aws-proxy-port",
+    ] {
+        assert!(
+            !names.contains(&gone.to_string()),
+            "{gone} reached the app: {names:?}"
+        );
+    }
+    // Without it (or with anything but true), HTTP/1.1 as before.
+    for h in [&[][..], &[("X-aws-proxy-force-h2", "false")][..]] {
+        let (status, answer) = post(&g, "/h1", h, b"");
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(v["version"], "HTTP/1.1", "{h:?}");
+    }
+    // Nothing on the port: a 502 that says so; a WebSocket cannot be forced onto
+    // HTTP/2.
+    let (status, answer) = post(
+        &g,
+        "/",
+        &[
+            ("X-aws-proxy-force-h2", "true"),
+            ("X-aws-proxy-port", "7777"),
+        ],
+        b"",
+    );
+    assert_eq!(status, 502, "{answer}");
+    assert!(
+        answer.contains("nothing is listening on port 7777"),
+        "{answer}"
+    );
+    let (status, answer) = post(
+        &g,
+        "/",
+        &[
+            ("X-aws-proxy-force-h2", "TRUE"),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+        ],
+        b"",
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.contains("cannot carry a WebSocket upgrade"),
+        "{answer}"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! - [`status`]: what `GET /v1/status` answers, and hook outcomes.
 //! - [`events`]: `GET /v1/events` and the announce line.
 //! - [`exec`]: exec sessions and file transfer (shell ingress).
+//! - [`ingress`]: the platform's ingress headers and subprotocols (target port).
 //! - [`error`]: the control channel's error answers and their codes.
 
 pub mod connectors;
@@ -17,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod exec;
 pub mod hook;
+pub mod ingress;
 pub mod run;
 pub mod status;
 

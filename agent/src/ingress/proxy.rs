@@ -1,5 +1,6 @@
 //! Forwarding to the application: HTTP/1.1 request by request (WebSocket upgrades
-//! spliced), everything else as a byte stream to the default port.
+//! spliced; HTTP/2 cleartext to the application when `X-aws-proxy-force-h2: true`),
+//! everything else as a byte stream to the default port.
 
 use super::borders::Borders;
 use super::route::{is_websocket, route};
@@ -9,7 +10,8 @@ use crate::http::drain;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use microvm_protocol::ingress;
 use microvm_protocol::ports::DEFAULT_APP;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -80,12 +82,28 @@ pub async fn proxy(
 ) -> Result<Response<Body>, Infallible> {
     // A request in flight is activity until its answer's head is back.
     let _busy = activity.busy();
+    // Read before route() strips the platform's headers.
+    let h2 = ingress::force_h2(
+        req.headers()
+            .get(ingress::FORCE_H2_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
     let port = match route(req.headers_mut()) {
         Ok(p) => p,
         Err(e) => return Ok(refuse(req, StatusCode::BAD_REQUEST, e).await),
     };
     if let Some(why) = borders.refusal(req.uri().path(), port) {
         return Ok(refuse(req, StatusCode::FORBIDDEN, why).await);
+    }
+    if h2 {
+        if is_websocket(req.headers()) {
+            let why = "X-aws-proxy-force-h2: true cannot carry a WebSocket upgrade (HTTP/2 has no Upgrade)";
+            return Ok(refuse(req, StatusCode::BAD_REQUEST, why.into()).await);
+        }
+        // The kept HTTP/1.1 connection goes: a client connection holds two
+        // descriptors at most (its own and one to the app).
+        drop(upstreams.take(port));
+        return Ok(forward_h2(req, port).await);
     }
     let client_upgrade = is_websocket(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let mut resp = loop {
@@ -131,6 +149,99 @@ pub async fn proxy(
         });
     }
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// Headers HTTP/2 forbids (RFC 9113, 8.2.2): they describe an HTTP/1.1 connection.
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The request as HTTP/2 over cleartext with prior knowledge, on a connection of
+/// its own, and the answer back as HTTP/1.1.
+async fn forward_h2(req: Request<Incoming>, port: u16) -> Response<Body> {
+    let stream = match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("nothing is listening on port {port} in the MicroVM: {e}");
+            return refuse(req, StatusCode::BAD_GATEWAY, msg).await;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) =
+        match hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                let msg = format!("port {port}: no HTTP/2 (X-aws-proxy-force-h2): {e}");
+                return refuse(req, StatusCode::BAD_GATEWAY, msg).await;
+            }
+        };
+    tokio::spawn(conn);
+    let (mut parts, body) = req.into_parts();
+    // Headers that `Connection` names are this hop's too (RFC 9110, 7.6.1).
+    let named: Vec<String> = parts
+        .headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for n in &named {
+        parts.headers.remove(n.as_str());
+    }
+    for h in HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    if parts
+        .headers
+        .get(hyper::header::TE)
+        .is_some_and(|v| v != "trailers")
+    {
+        parts.headers.remove(hyper::header::TE);
+    }
+    // :authority is the Host the client named; :scheme is http (cleartext).
+    let authority = parts
+        .headers
+        .remove(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_string))
+        .unwrap_or_else(|| format!("127.0.0.1:{port}"));
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    parts.uri = match hyper::Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(u) => u,
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("Host {authority:?}: not an authority: {e}"),
+            )
+        }
+    };
+    parts.version = hyper::Version::HTTP_2;
+    match sender.send_request(Request::from_parts(parts, body)).await {
+        Ok(mut resp) => {
+            *resp.version_mut() = hyper::Version::HTTP_11;
+            resp.map(|b| b.boxed())
+        }
+        Err(e) => plain(
+            StatusCode::BAD_GATEWAY,
+            format!("port {port} (HTTP/2): {e}"),
+        ),
+    }
 }
 
 pub async fn stream_to_app(mut client: ClientStream) {

@@ -2,11 +2,7 @@
 //! subprotocols the application must never see.
 
 use hyper::header::{HeaderMap, HeaderValue};
-use microvm_protocol::ports::DEFAULT_APP;
-
-const PORT_HEADER: &str = "x-aws-proxy-port";
-const PROXY_HEADER_PREFIX: &str = "x-aws-proxy-";
-const SUBPROTOCOL_PORT: &str = "lambda-microvms.port.";
+use microvm_protocol::ingress::{self, HEADER_PREFIX};
 
 pub fn is_websocket(h: &HeaderMap) -> bool {
     h.get(hyper::header::UPGRADE)
@@ -14,46 +10,21 @@ pub fn is_websocket(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-fn is_platform_subprotocol(p: &str) -> bool {
-    p == "lambda-microvms"
-        || p.starts_with("lambda-microvms.authentication.")
-        || p.starts_with(SUBPROTOCOL_PORT)
-}
-
-fn parse_port(s: &str) -> Option<u16> {
-    s.trim().parse::<u16>().ok().filter(|p| *p > 0)
-}
-
 /// Where a request goes, and its headers as the application must see them.
 pub fn route(h: &mut HeaderMap) -> Result<u16, String> {
-    let mut port = match h.get(PORT_HEADER) {
-        None => DEFAULT_APP,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(parse_port)
-            .ok_or_else(|| format!("{PORT_HEADER}: not a port (1-65535): {v:?}"))?,
-    };
-    if is_websocket(h) {
-        let offered: Vec<String> = h
-            .get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
+    let websocket = is_websocket(h);
+    let offered = ingress::offered(
+        h.get_all(hyper::header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|p| p.trim().to_string())
-            .filter(|p| !p.is_empty())
-            .collect();
-        if let Some(p) = offered
-            .iter()
-            .find_map(|p| p.strip_prefix(SUBPROTOCOL_PORT))
-        {
-            port = parse_port(p)
-                .ok_or_else(|| format!("subprotocol {SUBPROTOCOL_PORT}{p}: not a port"))?;
-        }
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let header = h.get(ingress::PORT_HEADER).map(|v| v.to_str().ok());
+    let port = ingress::target_port(header, websocket, &offered)?;
+    if websocket {
         let kept: Vec<&str> = offered
             .iter()
             .map(String::as_str)
-            .filter(|p| !is_platform_subprotocol(p))
+            .filter(|p| !ingress::is_platform_subprotocol(p))
             .collect();
         h.remove(hyper::header::SEC_WEBSOCKET_PROTOCOL);
         if !kept.is_empty() {
@@ -64,7 +35,7 @@ pub fn route(h: &mut HeaderMap) -> Result<u16, String> {
     }
     let platform: Vec<_> = h
         .keys()
-        .filter(|k| k.as_str().starts_with(PROXY_HEADER_PREFIX))
+        .filter(|k| k.as_str().starts_with(HEADER_PREFIX))
         .cloned()
         .collect();
     for k in platform {

@@ -8,7 +8,8 @@
 //!   benchmark streams through ingress; a WebSocket upgrade answers
 //!   101 (with the first subprotocol it was offered, and `x-echo-port` /
 //!   `x-echo-subprotocols` telling what it saw), then echoes bytes.
-//! - HTTP/2 prior knowledge: answers `H2C port=<port>\n`, then echoes.
+//! - HTTP/2 prior knowledge (h2c): the same answers as HTTP/1.1, over HTTP/2; the JSON's
+//!   `version` says which arrived (`HTTP/2.0`, `HTTP/1.1`).
 //! - Anything else: answers `RAW port=<port>\n`, then echoes.
 
 use http_body_util::{BodyExt, Either, Full};
@@ -46,11 +47,10 @@ async fn connection(s: TcpStream, port: u16) {
     };
     let b = &b[..n];
     if b.starts_with(b"PRI") {
-        let mut s = s;
-        let mut preface = [0u8; 24];
-        if s.read_exact(&mut preface).await.is_ok() && preface.starts_with(b"PRI * HTTP/2.0") {
-            echo_rest(s, format!("H2C port={port}\n")).await;
-        }
+        let svc = hyper::service::service_fn(move |req| answer(req, port));
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+            .await;
     } else if b[0].is_ascii_uppercase() {
         let svc = hyper::service::service_fn(move |req| answer(req, port));
         let _ = hyper::server::conn::http1::Builder::new()
@@ -185,9 +185,28 @@ async fn answer(mut req: Request<Incoming>, port: u16) -> Result<Answer, hyper::
             )
         })
         .collect();
-    let (method, path) = (req.method().to_string(), req.uri().to_string());
+    // The path as sent (an HTTP/2 request's URI also carries scheme and authority).
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.to_string());
+    let version = format!("{:?}", req.version());
+    // HTTP/2's :authority, or HTTP/1.1's Host.
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
     let body_len = req.into_body().collect().await?.to_bytes().len();
-    let v = serde_json::json!({"port": port, "method": method, "path": path,
+    let v = serde_json::json!({"port": port, "method": method, "path": path, "version": version,
+                               "authority": authority,
                                "headers": headers, "bodyLen": body_len});
     Ok(Response::new(full(v.to_string())))
 }

@@ -18,6 +18,10 @@ impl<R: Read> FrameReader<R> {
         &self.inner
     }
 
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// The next frame; `None` when the stream ends cleanly between frames. A stream
     /// that ends inside a frame is `UnexpectedEof`, a header the contract does not
     /// allow (unknown kind, payload over MAX_FRAME) `InvalidData`.

@@ -58,10 +58,14 @@ impl ExecError {
         }
     }
 
-    /// What a person should read: the agent's own message for a refusal.
+    /// What a person should read: the agent's (or the endpoint's) own message for a
+    /// refusal.
     pub fn message(&self) -> String {
         match (self, self.api_error()) {
             (_, Some(e)) => e.message,
+            (ExecError::Api { body, .. }, None) if body["message"].is_string() => {
+                body["message"].as_str().unwrap_or_default().to_string()
+            }
             (ExecError::Api { status, .. }, None) => format!("the agent answered HTTP {status}"),
             _ => self.to_string(),
         }
@@ -239,6 +243,27 @@ impl Session {
             },
             pid,
         })
+    }
+
+    /// A session on a stream that already carries frames (its `101` was read
+    /// elsewhere: the WebSocket shell's client bridges frames onto `stream`).
+    pub fn upgraded(stream: UnixStream, pid: i32) -> io::Result<Session> {
+        let write_half = stream.try_clone()?;
+        Ok(Session {
+            frames: FrameReader::new(BufReader::with_capacity(MAX_FRAME + 64, stream)),
+            writer: Writer {
+                stream: Arc::new(Mutex::new(write_half)),
+            },
+            pid,
+        })
+    }
+
+    /// The stream, and the bytes of it already read past the `101` (the start of the
+    /// first frames), for a caller that carries the frames on by itself.
+    pub fn into_stream(self) -> (UnixStream, Vec<u8>) {
+        let reader = self.frames.into_inner();
+        let read_ahead = reader.buffer().to_vec();
+        (reader.into_inner(), read_ahead)
     }
 
     /// The process's pid in the guest (also its process group).

@@ -1,5 +1,6 @@
 //! The operations, routed by the model's HTTP bindings (rest-json), and CloudWatch
-//! Logs' (awsJson1.1, by `X-Amz-Target`) on the same port.
+//! Logs' (awsJson1.1, by `X-Amz-Target`) on the same port; the guests' egress
+//! reaches a second port that serves the logs alone.
 
 use super::microvms::{self, Op, Repeat, State, Token};
 use super::wire::{self, Answer, ApiError};
@@ -16,22 +17,42 @@ use std::time::Duration;
 const PREFIX: &str = "/2025-09-09/";
 /// Largest request body taken (PutLogEvents' 1 MiB batch plus its JSON).
 const MAX_BODY: usize = 2 * 1024 * 1024;
-/// How long RunMicrovm waits for the agent's answer to `/run` (a cold boot runs the
-/// image-build hooks first).
-const RUN_WAIT: Duration = Duration::from_secs(600);
+/// How long an answer waits for the MicroVM (the agent's answer to `/run`, a suspend
+/// or a resume) before it says how things stand (PENDING, SUSPENDING) and the change
+/// finishes in the background: well under the SDKs' 60-second read timeout, after
+/// which they would retry.
+const ANSWER_WAIT: Duration = Duration::from_secs(45);
 /// How long a suspend or resume may take (the save or restore of the memory).
 const ACT_WAIT: Duration = Duration::from_secs(300);
 
-pub async fn serve(server: Arc<Server>, listener: tokio::net::TcpListener) {
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The whole API (the port clients are given).
+    All,
+    /// CloudWatch Logs only: the port the guests reach through their egress, which
+    /// must not let an application drive other MicroVMs.
+    LogsOnly,
+}
+
+/// The CloudWatch Logs operations' `X-Amz-Target` prefix.
+const LOGS_TARGET: &str = "Logs_20140328.";
+
+pub async fn serve(server: Arc<Server>, listener: tokio::net::TcpListener, surface: Surface) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // Out of descriptors, most likely: wait rather than spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let server = server.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let server = server.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(server, req).await) }
+                async move { Ok::<_, std::convert::Infallible>(handle(server, req, surface).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -41,8 +62,23 @@ pub async fn serve(server: Arc<Server>, listener: tokio::net::TcpListener) {
     }
 }
 
-async fn handle(server: Arc<Server>, req: Request<Incoming>) -> Answer {
+async fn handle(server: Arc<Server>, req: Request<Incoming>, surface: Surface) -> Answer {
     let (parts, body) = req.into_parts();
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .map(|t| String::from_utf8_lossy(t.as_bytes()).to_string());
+    if surface == Surface::LogsOnly
+        && !target
+            .as_deref()
+            .is_some_and(|t| t.starts_with(LOGS_TARGET))
+    {
+        return wire::error(&ApiError::new(
+            403,
+            "AccessDeniedException",
+            "this port serves CloudWatch Logs only (the MicroVMs' log destination)",
+        ));
+    }
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -73,8 +109,7 @@ async fn handle(server: Arc<Server>, req: Request<Incoming>) -> Answer {
             return wire::error(&ApiError::new(403, kind, message));
         }
     }
-    if let Some(target) = parts.headers.get("x-amz-target") {
-        let target = String::from_utf8_lossy(target.as_bytes()).to_string();
+    if let Some(target) = target {
         return logs(&server, &target, &body);
     }
     let pairs = match wire::query_pairs(parts.uri.query()) {
@@ -164,24 +199,26 @@ fn validation_errors(errors: Vec<String>) -> ApiError {
 
 async fn run(server: &Arc<Server>, body: &[u8]) -> Reply {
     let request = object(body)?;
-    // kmsKeyIdentifier is the model's, with no local meaning: echoed, not checked
-    // by the runner's (CLI-side) validation.
+    // kmsKeyIdentifier is in the model boto3's botocore carries (not yet in the AWS
+    // CLI's copy), with no local meaning: checked for its length and echoed, not
+    // passed to the runner's (CLI-side) validation.
     let mut checked = request.clone();
     let kms = checked.remove("kmsKeyIdentifier");
-    if kms
-        .as_ref()
-        .is_some_and(|k| !k.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 2048))
-    {
+    if kms.as_ref().is_some_and(|k| {
+        !k.as_str()
+            .is_some_and(|s| !s.is_empty() && s.chars().count() <= 2048)
+    }) {
         return Err(ApiError::validation(
-            "kmsKeyIdentifier must be a string of 1-2048 characters",
+            "1 validation error detected: Value at 'kmsKeyIdentifier' failed to satisfy constraint: Member must have length between 1 and 2048",
         ));
     }
+    let checked = &checked;
     let min_idle = server
         .args
         .test_min_idle_seconds
         .unwrap_or(microvm_protocol::limits::MIN_IDLE_SECONDS);
-    validate::validate_with(&checked, min_idle).map_err(validation_errors)?;
-    validate::service_limits(&checked).map_err(ApiError::validation)?;
+    validate::validate_with(checked, min_idle).map_err(validation_errors)?;
+    validate::service_limits(checked).map_err(ApiError::validation)?;
     let identifier = checked["imageIdentifier"]
         .as_str()
         .unwrap_or_default()
@@ -206,22 +243,52 @@ async fn run(server: &Arc<Server>, body: &[u8]) -> Reply {
         .map(str::to_string);
     let mut without_token = request.clone();
     without_token.remove("clientToken");
+    // A repeated token answers before anything is made for it.
+    {
+        let reg = server.reg();
+        if let Repeat::Same(existing) = reg.repeat(token.as_deref(), &without_token)? {
+            return reg.get(&existing).map(|r| (200, r.view()));
+        }
+        let live = reg
+            .records
+            .values()
+            .filter(|r| r.state != State::Terminated)
+            .count();
+        if live >= server.args.max_microvms {
+            return Err(quota(server.args.max_microvms));
+        }
+    }
     let id = crate::host::microvm_id();
     let dir = server.microvm_dir(&id);
     std::fs::create_dir_all(&dir)
         .map_err(|e| ApiError::internal(format!("{}: {e}", dir.display())))?;
-    let (proxy_task, endpoint) = proxy::start(server.clone(), &id)
-        .await
-        .map_err(|e| ApiError::internal(format!("ingress endpoint: {e}")))?;
+    let (proxy_task, endpoint) = match proxy::start(server.clone(), &id).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(ApiError::internal(format!("ingress endpoint: {e}")));
+        }
+    };
     {
         let mut reg = server.reg();
-        match reg.repeat(token.as_deref(), &without_token)? {
-            Repeat::Same(existing) => {
-                proxy_task.abort();
-                let _ = std::fs::remove_dir_all(&dir);
-                return reg.get(&existing).map(|r| (200, r.view()));
-            }
-            Repeat::New => {}
+        // Asked again: the same token may have made its MicroVM while this one bound.
+        let repeated = reg.repeat(token.as_deref(), &without_token);
+        // And the quota again: another RunMicrovm may have taken the last place.
+        let full = reg
+            .records
+            .values()
+            .filter(|r| r.state != State::Terminated)
+            .count()
+            >= server.args.max_microvms;
+        if !matches!(repeated, Ok(Repeat::New)) || full {
+            proxy_task.abort();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        if let Repeat::Same(existing) = repeated? {
+            return reg.get(&existing).map(|r| (200, r.view()));
+        }
+        if full {
+            return Err(quota(server.args.max_microvms));
         }
         let record = super::pending(&mut reg, &id, &image, request.clone(), endpoint);
         if let Some(t) = &token {
@@ -235,7 +302,7 @@ async fn run(server: &Arc<Server>, body: &[u8]) -> Reply {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.clone(), proxy_task);
-    let args = runner_args(server, &id, &dir, &image, &checked)?;
+    let args = runner_args(server, &id, &dir, &image, checked)?;
     let observer: Arc<dyn super::child::Observer> = server.clone();
     let spawned = super::child::Child::spawn(observer, &id, &dir, &args);
     let ran = match spawned {
@@ -265,9 +332,18 @@ async fn run(server: &Arc<Server>, body: &[u8]) -> Reply {
             );
         });
     }
-    // The answer once the agent has answered /run (or the MicroVM is gone).
-    let _ = tokio::time::timeout(RUN_WAIT, ran).await;
+    // The answer once the agent has answered /run (or the MicroVM is gone), or as
+    // PENDING while a cold boot (its build hooks) goes on.
+    let _ = tokio::time::timeout(ANSWER_WAIT, ran).await;
     server.reg().get(&id).map(|r| (200, r.view()))
+}
+
+fn quota(max: usize) -> ApiError {
+    ApiError::new(
+        402,
+        "ServiceQuotaExceededException",
+        format!("{max} MicroVMs run already, the most this endpoint runs at once (serve --max-microvms {max})"),
+    )
 }
 
 /// The runner's command line: the validated request (with the image's directory for
@@ -306,7 +382,7 @@ fn runner_args(
         "--timeout".into(),
         (max + 300).to_string(),
         "--forward".into(),
-        format!("{}=127.0.0.1:{}", LOGS_GUEST_PORT, server.port),
+        format!("{}=127.0.0.1:{}", LOGS_GUEST_PORT, server.logs_port),
         "--logs-endpoint".into(),
         format!("http://10.0.2.100:{LOGS_GUEST_PORT}"),
     ];
@@ -337,7 +413,8 @@ fn list(server: &Server, pairs: &[(String, String)]) -> Reply {
     let items = reg.list(image_arn.as_deref(), wire::query(pairs, "imageVersion"));
     let (page, next) = wire::page(
         items,
-        |r| r.id.clone(),
+        // Creation order, which lasts: ids are random.
+        |r| format!("{:020}", r.seq),
         max,
         wire::query(pairs, "nextToken"),
     )?;
@@ -399,7 +476,28 @@ async fn lifecycle(
     let Some(child) = child else {
         return Err(ApiError::internal(format!("MicroVM {id} has no runner")));
     };
-    let report = child.act(action, ACT_WAIT).await;
+    let (server, id, action) = (server.clone(), id.to_string(), action.to_string());
+    let work = tokio::spawn(async move {
+        let report = child.act(&action, ACT_WAIT).await;
+        settle(&server, &id, &action, report, done, undone)
+    });
+    match tokio::time::timeout(ANSWER_WAIT, work).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => Err(ApiError::internal(format!("the {op:?}: {e}"))),
+        // Still under way: the state says so, and the runner's report settles it.
+        Err(_) => Ok((200, json!({}))),
+    }
+}
+
+/// The state once the runner reported on a suspend or resume (or failed to).
+fn settle(
+    server: &Server,
+    id: &str,
+    action: &str,
+    report: Result<Value, String>,
+    done: State,
+    undone: State,
+) -> Reply {
     let mut reg = server.reg();
     let r = reg.get_mut(id)?;
     let worked = report.as_ref().is_ok_and(|v| v["status"] == 200);
@@ -413,15 +511,19 @@ async fn lifecycle(
     }
     if worked {
         r.state = done;
+        // An earlier failure's reason no longer describes it.
+        r.state_reason = None;
         return Ok((200, json!({})));
     }
     if r.state != done {
         r.state = undone;
     }
-    Err(ApiError::internal(match report {
+    let why = match report {
         Ok(v) => format!("{action} of {id}: the agent answered {}", v["status"]),
         Err(e) => format!("{action} of {id}: {e}"),
-    }))
+    };
+    r.state_reason = Some(why.clone());
+    Err(ApiError::internal(why))
 }
 
 fn auth_token(server: &Server, id: &str, body: &[u8], shell: bool) -> Reply {
@@ -434,11 +536,13 @@ fn auth_token(server: &Server, id: &str, body: &[u8], shell: bool) -> Reply {
     };
     let mut reg = server.reg();
     let r = reg.get_mut(id)?;
-    if r.state == State::Terminated {
-        return Err(ApiError::conflict(
-            id,
-            format!("MicroVM {id} is TERMINATED"),
-        ));
+    // The operation's errors have no ConflictException: a MicroVM on its way out is
+    // a request that cannot be valid.
+    if matches!(r.state, State::Terminating | State::Terminated) {
+        return Err(ApiError::validation(format!(
+            "MicroVM {id} is {}: it takes no more auth tokens",
+            r.state.as_str()
+        )));
     }
     if shell && !r.shell {
         return Err(ApiError::validation(format!(
@@ -450,9 +554,12 @@ fn auth_token(server: &Server, id: &str, body: &[u8], shell: bool) -> Reply {
         if shell { "mvs-" } else { "mva-" },
         crate::host::hex(&crate::host::random(32))
     );
+    let now = wire::now_ms();
+    // Expired tokens open nothing: they need not pile up on a long-lived MicroVM.
+    r.tokens.retain(|t| t.expires_ms > now);
     r.tokens.push(Token {
         value: value.clone(),
-        expires_ms: wire::now_ms() + minutes * server.args.token_minute.as_millis() as u64,
+        expires_ms: now + minutes * server.args.token_minute.as_millis() as u64,
         ports,
         shell,
     });

@@ -7,6 +7,7 @@
 //! - [`api`]: the operations; [`wire`]: rest-json answers and errors;
 //!   [`sigv4`]: signature checks; [`microvms`]: records and lifecycle rules;
 //!   [`child`]: each MicroVM's runner process; [`proxy`]: authenticated ingress;
+//!   [`shell`]: the shell over WebSocket (the shell token's terminal);
 //!   [`images`]: the local images; [`logs`]: the CloudWatch Logs store.
 
 mod api;
@@ -15,6 +16,7 @@ mod images;
 mod logs;
 mod microvms;
 mod proxy;
+mod shell;
 mod sigv4;
 mod wire;
 
@@ -39,6 +41,8 @@ pub struct ServeArgs {
     pub accept_any_signature: bool,
     /// How long a TERMINATED MicroVM stays visible.
     pub retention: Duration,
+    /// The most MicroVMs not TERMINATED at once.
+    pub max_microvms: usize,
     /// Test only: the agents' minimum idle duration.
     pub test_min_idle_seconds: Option<u64>,
     /// The length of an auth token's minute (a minute, except in tests).
@@ -48,7 +52,8 @@ pub struct ServeArgs {
 pub struct Server {
     args: ServeArgs,
     keys: Option<sigv4::Keys>,
-    port: u16,
+    /// The logs-only listener's port, which the guests' egress forwards to.
+    logs_port: u16,
     reg: Mutex<Registry>,
     children: Mutex<HashMap<String, Arc<Child>>>,
     proxies: Mutex<HashMap<String, tokio::task::AbortHandle>>,
@@ -194,6 +199,8 @@ pub fn main(args: ServeArgs) -> i32 {
         (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Some(sigv4::Keys {
             access_key_id: a,
             secret_access_key: s,
+            region: args.region.clone(),
+            services: &["lambda", "logs"],
         }),
         _ => {
             eprintln!("microvm-local: serve: requests are checked against AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and neither is set: set both (any values; the clients use the same), or pass --accept-any-signature");
@@ -229,10 +236,18 @@ pub fn main(args: ServeArgs) -> i32 {
             }
         };
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(args.port);
+        let logs_listener = match tokio::net::TcpListener::bind(("127.0.0.1", 0)).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("microvm-local: serve: the guests' logs port: {e}");
+                return 255;
+            }
+        };
+        let logs_port = logs_listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let server = Arc::new(Server {
             args,
             keys,
-            port,
+            logs_port,
             reg: Mutex::new(Registry::default()),
             children: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
@@ -244,9 +259,15 @@ pub fn main(args: ServeArgs) -> i32 {
                 "images": server.args.images.display().to_string(),
                 "stateDir": server.args.state_dir.display().to_string(),
                 "region": server.args.region,
+                "logsPort": server.logs_port,
                 "signatures": if server.keys.is_some() { "checked" } else { "accepted without a check" }})
         );
-        let accept = tokio::spawn(api::serve(server.clone(), listener));
+        let accept = tokio::spawn(api::serve(server.clone(), listener, api::Surface::All));
+        let accept_logs = tokio::spawn(api::serve(
+            server.clone(),
+            logs_listener,
+            api::Surface::LogsOnly,
+        ));
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         while !crate::signals::stopping() {
             tick.tick().await;
@@ -256,6 +277,7 @@ pub fn main(args: ServeArgs) -> i32 {
             }
         }
         accept.abort();
+        accept_logs.abort();
         shutdown(&server).await;
         0
     })

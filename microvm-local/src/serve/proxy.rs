@@ -14,13 +14,11 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
-const AUTH_HEADER: &str = "x-aws-proxy-auth";
-const PORT_HEADER: &str = "x-aws-proxy-port";
-const AUTH_PROTOCOL: &str = "lambda-microvms.authentication.";
-const PORT_PROTOCOL: &str = "lambda-microvms.port.";
-const DEFAULT_PORT: u16 = microvm_protocol::ports::DEFAULT_APP;
+use microvm_protocol::ingress::{
+    self, AUTH_HEADER, AUTH_SUBPROTOCOL, PORT_HEADER, PORT_SUBPROTOCOL,
+};
 
-type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<Incoming, Full<Bytes>>;
 
 /// Bind the MicroVM's endpoint on 127.0.0.1 and serve it until aborted.
 pub async fn start(
@@ -32,8 +30,13 @@ pub async fn start(
     let id = id.to_string();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    // Out of descriptors, most likely: wait rather than spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             };
             let (server, id) = (server.clone(), id.clone());
             tokio::spawn(async move {
@@ -51,7 +54,7 @@ pub async fn start(
     Ok((task.abort_handle(), url))
 }
 
-fn refuse(status: u16, message: &str) -> Response<Body> {
+pub fn refuse(status: u16, message: &str) -> Response<Body> {
     let body = serde_json::json!({"message": message}).to_string();
     Response::builder()
         .status(status)
@@ -62,17 +65,23 @@ fn refuse(status: u16, message: &str) -> Response<Body> {
 
 /// The subprotocols offered, in order.
 fn protocols(req: &Request<Incoming>) -> Vec<String> {
-    req.headers()
-        .get_all(SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
-        .collect()
+    ingress::offered(
+        req.headers()
+            .get_all(SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
-/// The token and port a request presents; a malformed port is refused.
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// The token and port a request presents, the port read as the agent reads it
+/// ([`ingress::target_port`]); a malformed port is refused.
 pub fn credentials(req: &Request<Incoming>) -> Result<(Option<String>, u16), String> {
     let offered = protocols(req);
     let token = req
@@ -83,21 +92,10 @@ pub fn credentials(req: &Request<Incoming>) -> Result<(Option<String>, u16), Str
         .or_else(|| {
             offered
                 .iter()
-                .find_map(|p| p.strip_prefix(AUTH_PROTOCOL).map(str::to_string))
+                .find_map(|p| p.strip_prefix(AUTH_SUBPROTOCOL).map(str::to_string))
         });
-    let port = match req.headers().get(PORT_HEADER) {
-        Some(v) => Some(v.to_str().unwrap_or_default().to_string()),
-        None => offered
-            .iter()
-            .find_map(|p| p.strip_prefix(PORT_PROTOCOL).map(str::to_string)),
-    };
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => match p.trim().parse::<u16>() {
-            Ok(n) if n > 0 => n,
-            _ => return Err(format!("bad port {p:?}: 1-65535")),
-        },
-    };
+    let header = req.headers().get(PORT_HEADER).map(|v| v.to_str().ok());
+    let port = ingress::target_port(header, is_websocket(req), &offered)?;
     Ok((token, port))
 }
 
@@ -106,30 +104,41 @@ async fn handle(server: Arc<Server>, id: &str, mut req: Request<Incoming>) -> Re
         Ok(c) => c,
         Err(m) => return refuse(400, &m),
     };
+    // The shell: a shell token, and the agent's control channel rather than a port.
+    let shell = super::shell::asked(&protocols(&req));
     {
         let reg = server.reg();
         let Ok(r) = reg.get(id) else {
             return refuse(404, "no such MicroVM");
         };
         let now = super::wire::now_ms();
-        if let Err((status, m)) = microvms::authorize(&r.tokens, token.as_deref(), port, false, now)
+        if let Err((status, m)) = microvms::authorize(&r.tokens, token.as_deref(), port, shell, now)
         {
             return refuse(status, &m);
         }
         match r.state {
             State::Running => {}
-            State::Suspended if r.auto_resume => {}
+            // Traffic to a port wakes it through the runner; the shell has no port.
+            State::Suspended if r.auto_resume && !shell => {}
             State::Suspended => {
                 return refuse(409, "the MicroVM is SUSPENDED and its idle policy does not resume it on traffic: ResumeMicrovm first")
             }
             s => return refuse(503, &format!("the MicroVM is {}", s.as_str())),
         }
     }
-    // The token stays here: the guest never sees it.
+    if shell {
+        return super::shell::accept(id, req);
+    }
+    // The token stays here: the guest never sees it. The port goes on as the one
+    // header the agent reads, whatever else the request said: the agent connects to
+    // the port that was authorized, and no other.
     req.headers_mut().remove(AUTH_HEADER);
+    req.headers_mut().remove(PORT_HEADER);
+    req.headers_mut()
+        .insert(PORT_HEADER, HeaderValue::from(port));
     let kept: Vec<String> = protocols(&req)
         .into_iter()
-        .filter(|p| !p.starts_with(AUTH_PROTOCOL))
+        .filter(|p| !p.starts_with(AUTH_SUBPROTOCOL) && !p.starts_with(PORT_SUBPROTOCOL))
         .collect();
     req.headers_mut().remove(SEC_WEBSOCKET_PROTOCOL);
     if !kept.is_empty() {

@@ -10,6 +10,10 @@ use sha2::{Digest, Sha256};
 pub struct Keys {
     pub access_key_id: String,
     pub secret_access_key: String,
+    /// The region a request's credential scope must name (the server's).
+    pub region: String,
+    /// The signing names a scope may name (`lambda`, `logs`).
+    pub services: &'static [&'static str],
 }
 
 /// What arrived, as the check needs it.
@@ -89,7 +93,41 @@ pub fn check(req: &Signed<'_>, keys: &Keys, now_ms: i64) -> Result<(), Refusal> 
     if !amz_date.starts_with(scope[1]) {
         return Err(malformed());
     }
-    let canonical = canonical_request(req, signed).ok_or_else(malformed)?;
+    // A client configured for another region or service is told, not answered with
+    // ARNs of this one.
+    if scope[2] != keys.region {
+        return Err((
+            "InvalidSignatureException",
+            format!(
+                "Credential should be scoped to a valid region, not '{}'; this endpoint is '{}'",
+                scope[2], keys.region
+            ),
+        ));
+    }
+    if !keys.services.contains(&scope[3]) {
+        return Err((
+            "InvalidSignatureException",
+            format!(
+                "Credential should be scoped to correct service: one of {:?}, not '{}'",
+                keys.services, scope[3]
+            ),
+        ));
+    }
+    if !signed.split(';').any(|h| h == "host") {
+        return Err((
+            "InvalidSignatureException",
+            "SignedHeaders must include host".into(),
+        ));
+    }
+    // The body is hashed here, always: a client's claim of its hash is only checked.
+    let payload = hex(&Sha256::digest(req.body));
+    if header("x-amz-content-sha256").is_some_and(|h| h != payload) {
+        return Err((
+            "InvalidSignatureException",
+            "X-Amz-Content-Sha256 does not match the body's SHA-256".into(),
+        ));
+    }
+    let canonical = canonical_request(req, signed, &payload).ok_or_else(malformed)?;
     let to_sign = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{}\n{}",
         scope[1..5].join("/"),
@@ -116,7 +154,7 @@ pub fn check(req: &Signed<'_>, keys: &Keys, now_ms: i64) -> Result<(), Refusal> 
     Ok(())
 }
 
-fn canonical_request(req: &Signed<'_>, signed: &str) -> Option<String> {
+fn canonical_request(req: &Signed<'_>, signed: &str, payload: &str) -> Option<String> {
     let mut headers = String::new();
     for name in signed.split(';') {
         let values: Vec<String> = req
@@ -130,14 +168,6 @@ fn canonical_request(req: &Signed<'_>, signed: &str) -> Option<String> {
         }
         headers.push_str(&format!("{name}:{}\n", values.join(",")));
     }
-    let payload = match req
-        .headers
-        .iter()
-        .find(|(k, _)| k == "x-amz-content-sha256")
-    {
-        Some((_, v)) => v.clone(),
-        None => hex(&Sha256::digest(req.body)),
-    };
     Some(format!(
         "{}\n{}\n{}\n{headers}\n{signed}\n{payload}",
         req.method,
@@ -229,6 +259,8 @@ mod tests {
         let keys = Keys {
             access_key_id: "AKIDEXAMPLE".into(),
             secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            region: "us-east-1".into(),
+            services: &["service"],
         };
         let headers = vec![
             ("host".to_string(), "example.amazonaws.com".to_string()),
@@ -262,6 +294,76 @@ mod tests {
             check(&req, &keys, at()).unwrap_err().0,
             "InvalidSignatureException"
         );
+    }
+
+    /// A POST with a body and a percent-encoded path (an ARN in it) and query, signed
+    /// by botocore 1.42's SigV4Auth (awscli 1.46.3's) for `lambda` in eu-west-1.
+    fn botocore_post() -> (Keys, Vec<(String, String)>) {
+        let keys = Keys {
+            access_key_id: "AKIDLOCALTEST".into(),
+            secret_access_key: "local/secret+key".into(),
+            region: "eu-west-1".into(),
+            services: &["lambda", "logs"],
+        };
+        let headers = vec![
+            ("content-type".to_string(), "application/x-amz-json-1.1".to_string()),
+            ("host".to_string(), "127.0.0.1:9090".to_string()),
+            ("x-amz-date".to_string(), "20261205T171557Z".to_string()),
+            ("authorization".to_string(), "AWS4-HMAC-SHA256 Credential=AKIDLOCALTEST/20261205/eu-west-1/lambda/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=cd74f1e86b6b2d07b5aba56964a45228adc29d8e2a87c371ecd4e98e887ede5e".to_string()),
+        ];
+        (keys, headers)
+    }
+
+    const POST_PATH: &str = "/2025-09-09/microvm-images/arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Amicrovm-image%3Aexample/versions";
+    const POST_BODY: &[u8] = br#"{"runHookPayload":"h\u00e9llo","imageIdentifier":"example"}"#;
+
+    #[test]
+    fn botocores_post_with_body_and_encoded_path_verifies_and_its_body_is_bound() {
+        let (keys, headers) = botocore_post();
+        let at = parse_amz_date("20261205T171557Z").unwrap();
+        let req = |h: Vec<(String, String)>, body: &'static [u8]| Signed {
+            method: "POST",
+            path: POST_PATH,
+            query: Some("maxResults=2&nextToken=a%2Fb"),
+            headers: h,
+            body,
+        };
+        assert_eq!(check(&req(headers.clone(), POST_BODY), &keys, at), Ok(()));
+        // Another body under the same signature, with or without a claimed hash of
+        // the original: refused.
+        let other: &[u8] = br#"{"runHookPayload":"other","imageIdentifier":"example"}"#;
+        assert_eq!(
+            check(&req(headers.clone(), other), &keys, at)
+                .unwrap_err()
+                .0,
+            "InvalidSignatureException"
+        );
+        let mut claimed = headers.clone();
+        claimed.push((
+            "x-amz-content-sha256".into(),
+            hex(&Sha256::digest(POST_BODY)),
+        ));
+        assert_eq!(check(&req(claimed.clone(), POST_BODY), &keys, at), Ok(()));
+        assert_eq!(
+            check(&req(claimed, other), &keys, at).unwrap_err(),
+            (
+                "InvalidSignatureException",
+                "X-Amz-Content-Sha256 does not match the body's SHA-256".into()
+            )
+        );
+        // A client set to another region, or the scope of another service.
+        let here = Keys {
+            region: "us-east-1".into(),
+            ..keys.clone()
+        };
+        let e = check(&req(headers.clone(), POST_BODY), &here, at).unwrap_err();
+        assert!(e.1.contains("not 'eu-west-1'"), "{e:?}");
+        let logs_only = Keys {
+            services: &["logs"],
+            ..keys.clone()
+        };
+        let e = check(&req(headers, POST_BODY), &logs_only, at).unwrap_err();
+        assert!(e.1.contains("not 'lambda'"), "{e:?}");
     }
 
     #[test]

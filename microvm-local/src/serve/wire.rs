@@ -169,22 +169,25 @@ pub fn query<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// One page of `items` after the opaque `next_token` (the key of the page's first
-/// item, hex-encoded); the token of the next page when there is one.
+/// One page of `items` in the order of `key`, and the token of the next. The token
+/// names the key of the next item; the page it asks for starts there, or at the
+/// first item after it when that one has gone meanwhile (a TERMINATED MicroVM past
+/// its retention), so a walk never breaks and never repeats an item.
 pub fn page<T>(
-    items: Vec<T>,
+    mut items: Vec<T>,
     key: impl Fn(&T) -> String,
     max: usize,
     next_token: Option<&str>,
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
+    items.sort_by_key(|i| key(i));
     let start = match next_token {
         None => 0,
         Some(t) => {
             let k = unhex(t).ok_or_else(|| ApiError::validation("Invalid nextToken"))?;
             items
                 .iter()
-                .position(|i| key(i) == k)
-                .ok_or_else(|| ApiError::validation("Invalid nextToken"))?
+                .position(|i| key(i) >= k)
+                .unwrap_or(items.len())
         }
     };
     let mut rest: Vec<T> = items.into_iter().skip(start).collect();
@@ -219,10 +222,16 @@ mod tests {
         assert_eq!((p3, t3), (vec!["c".to_string()], None));
         let (all, none) = page(items.clone(), |s| s.clone(), 50, None).unwrap();
         assert_eq!((all.len(), none), (3, None));
-        for bad in ["zz", "6", &crate::host::hex(b"gone")] {
+        for bad in ["zz", "6"] {
             let e = page(items.clone(), |s| s.clone(), 1, Some(bad)).unwrap_err();
             assert_eq!((e.status, e.kind), (400, "ValidationException"), "{bad}");
         }
+        // The next item went away between pages: the walk goes on after it.
+        let fewer: Vec<String> = ["a", "c"].iter().map(|s| s.to_string()).collect();
+        let (p2, t) = page(fewer.clone(), |s| s.clone(), 1, t1.as_deref()).unwrap();
+        assert_eq!((p2, t), (vec!["c".to_string()], None));
+        let (p, t) = page(fewer, |s| s.clone(), 1, Some(&crate::host::hex(b"z"))).unwrap();
+        assert_eq!((p.len(), t), (0, None));
     }
 
     #[test]
