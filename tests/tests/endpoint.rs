@@ -30,6 +30,14 @@ fn ready() -> Option<PathBuf> {
         skip("the AWS CLI is not in .venv: run `make setup`");
         return None;
     }
+    let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build");
+    if ["python", "node"]
+        .iter()
+        .any(|b| !build.join("base").join(b).join("base.json").is_file())
+    {
+        skip("the Debian bases are not built: run `make base-python base-node`");
+        return None;
+    }
     Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"))
 }
 
@@ -377,7 +385,7 @@ fn the_aws_cli_drives_local_microvms() {
     let e = Endpoint::start(&images, "serve-cli", &["--test-token-minute-seconds", "2"]);
     let payload = "héllo \"world\" \\ {json} ✓ tab\there";
     let role = "arn:aws:iam::000000000000:role/local";
-    let a = e.run(&[
+    let run_a = [
         "--image-identifier",
         "example",
         "--run-hook-payload",
@@ -386,7 +394,8 @@ fn the_aws_cli_drives_local_microvms() {
         role,
         "--client-token",
         "token-a",
-    ]);
+    ];
+    let a = e.run(&run_a);
     let id_a = a["microvmId"].as_str().unwrap().to_string();
     assert!(id_a.starts_with("mvm-"), "{a}");
     assert_eq!(
@@ -402,18 +411,7 @@ fn the_aws_cli_drives_local_microvms() {
     assert!(endpoint.starts_with("http://127.0.0.1:"), "{a}");
 
     // The same client token and parameters: the same MicroVM; other parameters: a conflict.
-    let again = e.ok(&[
-        "lambda-microvms",
-        "run-microvm",
-        "--image-identifier",
-        "example",
-        "--run-hook-payload",
-        payload,
-        "--execution-role-arn",
-        role,
-        "--client-token",
-        "token-a",
-    ]);
+    let again = e.ok(&[&["lambda-microvms", "run-microvm"][..], &run_a].concat());
     assert_eq!(again["microvmId"], id_a.as_str());
     e.fails(
         "ConflictException",
@@ -500,6 +498,32 @@ fn the_aws_cli_drives_local_microvms() {
     );
     assert_eq!(only(&["--image-version", "1"]).len(), 3);
     assert!(only(&["--image-version", "2"]).is_empty());
+
+    // The managed images are the local Debian bases, paged like the rest.
+    let managed = e.ok(&["lambda-microvms", "list-managed-microvm-images"]);
+    let arns: Vec<&str> = managed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["imageArn"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        arns,
+        [
+            "arn:aws:lambda:us-east-1:aws:managed-microvm-image:node",
+            "arn:aws:lambda:us-east-1:aws:managed-microvm-image:python"
+        ],
+        "{managed}"
+    );
+    assert!(managed["items"][0]["createdAt"].as_f64().unwrap() > 1.7e9);
+    let first = e.ok(&[
+        "lambda-microvms",
+        "list-managed-microvm-images",
+        "--max-results",
+        "1",
+    ]);
+    assert_eq!(first["items"].as_array().unwrap().len(), 1, "{first}");
+    assert!(first["nextToken"].is_string(), "{first}");
 
     // Ingress: nothing gets through without a valid token for the port.
     let token = e.token(&id_a, "30", "port=8080");

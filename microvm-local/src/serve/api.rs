@@ -139,7 +139,7 @@ async fn handle(server: Arc<Server>, req: Request<Incoming>, surface: Surface) -
         ("GET", ["microvm-images", id]) => image(&server, id).map(|i| (200, i.summary())),
         ("GET", ["microvm-images", id, "versions"]) => image_versions(&server, id, &pairs),
         ("GET", ["microvm-images", id, "versions", v]) => image_version(&server, id, v),
-        ("GET", ["managed-microvm-images"]) => Ok((200, json!({"items": []}))),
+        ("GET", ["managed-microvm-images"]) => list_managed(&server, &pairs),
         _ => Err(ApiError::new(
             404,
             "UnknownOperationException",
@@ -411,18 +411,14 @@ fn list(server: &Server, pairs: &[(String, String)]) -> Reply {
     };
     let reg = server.reg();
     let items = reg.list(image_arn.as_deref(), wire::query(pairs, "imageVersion"));
-    let (page, next) = wire::page(
+    // Creation order, which lasts: ids are random.
+    listing(
         items,
-        // Creation order, which lasts: ids are random.
         |r| format!("{:020}", r.seq),
+        |r| r.item(),
+        pairs,
         max,
-        wire::query(pairs, "nextToken"),
-    )?;
-    let mut v = json!({"items": page.iter().map(|r| r.item()).collect::<Vec<_>>()});
-    if let Some(n) = next {
-        v["nextToken"] = json!(n);
-    }
-    Ok((200, v))
+    )
 }
 
 fn terminate(server: &Server, id: &str) -> Reply {
@@ -586,13 +582,26 @@ fn list_images(server: &Server, pairs: &[(String, String)]) -> Reply {
     .into_iter()
     .filter(|i| filter.is_none_or(|f| i.name.contains(f)))
     .collect();
-    let (page, next) = wire::page(
-        all,
-        |i| i.name.clone(),
-        max,
-        wire::query(pairs, "nextToken"),
-    )?;
-    let mut v = json!({"items": page.iter().map(|i| i.summary()).collect::<Vec<_>>()});
+    listing(all, |i| i.name.clone(), |i| i.summary(), pairs, max)
+}
+
+fn list_managed(server: &Server, pairs: &[(String, String)]) -> Reply {
+    let max = wire::max_results(pairs, 50)?;
+    let all = images::managed(&server.args.images, &server.args.region);
+    listing(all, |m| m.0.clone(), |m| m.1, pairs, max)
+}
+
+/// A List operation's answer: one page of `items` in the order of `key`, each as
+/// `item` writes it, and `nextToken` when more follow.
+fn listing<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    item: impl Fn(T) -> Value,
+    pairs: &[(String, String)],
+    max: usize,
+) -> Reply {
+    let (page, next) = wire::page(items, key, max, wire::query(pairs, "nextToken"))?;
+    let mut v = json!({"items": page.into_iter().map(item).collect::<Vec<_>>()});
     if let Some(n) = next {
         v["nextToken"] = json!(n);
     }

@@ -53,6 +53,37 @@ pub fn name_of<'a>(
 
 /// Every image under `root`, by name (read anew at each call: `make rootfs` may
 /// rebuild one while the server runs).
+/// The managed images: the Debian bases `make base-python` / `base-node` build under
+/// `<images>/base/<name>` (each with its `base.json`), as ListManagedMicrovmImages
+/// lists them: (name, summary), by name.
+pub fn managed(root: &Path, region: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root.join("base")) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !valid_name(&name) {
+            continue;
+        }
+        let Ok(made) = std::fs::metadata(e.path().join("base.json")).and_then(|m| m.modified())
+        else {
+            continue;
+        };
+        let ms = made
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let summary = json!({
+            "imageArn": format!("arn:aws:lambda:{region}:aws:managed-microvm-image:{name}"),
+            "createdAt": epoch_seconds(ms),
+            "updatedAt": epoch_seconds(ms),
+        });
+        out.push((name, summary));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 pub fn scan(root: &Path, region: &str, account: &str) -> Vec<LocalImage> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(root) else {

@@ -389,12 +389,21 @@ impl<'a> Params<'a> {
         }
     }
 
-    fn group_name(&mut self, key: &str) -> Result<Option<&'a str>, Fault> {
+    /// The string member `key`, if present, checked by `check`.
+    fn checked(
+        &mut self,
+        key: &str,
+        check: fn(&mut Self, &str, &str),
+    ) -> Result<Option<&'a str>, Fault> {
         let v = self.string(key)?;
         if let Some(s) = v {
-            self.check_group_name(key, s);
+            check(self, key, s);
         }
         Ok(v)
+    }
+
+    fn group_name(&mut self, key: &str) -> Result<Option<&'a str>, Fault> {
+        self.checked(key, Self::check_group_name)
     }
 
     fn required_group_name(&mut self, key: &str) -> Result<&'a str, Fault> {
@@ -403,11 +412,7 @@ impl<'a> Params<'a> {
     }
 
     fn stream_name(&mut self, key: &str) -> Result<Option<&'a str>, Fault> {
-        let v = self.string(key)?;
-        if let Some(s) = v {
-            self.check_stream_name(key, s);
-        }
-        Ok(v)
+        self.checked(key, Self::check_stream_name)
     }
 
     fn required_stream_name(&mut self, key: &str) -> Result<&'a str, Fault> {
@@ -416,11 +421,7 @@ impl<'a> Params<'a> {
     }
 
     fn group_identifier(&mut self, key: &str) -> Result<Option<&'a str>, Fault> {
-        let v = self.string(key)?;
-        if let Some(s) = v {
-            self.check_identifier(key, s);
-        }
-        Ok(v)
+        self.checked(key, Self::check_identifier)
     }
 
     fn check_identifier(&mut self, at: &str, s: &str) {
