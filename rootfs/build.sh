@@ -431,6 +431,8 @@ if [ -n "$TOOLBOX" ] && [ "$toolbox_links" != - ]; then
   extra+=$(printf ',"toolbox":"%s=%s","toolboxApplets":%s' "$TOOLBOX_PKG" "$toolbox_version" "$toolbox_links")
 fi
 # What the build cost (without the snapshot, which the runner adds): make bench reads it.
+# codeBytes: the application's code as installed (/app), the model's codeInstallSizeInBytes.
+extra+=$(printf ',"codeBytes":%s' "$(du -s -B1 --apparent-size "$stage/app" | cut -f1)")
 extra+=$(printf ',"filesBytes":%s,"buildSeconds":%s' "$(du -s -B1 --apparent-size "$stage" | cut -f1)" \
   "$(awk -v a="$build_started" -v b="$(date +%s%N)" 'BEGIN {printf "%.1f", (b - a) / 1e9}')")
 printf '{"architecture":"%s","kernelRelease":"%s","kernelPackage":"%s"%s}\n' "$model" "$release" "$(dpkg-deb -f "$kdir"/linux-image-*.deb Package)=$kversion" "$extra" > "$out/manifest.json"

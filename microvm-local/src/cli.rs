@@ -59,6 +59,10 @@ struct ServeCmd {
     /// The directory of images (each a `make rootfs` output directory, named by it).
     #[arg(long, value_name = "DIR", default_value = "build")]
     images: std::path::PathBuf,
+    /// CreateMicrovmImage's installer: this checkout's `rootfs/image.sh` (the code
+    /// artifact over a base in `IMAGES/base`, with this checkout's agent).
+    #[arg(long, value_name = "PATH", default_value = "rootfs/image.sh")]
+    image_builder: std::path::PathBuf,
     /// TCP port on 127.0.0.1 (0: any free port; the first stdout line says which).
     #[arg(long, value_name = "PORT", default_value_t = 9090)]
     port: u16,
@@ -339,6 +343,7 @@ where
                 .unwrap_or_else(|| "us-east-1".into());
             return Ok(Invocation::Serve(Box::new(crate::serve::ServeArgs {
                 images: s.images,
+                image_builder: s.image_builder,
                 port: s.port,
                 state_dir: s.state_dir,
                 region,

@@ -267,7 +267,7 @@ pub fn validate_with(r: &Map<String, Value>, min_idle: u64) -> Result<Vec<String
     }
 }
 
-fn is_role_arn(v: &Value) -> bool {
+pub(crate) fn is_role_arn(v: &Value) -> bool {
     v.as_str().is_some_and(|s| {
         let parts: Vec<&str> = s.splitn(6, ':').collect();
         parts.len() == 6
@@ -282,7 +282,7 @@ fn is_role_arn(v: &Value) -> bool {
 }
 
 /// The `Logging` union: exactly one member, each member's own fields known.
-fn logging(errors: &mut Vec<String>, v: &Value) {
+pub(crate) fn logging(errors: &mut Vec<String>, v: &Value) {
     match v.as_object() {
         Some(m) if m.len() == 1 => {
             if let Some(d) = m.get("disabled") {

@@ -196,13 +196,17 @@ impl Endpoint {
     /// The messages of a MicroVM's log stream, read back with `aws logs`, once
     /// `want` is among them.
     fn log_lines(&self, id: &str, want: &str) -> Vec<String> {
+        self.log_lines_in(GROUP, id, want)
+    }
+
+    fn log_lines_in(&self, group: &str, id: &str, want: &str) -> Vec<String> {
         let t0 = Instant::now();
         loop {
             let (code, out, _) = self.aws(&[
                 "logs",
                 "get-log-events",
                 "--log-group-name",
-                GROUP,
+                group,
                 "--log-stream-name",
                 id,
                 "--start-from-head",
@@ -1316,4 +1320,426 @@ fn the_shell_token_opens_the_terminal_over_a_websocket() {
     ]);
     let (code, out, err) = ws_exec(&endpoint, &token, &["--", "echo", "back"], b"");
     assert_eq!((code, out.as_slice()), (0, &b"back\n"[..]), "{err}");
+}
+
+/// CreateMicrovmImage as image authors use it: the example Python application (a
+/// .zip with its image.json) on the local Python base, its build in turn with another,
+/// a failed build kept with its reason, the build's record, and a MicroVM of the new
+/// image that receives its payload, serves on the port the request's environment
+/// gave it and logs to the image's group.
+#[test]
+fn create_microvm_image_builds_an_application_from_a_file_artifact() {
+    let Some(build) = ready() else { return };
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // A directory of images of its own (the bases linked in): what the endpoint
+    // builds lands there.
+    let images = scratch("serve-build-images");
+    std::os::unix::fs::symlink(build.join("base"), images.join("base")).unwrap();
+    let builder = repo.join("rootfs/image.sh");
+    let builder = builder.to_str().unwrap();
+    let e = Endpoint::start(&images, "serve-build", &["--image-builder", builder]);
+    let zip = e.state.join("app.zip");
+    let app = repo.join("examples/python-app");
+    let made = Command::new("python3")
+        .args(["-m", "zipfile", "-c"])
+        .arg(&zip)
+        .args(["app.py", "image.json"])
+        .current_dir(&app)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let broken = e.state.join("broken.zip");
+    std::fs::write(&broken, "not a zip at all").unwrap();
+    let uri = |p: &Path| format!("uri=file://{}", p.display());
+    let base = "arn:aws:lambda:us-east-1:aws:managed-microvm-image:python";
+    let role = "arn:aws:iam::123456789012:role/build";
+    let create = |name: &str, code: &str, extra: &[&str]| {
+        let mut a = vec![
+            "lambda-microvms",
+            "create-microvm-image",
+            "--name",
+            name,
+            "--base-image-arn",
+            base,
+            "--build-role-arn",
+            role,
+            "--code-artifact",
+            code,
+        ];
+        a.extend_from_slice(extra);
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let code = uri(&zip);
+    let first = create(
+        "hello-py",
+        &code,
+        &[
+            "--environment-variables",
+            "PORT=8085",
+            "--description",
+            "the example",
+            "--client-token",
+            "tok-1",
+        ],
+    );
+    let v = e.ok(&strs(&first));
+    let arn = "arn:aws:lambda:us-east-1:000000000000:microvm-image:hello-py";
+    assert_eq!(v["imageArn"], arn, "{v}");
+    assert_eq!(v["state"], "CREATING", "{v}");
+    assert_eq!(v["imageVersion"], "1");
+    assert_eq!(v["environmentVariables"], json!({"PORT": "8085"}));
+    assert_eq!(v["codeArtifact"]["uri"], code.trim_start_matches("uri="));
+    assert_eq!(
+        (v["baseImageArn"].as_str(), v["buildRoleArn"].as_str()),
+        (Some(base), Some(role))
+    );
+    // The same token: the same image; with other parameters: a conflict.
+    let again = e.ok(&strs(&first));
+    assert_eq!(
+        (&again["imageArn"], &again["createdAt"]),
+        (&v["imageArn"], &v["createdAt"])
+    );
+    let mut other = first.clone();
+    let at = other.len() - 3;
+    other[at] = "another".into();
+    e.fails("ConflictException", &strs(&other));
+    // The name is taken while it builds; a MicroVM cannot run from it yet.
+    e.fails("ConflictException", &strs(&create("hello-py", &code, &[])));
+    e.fails(
+        "ConflictException",
+        &[
+            "lambda-microvms",
+            "run-microvm",
+            "--image-identifier",
+            "hello-py",
+        ],
+    );
+    // Requests the service refuses, each with its error.
+    let err = e.fails("ValidationException", &strs(&create("a.b", &code, &[])));
+    assert!(
+        err.contains("Value at 'name' failed to satisfy constraint"),
+        "{err}"
+    );
+    let err = e.fails(
+        "ValidationException",
+        &strs(&create("s3", "uri=s3://bucket/app.zip", &[])),
+    );
+    assert!(err.contains("file:///ABSOLUTE/PATH"), "{err}");
+    let missing = uri(&e.state.join("missing.zip"));
+    e.fails("ValidationException", &strs(&create("gone", &missing, &[])));
+    let arm = create(
+        "arm",
+        &code,
+        &["--cpu-configurations", "architecture=ARM_64"],
+    );
+    let err = e.fails("ValidationException", &strs(&arm));
+    assert!(err.contains("x86_64 only"), "{err}");
+    let mut ruby = create("ruby", &code, &[]);
+    ruby[5] = "arn:aws:lambda:us-east-1:aws:managed-microvm-image:ruby".into();
+    e.fails("ResourceNotFoundException", &strs(&ruby));
+    let hooks = create(
+        "late",
+        &code,
+        &["--hooks", "microvmHooks={runTimeoutInSeconds=61}"],
+    );
+    let err = e.fails("ValidationException", &strs(&hooks));
+    assert!(
+        err.contains("hooks.microvmHooks.runTimeoutInSeconds"),
+        "{err}"
+    );
+    // A second build waits for the first (one at a time), then fails: not a zip.
+    let v = e.ok(&strs(&create("broken", &uri(&broken), &[])));
+    assert_eq!(v["state"], "CREATING");
+    let builds = |name: &str| {
+        e.ok(&[
+            "lambda-microvms",
+            "list-microvm-image-builds",
+            "--image-identifier",
+            name,
+            "--image-version",
+            "1",
+        ])["items"]
+            .clone()
+    };
+    let pending = builds("broken");
+    assert_eq!(
+        pending[0]["buildState"],
+        "PENDING",
+        "{pending} while {}",
+        builds("hello-py")
+    );
+    let image = |name: &str| {
+        e.ok(&[
+            "lambda-microvms",
+            "get-microvm-image",
+            "--image-identifier",
+            name,
+        ])
+    };
+    let t0 = Instant::now();
+    let built = loop {
+        let v = image("hello-py");
+        if v["state"] != "CREATING" {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(300), "never built: {v}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let log = e.state.join("builds/hello-py/build.log");
+    assert_eq!(
+        built["state"],
+        "CREATED",
+        "{built}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(built["latestActiveImageVersion"], "1");
+    let failed = loop {
+        let v = image("broken");
+        if v["state"] != "CREATING" {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(360), "never failed: {v}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(failed["state"], "CREATE_FAILED", "{failed}");
+    assert_eq!(failed["latestFailedImageVersion"], "1");
+    assert!(failed.get("latestActiveImageVersion").is_none(), "{failed}");
+    let version = |name: &str| {
+        e.ok(&[
+            "lambda-microvms",
+            "get-microvm-image-version",
+            "--image-identifier",
+            name,
+            "--image-version",
+            "1",
+        ])
+    };
+    let v = version("broken");
+    assert_eq!(
+        (v["state"].as_str(), v["status"].as_str()),
+        (Some("FAILED"), Some("INACTIVE"))
+    );
+    assert!(
+        v["stateReason"].as_str().unwrap().contains("not a zip"),
+        "{v}"
+    );
+    let b = builds("broken");
+    assert_eq!(b[0]["buildState"], "FAILED");
+    assert_eq!(b[0]["stateReason"], v["stateReason"]);
+    // Nothing half-made is left among the images.
+    let mut names: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["base", "hello-py"]);
+    let listed = e.ok(&["lambda-microvms", "list-microvm-images"]);
+    let states: Vec<(String, String)> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().into(),
+                i["state"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("broken".into(), "CREATE_FAILED".into()),
+            ("hello-py".into(), "CREATED".into())
+        ]
+    );
+
+    // The build's record: what the snapshot and the code take.
+    let v = version("hello-py");
+    assert_eq!(
+        (v["state"].as_str(), v["status"].as_str()),
+        (Some("SUCCESSFUL"), Some("ACTIVE"))
+    );
+    assert_eq!(v["description"], "the example");
+    assert_eq!(v["environmentVariables"], json!({"PORT": "8085"}));
+    let b = builds("hello-py");
+    assert_eq!(b.as_array().unwrap().len(), 1, "{b}");
+    assert_eq!(
+        (&b[0]["buildState"], &b[0]["architecture"], &b[0]["chipset"]),
+        (&json!("SUCCESSFUL"), &json!("X86_64"), &json!("INTEL"))
+    );
+    let id = b[0]["buildId"].as_str().unwrap();
+    let got = e.ok(&[
+        "lambda-microvms",
+        "get-microvm-image-build",
+        "--image-identifier",
+        arn,
+        "--image-version",
+        "1",
+        "--build-id",
+        id,
+    ]);
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(images.join("hello-py/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let made = &got["snapshotBuild"];
+    assert_eq!(
+        made["memorySnapshotSizeInBytes"],
+        manifest["snapshot"]["memorySnapshotSizeInBytes"]
+    );
+    assert_eq!(
+        made["diskSnapshotSizeInBytes"],
+        manifest["snapshot"]["diskSnapshotSizeInBytes"]
+    );
+    let app_py = std::fs::metadata(app.join("app.py")).unwrap().len();
+    assert!(
+        made["codeInstallSizeInBytes"].as_u64().unwrap() > app_py,
+        "{got}"
+    );
+    assert!(
+        made["memorySnapshotSizeInBytes"].as_u64().unwrap() > 1 << 20,
+        "{got}"
+    );
+    e.fails(
+        "ResourceNotFoundException",
+        &[
+            "lambda-microvms",
+            "get-microvm-image-build",
+            "--image-identifier",
+            "hello-py",
+            "--image-version",
+            "1",
+            "--build-id",
+            "00000000-0000-0000-0000-000000000000",
+        ],
+    );
+    let arm_builds = e.ok(&[
+        "lambda-microvms",
+        "list-microvm-image-builds",
+        "--image-identifier",
+        "hello-py",
+        "--image-version",
+        "1",
+        "--architecture",
+        "ARM_64",
+    ]);
+    assert_eq!(arm_builds["items"], json!([]));
+
+    // A MicroVM of the new image: its payload byte-exact on the port the request's
+    // environment gave the application, and its lines in the image's log group.
+    let payload = "h\u{e9}llo {\"built\": true}";
+    let vm = e.run(&[
+        "--image-identifier",
+        "hello-py",
+        "--execution-role-arn",
+        "arn:aws:iam::123456789012:role/app",
+        "--run-hook-payload",
+        payload,
+    ]);
+    let mid = vm["microvmId"].as_str().unwrap();
+    let endpoint = vm["endpoint"].as_str().unwrap();
+    let token = e.token(mid, "5", "port=8085");
+    let (status, _, body) = http(
+        endpoint,
+        "/payload",
+        &[("X-aws-proxy-auth", &token), ("X-aws-proxy-port", "8085")],
+    );
+    assert_eq!((status, body.as_str()), (200, payload));
+    let lines = e.log_lines_in(
+        "/aws/lambda-microvms/hello-py",
+        mid,
+        &format!("run microvmId={mid} payloadBytes={}", payload.len()),
+    );
+    assert!(!lines.is_empty());
+    e.ok(&[
+        "lambda-microvms",
+        "terminate-microvm",
+        "--microvm-identifier",
+        mid,
+    ]);
+    e.wait_state(mid, "TERMINATED", Duration::from_secs(60));
+    drop(e);
+
+    // The image outlives the endpoint: another finds it with its request.
+    let e = Endpoint::start(&images, "serve-build-again", &["--image-builder", builder]);
+    let v = e.ok(&[
+        "lambda-microvms",
+        "get-microvm-image-version",
+        "--image-identifier",
+        "hello-py",
+        "--image-version",
+        "1",
+    ]);
+    assert_eq!(
+        (v["description"].as_str(), v["state"].as_str()),
+        (Some("the example"), Some("SUCCESSFUL"))
+    );
+    let b = e.ok(&[
+        "lambda-microvms",
+        "list-microvm-image-builds",
+        "--image-identifier",
+        "hello-py",
+        "--image-version",
+        "1",
+    ]);
+    assert_eq!(b["items"][0]["buildId"], id);
+
+    // A directory artifact whose image.json names no command fails at once, saying so.
+    let nameless = e.state.join("nameless");
+    std::fs::create_dir_all(&nameless).unwrap();
+    std::fs::write(nameless.join("image.json"), r#"{"user": "app"}"#).unwrap();
+    e.ok(&strs(&create("nameless", &uri(&nameless), &[])));
+    let wait_build = |name: &str, until: &str| {
+        let t0 = Instant::now();
+        loop {
+            let v = e.ok(&[
+                "lambda-microvms",
+                "list-microvm-image-builds",
+                "--image-identifier",
+                name,
+                "--image-version",
+                "1",
+            ]);
+            if v["items"][0]["buildState"] != "PENDING"
+                && (until.is_empty() || v["items"][0]["buildState"] == until)
+            {
+                return v["items"][0].clone();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "{name}: {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let b = wait_build("nameless", "FAILED");
+    assert!(
+        b["stateReason"]
+            .as_str()
+            .unwrap()
+            .contains("no \"command\""),
+        "{b}"
+    );
+
+    // The endpoint stopping mid-build stops the build: no guest and nothing
+    // half-made outlive it.
+    e.ok(&strs(&create("late-py", &uri(&app), &[])));
+    wait_build("late-py", "IN_PROGRESS");
+    std::thread::sleep(Duration::from_secs(3));
+    drop(e);
+    assert!(!images.join(".late-py.partial").exists());
+    assert!(!images.join("late-py").exists());
+    let guests = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains("late-py")
+        })
+        .count();
+    assert_eq!(
+        guests, 0,
+        "a process of the late-py build outlived the endpoint"
+    );
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }

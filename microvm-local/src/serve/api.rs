@@ -4,7 +4,7 @@
 
 use super::microvms::{self, Op, Repeat, State, Token};
 use super::wire::{self, Answer, ApiError};
-use super::{images, proxy, sigv4, Server};
+use super::{build, images, proxy, sigv4, Server};
 use crate::validate;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -135,10 +135,18 @@ async fn handle(server: Arc<Server>, req: Request<Incoming>, surface: Surface) -
         ("POST", ["microvms", id, "resume"]) => resume(&server, id).await,
         ("POST", ["microvms", id, "auth-token"]) => auth_token(&server, id, &body, false),
         ("POST", ["microvms", id, "shell-auth-token"]) => auth_token(&server, id, &body, true),
+        ("POST", ["microvm-images"]) => create_image(&server, &body),
         ("GET", ["microvm-images"]) => list_images(&server, &pairs),
         ("GET", ["microvm-images", id]) => image(&server, id).map(|i| (200, i.summary())),
         ("GET", ["microvm-images", id, "versions"]) => image_versions(&server, id, &pairs),
-        ("GET", ["microvm-images", id, "versions", v]) => image_version(&server, id, v),
+        ("GET", ["microvm-images", id, "versions", v]) => image_at(&server, id, v)
+            .map(|i| (200, i.version(&server.args.region, &server.args.account))),
+        ("GET", ["microvm-images", id, "versions", v, "builds"]) => {
+            image_builds(&server, id, v, &pairs)
+        }
+        ("GET", ["microvm-images", id, "versions", v, "builds", b]) => {
+            image_build(&server, id, v, b)
+        }
         ("GET", ["managed-microvm-images"]) => list_managed(&server, &pairs),
         _ => Err(ApiError::new(
             404,
@@ -223,12 +231,17 @@ async fn run(server: &Arc<Server>, body: &[u8]) -> Reply {
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let image = images::find(
-        &server.args.images,
-        &server.args.region,
-        &server.args.account,
-        &identifier,
-    )?;
+    let image = image(server, &identifier)?;
+    if image.state != images::BuildState::Successful {
+        return Err(ApiError::image_conflict(
+            &image.arn,
+            format!(
+                "image {} is {}: a MicroVM runs from a built image",
+                image.name,
+                image.state.image_state()
+            ),
+        ));
+    }
     if let Some(v) = checked.get("imageVersion").and_then(Value::as_str) {
         if v != images::VERSION {
             return Err(ApiError::not_found(
@@ -562,26 +575,117 @@ fn auth_token(server: &Server, id: &str, body: &[u8], shell: bool) -> Reply {
     Ok((200, json!({"authToken": {"X-aws-proxy-auth": value}})))
 }
 
+/// The image an identifier names: in `--images`, or being built (or failed) here.
 fn image(server: &Server, id: &str) -> Result<images::LocalImage, ApiError> {
-    images::find(
+    match images::find(
         &server.args.images,
         &server.args.region,
         &server.args.account,
         id,
+    ) {
+        Err(e) if e.kind == "ResourceNotFoundException" => {
+            let (name, version) =
+                images::name_of(id, &server.args.region, &server.args.account).ok_or(e.clone())?;
+            match server.builds.get(name) {
+                Some(i) if version.is_none_or(|v| v == images::VERSION) => Ok(i),
+                _ => Err(e),
+            }
+        }
+        found => found,
+    }
+}
+
+/// An image's version (locally the one, "1").
+fn image_at(server: &Server, id: &str, version: &str) -> Result<images::LocalImage, ApiError> {
+    let i = image(server, id)?;
+    if version != images::VERSION {
+        return Err(ApiError::not_found(
+            "MicrovmImageVersion",
+            &format!("{}:{version}", i.arn),
+        ));
+    }
+    Ok(i)
+}
+
+/// CreateMicrovmImage: checked and admitted at once (201, CREATING); the build
+/// follows in turn ([`build::Builds::run`]).
+fn create_image(server: &Arc<Server>, body: &[u8]) -> Reply {
+    let request = object(body)?;
+    let errors = build::check(&request);
+    if !errors.is_empty() {
+        return Err(validation_errors(errors));
+    }
+    if let Some(l) = request.get("logging") {
+        let mut only = Map::new();
+        only.insert("logging".into(), l.clone());
+        validate::service_limits(&only).map_err(ApiError::validation)?;
+    }
+    let token = request
+        .get("clientToken")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let mut without_token = request.clone();
+    without_token.remove("clientToken");
+    if let Some(name) = server.builds.repeat(token.as_deref(), &without_token)? {
+        return image(server, &name).map(|i| (201, i.created()));
+    }
+    let job = build::resolve(&request, &server.args.images, &server.args.region)?;
+    let on_disk = server.args.images.join(&job.name).exists();
+    let admitted = server.builds.admit(
+        build::pending(&job, &server.args.region, &server.args.account),
+        token,
+        on_disk,
+    )?;
+    let logs = server.args.state_dir.join("builds").join(&job.name);
+    tokio::spawn(build::Builds::run(
+        server.clone(),
+        job,
+        server.args.image_builder.clone(),
+        server.args.images.clone(),
+        logs,
+    ));
+    Ok((201, admitted.created()))
+}
+
+fn image_builds(server: &Server, id: &str, version: &str, pairs: &[(String, String)]) -> Reply {
+    let max = wire::max_results(pairs, 50)?;
+    let i = image_at(server, id, version)?;
+    let all: Vec<images::LocalImage> = [i].into_iter().filter(|i| i.build_matches(pairs)).collect();
+    listing(
+        all,
+        |i| i.build_id.clone(),
+        |i| i.build_summary(),
+        pairs,
+        max,
     )
+}
+
+fn image_build(server: &Server, id: &str, version: &str, build_id: &str) -> Reply {
+    let i = image_at(server, id, version)?;
+    if i.build_id != build_id {
+        return Err(ApiError::not_found(
+            "MicrovmImageBuild",
+            &format!("{}:{version}/{build_id}", i.arn),
+        ));
+    }
+    Ok((200, i.build()))
 }
 
 fn list_images(server: &Server, pairs: &[(String, String)]) -> Reply {
     let max = wire::max_results(pairs, 50)?;
     let filter = wire::query(pairs, "nameFilter");
-    let all: Vec<images::LocalImage> = images::scan(
+    let mut all = images::scan(
         &server.args.images,
         &server.args.region,
         &server.args.account,
-    )
-    .into_iter()
-    .filter(|i| filter.is_none_or(|f| i.name.contains(f)))
-    .collect();
+    );
+    // Those being built (or failed) here, unless one of their name is on disk.
+    for b in server.builds.all() {
+        if !all.iter().any(|i| i.name == b.name) {
+            all.push(b);
+        }
+    }
+    all.retain(|i| filter.is_none_or(|f| i.name.contains(f)));
     listing(all, |i| i.name.clone(), |i| i.summary(), pairs, max)
 }
 
@@ -615,15 +719,4 @@ fn image_versions(server: &Server, id: &str, pairs: &[(String, String)]) -> Repl
         200,
         json!({"items": [i.version(&server.args.region, &server.args.account)]}),
     ))
-}
-
-fn image_version(server: &Server, id: &str, version: &str) -> Reply {
-    let i = image(server, id)?;
-    if version != images::VERSION {
-        return Err(ApiError::not_found(
-            "MicrovmImageVersion",
-            &format!("{}:{version}", i.arn),
-        ));
-    }
-    Ok((200, i.version(&server.args.region, &server.args.account)))
 }

@@ -4,11 +4,64 @@
 
 use super::wire::{epoch_seconds, ApiError};
 use crate::vm::Image;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 
 /// Locally every image has exactly one version: the build on disk.
 pub const VERSION: &str = "1";
+
+/// Where an image's one build stands: the model's `BuildState`, from which the
+/// image's state (`MicrovmImageState`) and its version's follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildState {
+    /// Waiting for its turn (one build at a time: each boots a guest).
+    Pending,
+    InProgress,
+    Successful,
+    Failed,
+}
+
+impl BuildState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildState::Pending => "PENDING",
+            BuildState::InProgress => "IN_PROGRESS",
+            BuildState::Successful => "SUCCESSFUL",
+            BuildState::Failed => "FAILED",
+        }
+    }
+
+    /// The image's `MicrovmImageState`.
+    pub fn image_state(self) -> &'static str {
+        match self {
+            BuildState::Pending | BuildState::InProgress => "CREATING",
+            BuildState::Successful => "CREATED",
+            BuildState::Failed => "CREATE_FAILED",
+        }
+    }
+}
+
+/// The CreateMicrovmImage members an image version repeats (its request, as given).
+pub const VERSION_MEMBERS: [&str; 14] = [
+    "baseImageArn",
+    "baseImageVersion",
+    "buildRoleArn",
+    "description",
+    "codeArtifact",
+    "logging",
+    "egressNetworkConnectors",
+    "cpuConfigurations",
+    "resources",
+    "additionalOsCapabilities",
+    "hooks",
+    "environmentVariables",
+    "kmsKeyIdentifier",
+    "tags",
+];
+
+/// What CreateMicrovmImage leaves beside an image it built (`build.json`): its
+/// request and its build's id and times, which a `make rootfs` image has none of.
+pub const BUILD_FILE: &str = "build.json";
 
 #[derive(Debug, Clone)]
 pub struct LocalImage {
@@ -16,10 +69,18 @@ pub struct LocalImage {
     pub dir: PathBuf,
     pub arn: String,
     pub created_ms: u64,
-    /// The image's `imageName` (its default log group is named after it).
+    pub updated_ms: u64,
+    /// The model's `Architecture` (X86_64, ARM_64).
     pub architecture: &'static str,
     pub manifest: Value,
     pub config: Value,
+    /// The CreateMicrovmImage request (without its clientToken) when the endpoint
+    /// built it; None for a `make rootfs` image.
+    pub request: Option<Map<String, Value>>,
+    pub build_id: String,
+    pub state: BuildState,
+    /// Why the build failed.
+    pub reason: Option<String>,
 }
 
 /// The model's `ImageName`: 1-64 of `[a-zA-Z0-9-_]`.
@@ -109,14 +170,24 @@ pub fn scan(root: &Path, region: &str, account: &str) -> Vec<LocalImage> {
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or(Value::Null)
         };
+        let build = read(BUILD_FILE);
+        let ms = |k: &str| build[k].as_u64().unwrap_or(created_ms);
+        let arn = arn(region, account, &name);
         out.push(LocalImage {
-            arn: arn(region, account, &name),
             architecture: image.arch.model_name(),
             manifest: read("manifest.json"),
             config: read("image.json"),
+            request: build["request"].as_object().cloned(),
+            build_id: build["buildId"]
+                .as_str()
+                .map_or_else(|| made_build_id(&arn, created_ms), str::to_string),
+            created_ms: ms("createdAt"),
+            updated_ms: ms("updatedAt"),
+            state: BuildState::Successful,
+            reason: None,
+            arn,
             name,
             dir,
-            created_ms,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -141,34 +212,102 @@ pub fn find(
         .ok_or_else(missing)
 }
 
+/// A `make rootfs` image's build id: stable for one build of one image (its ARN and
+/// the time its disk was made), in the shape of the ids the endpoint gives.
+fn made_build_id(arn: &str, created_ms: u64) -> String {
+    use sha2::Digest;
+    let h = crate::host::hex(&sha2::Sha256::digest(format!("{arn}@{created_ms}")));
+    build_id_from(&h)
+}
+
+/// A build id of 32 hex digits, UUID-shaped.
+pub fn build_id_from(hex: &str) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// The model's `Chipset` for an architecture.
+fn chipset(architecture: &str) -> &'static str {
+    if architecture == "ARM_64" {
+        "GRAVITON"
+    } else {
+        "INTEL"
+    }
+}
+
+/// The `chipsetGeneration` of every local build: QEMU emulates the CPU.
+pub const CHIPSET_GENERATION: &str = "qemu";
+
 impl LocalImage {
     /// `MicrovmImageSummary` / `GetMicrovmImageOutput`.
     pub fn summary(&self) -> Value {
-        json!({
+        let mut v = json!({
             "imageArn": self.arn,
             "name": self.name,
-            "state": "CREATED",
-            "latestActiveImageVersion": VERSION,
+            "state": self.state.image_state(),
             "createdAt": epoch_seconds(self.created_ms),
-            "updatedAt": epoch_seconds(self.created_ms),
-        })
+            "updatedAt": epoch_seconds(self.updated_ms),
+        });
+        match self.state {
+            BuildState::Successful => v["latestActiveImageVersion"] = json!(VERSION),
+            BuildState::Failed => v["latestFailedImageVersion"] = json!(VERSION),
+            _ => {}
+        }
+        if let Some(t) = self.request.as_ref().and_then(|r| r.get("tags")) {
+            v["tags"] = t.clone();
+        }
+        v
     }
 
-    /// `MicrovmImageVersionSummary` / `GetMicrovmImageVersionOutput`: what the local
-    /// build knows (its architecture, hooks, snapshot sizes).
+    /// `CreateMicrovmImageResponse`: the request as given, and where the image stands.
+    pub fn created(&self) -> Value {
+        let mut v = self.summary();
+        if let Some(r) = &self.request {
+            for k in VERSION_MEMBERS {
+                if let Some(x) = r.get(k) {
+                    v[k] = x.clone();
+                }
+            }
+        }
+        v["imageVersion"] = json!(VERSION);
+        v
+    }
+
+    /// `MicrovmImageVersionSummary` / `GetMicrovmImageVersionOutput`: the request it
+    /// was built from or, for a `make rootfs` image, what the local build knows (its
+    /// architecture, hooks, memory).
     pub fn version(&self, region: &str, account: &str) -> Value {
         let mut v = json!({
-            "baseImageArn": format!("arn:aws:lambda:{region}:aws:managed-microvm-image:local"),
-            "buildRoleArn": format!("arn:aws:iam::{account}:role/local-build"),
-            "codeArtifact": {"uri": format!("file://{}", self.dir.display())},
-            "cpuConfigurations": [{"architecture": self.architecture}],
             "imageArn": self.arn,
             "imageVersion": VERSION,
-            "state": "SUCCESSFUL",
-            "status": "ACTIVE",
+            "state": self.state.as_str(),
+            "status": if self.state == BuildState::Successful { "ACTIVE" } else { "INACTIVE" },
             "createdAt": epoch_seconds(self.created_ms),
-            "updatedAt": epoch_seconds(self.created_ms),
+            "updatedAt": epoch_seconds(self.updated_ms),
         });
+        if let Some(r) = &self.reason {
+            v["stateReason"] = json!(r);
+        }
+        if let Some(r) = &self.request {
+            for k in VERSION_MEMBERS {
+                if let Some(x) = r.get(k) {
+                    v[k] = x.clone();
+                }
+            }
+            return v;
+        }
+        v["baseImageArn"] = json!(format!(
+            "arn:aws:lambda:{region}:aws:managed-microvm-image:local"
+        ));
+        v["buildRoleArn"] = json!(format!("arn:aws:iam::{account}:role/local-build"));
+        v["codeArtifact"] = json!({"uri": format!("file://{}", self.dir.display())});
+        v["cpuConfigurations"] = json!([{"architecture": self.architecture}]);
         if let Some(h) = self.config.get("hooks") {
             v["hooks"] = h.clone();
         }
@@ -180,6 +319,60 @@ impl LocalImage {
             v["resources"] = json!([{"minimumMemoryInMiB": m}]);
         }
         v
+    }
+
+    /// `MicrovmImageBuildSummary`: the image's one build (locally a version has one,
+    /// for its one architecture).
+    pub fn build_summary(&self) -> Value {
+        let mut v = json!({
+            "imageArn": self.arn,
+            "imageVersion": VERSION,
+            "buildId": self.build_id,
+            "buildState": self.state.as_str(),
+            "architecture": self.architecture,
+            "chipset": chipset(self.architecture),
+            "chipsetGeneration": CHIPSET_GENERATION,
+            "createdAt": epoch_seconds(self.created_ms),
+        });
+        if let Some(r) = &self.reason {
+            v["stateReason"] = json!(r);
+        }
+        v
+    }
+
+    /// `GetMicrovmImageBuildOutput`: the summary and what the build made (the
+    /// snapshot's memory and disk, the code as installed), once it made them.
+    pub fn build(&self) -> Value {
+        let mut v = self.build_summary();
+        let snapshot = &self.manifest["snapshot"];
+        let mut made = Map::new();
+        for (from, to) in [
+            (
+                &snapshot["memorySnapshotSizeInBytes"],
+                "memorySnapshotSizeInBytes",
+            ),
+            (
+                &snapshot["diskSnapshotSizeInBytes"],
+                "diskSnapshotSizeInBytes",
+            ),
+            (&self.manifest["codeBytes"], "codeInstallSizeInBytes"),
+        ] {
+            if let Some(n) = from.as_u64() {
+                made.insert(to.into(), json!(n));
+            }
+        }
+        if !made.is_empty() {
+            v["snapshotBuild"] = Value::Object(made);
+        }
+        v
+    }
+
+    /// Whether a build answers ListMicrovmImageBuilds' filters.
+    pub fn build_matches(&self, pairs: &[(String, String)]) -> bool {
+        let want = |k: &str, have: &str| super::wire::query(pairs, k).is_none_or(|w| w == have);
+        want("architecture", self.architecture)
+            && want("chipset", chipset(self.architecture))
+            && want("chipsetGeneration", CHIPSET_GENERATION)
     }
 }
 

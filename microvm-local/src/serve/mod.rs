@@ -8,9 +8,11 @@
 //!   [`sigv4`]: signature checks; [`microvms`]: records and lifecycle rules;
 //!   [`child`]: each MicroVM's runner process; [`proxy`]: authenticated ingress;
 //!   [`shell`]: the shell over WebSocket (the shell token's terminal);
-//!   [`images`]: the local images; [`logs`]: the CloudWatch Logs store.
+//!   [`images`]: the local images; [`build`]: CreateMicrovmImage's builds;
+//!   [`logs`]: the CloudWatch Logs store.
 
 mod api;
+mod build;
 mod child;
 mod images;
 mod logs;
@@ -32,6 +34,8 @@ use std::time::Duration;
 pub struct ServeArgs {
     /// Where `make rootfs` put the images (each a directory).
     pub images: PathBuf,
+    /// `rootfs/image.sh`: installs a code artifact on a base (CreateMicrovmImage).
+    pub image_builder: PathBuf,
     pub port: u16,
     /// Logs and each MicroVM's runner log.
     pub state_dir: PathBuf,
@@ -58,6 +62,7 @@ pub struct Server {
     children: Mutex<HashMap<String, Arc<Child>>>,
     proxies: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     logs: logs::LogStore,
+    builds: build::Builds,
 }
 
 impl Server {
@@ -207,6 +212,12 @@ pub fn main(args: ServeArgs) -> i32 {
             return 252;
         }
     };
+    if !args.image_builder.is_file() {
+        eprintln!(
+            "microvm-local: serve: no {} (--image-builder): CreateMicrovmImage builds will fail; start serve in the checkout or name its rootfs/image.sh",
+            args.image_builder.display()
+        );
+    }
     let logs = match logs::LogStore::open(&args.state_dir.join("logs")) {
         Ok(l) => l,
         Err(e) => {
@@ -252,6 +263,7 @@ pub fn main(args: ServeArgs) -> i32 {
             children: Mutex::new(HashMap::new()),
             proxies: Mutex::new(HashMap::new()),
             logs,
+            builds: build::Builds::default(),
         });
         println!(
             "{}",
@@ -283,7 +295,8 @@ pub fn main(args: ServeArgs) -> i32 {
     })
 }
 
-/// Every MicroVM terminated, in order: each runner is told, then has a minute.
+/// Every MicroVM terminated, in order: each runner is told, then has a minute; image
+/// builds stop (they see the endpoint stopping) and clean up after themselves.
 async fn shutdown(server: &Arc<Server>) {
     let ids: Vec<String> = server.reg().records.keys().cloned().collect();
     for id in &ids {
@@ -306,6 +319,10 @@ async fn shutdown(server: &Arc<Server>) {
         .values()
     {
         c.signal(libc::SIGKILL);
+    }
+    let t0 = std::time::Instant::now();
+    while server.builds.active() > 0 && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -31,6 +31,9 @@ impl ApiError {
         let what = match kind {
             "MicrovmImage" => "MicroVM image",
             "MicrovmImageVersion" => "MicroVM image version",
+            "MicrovmImageBuild" => "MicroVM image build",
+            "ManagedMicrovmImage" => "managed MicroVM image",
+            "ManagedMicrovmImageVersion" => "managed MicroVM image version",
             _ => "MicroVM",
         };
         ApiError::new(
@@ -40,6 +43,18 @@ impl ApiError {
         )
         .with("resourceId", id)
         .with("resourceType", kind)
+    }
+
+    /// A ConflictException over an image (ARN).
+    pub fn image_conflict(arn: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(409, "ConflictException", message)
+            .with("resourceId", arn)
+            .with("resourceType", "MicrovmImage")
+    }
+
+    pub fn with_message(mut self, message: impl Into<String>) -> ApiError {
+        self.message = message.into();
+        self
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {

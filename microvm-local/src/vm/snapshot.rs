@@ -131,7 +131,14 @@ pub fn build(image_dir: &Path, scratch: &Path) -> Result<Snapshot, String> {
         // The VM's overlay, frozen, is the image's disk snapshot; its backing file is
         // named relative to it, so the image directory can move.
         let disk = image_dir.join(DISK_FILE);
-        std::fs::rename(vm.dir.join("disk.qcow2"), &disk)
+        let overlay = vm.dir.join("disk.qcow2");
+        // A scratch on another file system (a short path under /tmp: socket paths
+        // are limited to 107 bytes) is copied from: the overlay is small.
+        std::fs::rename(&overlay, &disk)
+            .or_else(|e| match e.raw_os_error() {
+                Some(libc::EXDEV) => std::fs::copy(&overlay, &disk).map(drop),
+                _ => Err(e),
+            })
             .map_err(|e| format!("{}: {e}", disk.display()))?;
         run(Command::new("qemu-img")
             .args([

@@ -1,0 +1,943 @@
+//! CreateMicrovmImage: an image built from a local code artifact (`file://` a
+//! directory or a .zip) on one of the local Debian bases, the way the platform
+//! builds one: the code installed over the base (`rootfs/image.sh`), the image
+//! booted, its image-build hooks (`/ready`, `/validate`) answered and a snapshot
+//! saved, from which every MicroVM of the image then starts.
+//!
+//! The artifact carries its image config (contract 1) as `image.json` at its root
+//! (the command, user, working directory); the request's members the config also
+//! has (`hooks`, `environmentVariables`, `logging`, `resources`,
+//! `additionalOsCapabilities`) override it, and the image's name is the request's.
+//! One build runs at a time (each boots a guest); the others wait as PENDING. An
+//! image being built, or whose build failed, lives here; a built one is a directory
+//! of `--images` like any `make rootfs` output, with its request in `build.json`.
+
+use super::images::{self, BuildState, LocalImage};
+use super::wire::{self, ApiError};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The longest an install (`rootfs/image.sh`) may take; the image-build hooks have
+/// their own limits (the image's), enforced by the snapshot.
+const INSTALL_LIMIT: Duration = Duration::from_secs(30 * 60);
+/// The members the request may set in the artifact's image config.
+const CONFIG_MEMBERS: [&str; 4] = ["hooks", "logging", "resources", "additionalOsCapabilities"];
+const MEMBERS: [&str; 16] = [
+    "baseImageArn",
+    "baseImageVersion",
+    "buildRoleArn",
+    "description",
+    "codeArtifact",
+    "logging",
+    "egressNetworkConnectors",
+    "cpuConfigurations",
+    "resources",
+    "additionalOsCapabilities",
+    "hooks",
+    "environmentVariables",
+    "kmsKeyIdentifier",
+    "name",
+    "tags",
+    "clientToken",
+];
+
+/// The builds this endpoint runs or ran without success.
+pub struct Builds {
+    inner: Mutex<Inner>,
+    turn: tokio::sync::Semaphore,
+    /// Builds started and not yet finished (shutdown waits for their cleanup).
+    active: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Images not (yet) in `--images`: building, or failed. By name.
+    images: HashMap<String, LocalImage>,
+    /// clientToken -> (image name, the request without its token).
+    tokens: HashMap<String, (String, Map<String, Value>)>,
+}
+
+/// A checked CreateMicrovmImage: what its build needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub name: String,
+    /// The base's directory (`<images>/base/<name>`, a `rootfs/base.sh` output).
+    pub base: PathBuf,
+    /// The code artifact: a directory or a .zip.
+    pub code: PathBuf,
+    pub request: Map<String, Value>,
+}
+
+impl Default for Builds {
+    fn default() -> Self {
+        Builds {
+            inner: Mutex::new(Inner::default()),
+            turn: tokio::sync::Semaphore::new(1),
+            active: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Builds {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The image of that name being built or whose build failed.
+    pub fn get(&self, name: &str) -> Option<LocalImage> {
+        self.inner().images.get(name).cloned()
+    }
+
+    /// Every image being built or whose build failed, by name.
+    pub fn all(&self) -> Vec<LocalImage> {
+        self.inner().images.values().cloned().collect()
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// The image a repeated clientToken made (with the same request), if any.
+    pub fn repeat(
+        &self,
+        token: Option<&str>,
+        request: &Map<String, Value>,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(t) = token else { return Ok(None) };
+        match self.inner().tokens.get(t) {
+            None => Ok(None),
+            Some((name, r)) if r == request => Ok(Some(name.clone())),
+            Some((name, _)) => Err(ApiError::image_conflict(
+                name,
+                format!("clientToken {t} was used with other parameters (image {name})"),
+            )),
+        }
+    }
+
+    /// Record a new image as PENDING, unless its name is taken: by an image in
+    /// `--images` (`on_disk`) or one being built. A failed one gives its name up.
+    pub fn admit(
+        &self,
+        image: LocalImage,
+        token: Option<String>,
+        on_disk: bool,
+    ) -> Result<LocalImage, ApiError> {
+        let mut inner = self.inner();
+        let busy = inner
+            .images
+            .get(&image.name)
+            .is_some_and(|i| i.state != BuildState::Failed);
+        if on_disk || busy {
+            return Err(ApiError::image_conflict(
+                &image.arn,
+                format!("an image named {} exists already", image.name),
+            ));
+        }
+        if let Some(t) = token {
+            let mut request = image.request.clone().unwrap_or_default();
+            request.remove("clientToken");
+            inner.tokens.insert(t, (image.name.clone(), request));
+        }
+        inner.images.insert(image.name.clone(), image.clone());
+        Ok(image)
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut LocalImage)) {
+        if let Some(i) = self.inner().images.get_mut(name) {
+            f(i);
+            i.updated_ms = wire::now_ms();
+        }
+    }
+
+    /// Build `job`'s image, in turn, then report: a built image leaves this list for
+    /// `--images`; a failed one stays, FAILED with its reason.
+    pub async fn run(
+        server: std::sync::Arc<super::Server>,
+        job: Job,
+        builder: PathBuf,
+        images: PathBuf,
+        logs: PathBuf,
+    ) {
+        let me = &server.builds;
+        me.active.fetch_add(1, Ordering::SeqCst);
+        let name = job.name.clone();
+        // Held until the build is over: one at a time.
+        let turn = me.turn.acquire().await;
+        let outcome = if turn.is_err() || crate::signals::stopping() {
+            Err("the local endpoint shut down before the build began".to_string())
+        } else {
+            me.update(&name, |i| i.state = BuildState::InProgress);
+            let (build_id, created) = me
+                .get(&name)
+                .map_or((String::new(), 0), |i| (i.build_id, i.created_ms));
+            tokio::task::spawn_blocking(move || {
+                build(&job, &build_id, created, &builder, &images, &logs)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the build stopped: {e}")))
+        };
+        drop(turn);
+        match outcome {
+            // Now in `--images`: found there from here on.
+            Ok(()) => {
+                me.inner().images.remove(&name);
+            }
+            Err(why) => me.update(&name, |i| {
+                i.state = BuildState::Failed;
+                i.reason = Some(why);
+            }),
+        }
+        me.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The service's word for a member that fails a constraint.
+fn constraint(at: &str, what: &str) -> String {
+    format!("Value at '{at}' failed to satisfy constraint: Member must {what}")
+}
+
+fn length(errors: &mut Vec<String>, at: &str, v: Option<&Value>, min: usize, max: usize) {
+    let Some(v) = v else { return };
+    match v.as_str().map(|s| s.chars().count()) {
+        Some(n) if (min..=max).contains(&n) => {}
+        Some(_) => errors.push(constraint(
+            at,
+            &format!("have length between {min} and {max}"),
+        )),
+        None => errors.push(constraint(at, "be a string")),
+    }
+}
+
+fn non_blank(errors: &mut Vec<String>, at: &str, v: Option<&Value>, max: usize) {
+    length(errors, at, v, 1, max);
+    if v.and_then(Value::as_str)
+        .is_some_and(|s| s.chars().any(char::is_whitespace))
+    {
+        errors.push(constraint(
+            at,
+            "satisfy regular expression pattern: [^\\s]+",
+        ));
+    }
+}
+
+fn list<'a>(errors: &mut Vec<String>, at: &str, v: Option<&'a Value>, max: usize) -> &'a [Value] {
+    match v {
+        None => &[],
+        Some(Value::Array(a)) if a.len() <= max => a,
+        Some(Value::Array(_)) => {
+            errors.push(constraint(
+                at,
+                &format!("have length less than or equal to {max}"),
+            ));
+            &[]
+        }
+        Some(_) => {
+            errors.push(constraint(at, "be a list"));
+            &[]
+        }
+    }
+}
+
+fn integer(errors: &mut Vec<String>, at: &str, v: Option<&Value>, min: i64, max: i64) {
+    let Some(v) = v else { return };
+    if !v.as_i64().is_some_and(|n| (min..=max).contains(&n)) {
+        errors.push(constraint(
+            at,
+            &format!("be an integer between {min} and {max}"),
+        ));
+    }
+}
+
+/// An object whose members are all among `known`, or an error naming the first
+/// stranger.
+fn object<'a>(
+    errors: &mut Vec<String>,
+    at: &str,
+    v: Option<&'a Value>,
+    known: &[&str],
+) -> Option<&'a Map<String, Value>> {
+    let v = v?;
+    let Some(m) = v.as_object() else {
+        errors.push(constraint(at, "be a structure"));
+        return None;
+    };
+    if let Some(k) = m.keys().find(|k| !known.contains(&k.as_str())) {
+        errors.push(format!(
+            "Unknown member '{k}' at '{at}': it has {}",
+            known.join(", ")
+        ));
+    }
+    Some(m)
+}
+
+/// The model's `Hooks`: states ENABLED or DISABLED, the port 1-65535, runtime
+/// limits 1-60 s, image-build limits 1-3600 s.
+fn hooks(errors: &mut Vec<String>, v: Option<&Value>) {
+    let Some(h) = object(
+        errors,
+        "hooks",
+        v,
+        &["port", "microvmHooks", "microvmImageHooks"],
+    ) else {
+        return;
+    };
+    integer(errors, "hooks.port", h.get("port"), 1, 65535);
+    for (member, hooks, max) in [
+        (
+            "microvmHooks",
+            &["run", "resume", "suspend", "terminate"][..],
+            60,
+        ),
+        ("microvmImageHooks", &["ready", "validate"][..], 3600),
+    ] {
+        let at = format!("hooks.{member}");
+        let known: Vec<String> = hooks
+            .iter()
+            .flat_map(|h| [h.to_string(), format!("{h}TimeoutInSeconds")])
+            .collect();
+        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+        let Some(m) = object(errors, &at, h.get(member), &known) else {
+            continue;
+        };
+        for hook in hooks {
+            if let Some(s) = m.get(*hook) {
+                if s != "ENABLED" && s != "DISABLED" {
+                    errors.push(constraint(
+                        &format!("{at}.{hook}"),
+                        "satisfy enum value set: [DISABLED, ENABLED]",
+                    ));
+                }
+            }
+            let limit = format!("{hook}TimeoutInSeconds");
+            integer(errors, &format!("{at}.{limit}"), m.get(&limit), 1, max);
+        }
+    }
+}
+
+/// A map of strings with keys and values of these lengths.
+fn string_map(
+    errors: &mut Vec<String>,
+    at: &str,
+    v: Option<&Value>,
+    max_entries: usize,
+    keys: (usize, usize),
+    values: usize,
+) {
+    let Some(v) = v else { return };
+    let Some(m) = v.as_object() else {
+        errors.push(constraint(at, "be a map"));
+        return;
+    };
+    if m.len() > max_entries {
+        errors.push(constraint(
+            at,
+            &format!("have length less than or equal to {max_entries}"),
+        ));
+    }
+    for (k, x) in m {
+        if !(keys.0..=keys.1).contains(&k.chars().count()) {
+            errors.push(constraint(
+                &format!("{at}.key"),
+                &format!("have length between {} and {}", keys.0, keys.1),
+            ));
+        }
+        length(errors, &format!("{at}.{k}"), Some(x), 0, values);
+    }
+}
+
+/// CreateMicrovmImage's constraints, by the model, in the service's words (botocore
+/// checks types and minimums before sending; the service checks the rest).
+pub fn check(r: &Map<String, Value>) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Some(k) = r.keys().find(|k| !MEMBERS.contains(&k.as_str())) {
+        errors.push(format!(
+            "Unknown member '{k}': CreateMicrovmImage has {}",
+            MEMBERS.join(", ")
+        ));
+    }
+    for required in ["baseImageArn", "buildRoleArn", "codeArtifact", "name"] {
+        if r.get(required).is_none_or(Value::is_null) {
+            errors.push(format!(
+                "Value null at '{required}' failed to satisfy constraint: Member must not be null"
+            ));
+        }
+    }
+    length(&mut errors, "name", r.get("name"), 1, 64);
+    if r.get("name").and_then(Value::as_str).is_some_and(|n| {
+        !n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        errors.push(constraint(
+            "name",
+            "satisfy regular expression pattern: [a-zA-Z0-9-_]+",
+        ));
+    }
+    non_blank(&mut errors, "baseImageArn", r.get("baseImageArn"), 2048);
+    non_blank(
+        &mut errors,
+        "baseImageVersion",
+        r.get("baseImageVersion"),
+        2048,
+    );
+    if r.get("buildRoleArn").is_some_and(|v| {
+        !crate::validate::is_role_arn(v) || v.as_str().is_some_and(|s| s.len() > 2048)
+    }) {
+        errors.push(constraint(
+            "buildRoleArn",
+            "satisfy regular expression pattern: arn:aws[a-z\\-]*:iam::[0-9]{12}:role/?[a-zA-Z_0-9+=,.@\\-_/]+",
+        ));
+    }
+    length(
+        &mut errors,
+        "description",
+        r.get("description"),
+        0,
+        usize::MAX,
+    );
+    if let Some(c) = object(&mut errors, "codeArtifact", r.get("codeArtifact"), &["uri"]) {
+        if c.is_empty() {
+            errors.push(constraint(
+                "codeArtifact",
+                "have exactly one member set (uri)",
+            ));
+        }
+        non_blank(&mut errors, "codeArtifact.uri", c.get("uri"), 2048);
+    }
+    if let Some(l) = r.get("logging") {
+        let mut logging = Vec::new();
+        crate::validate::logging(&mut logging, l);
+        errors.extend(logging);
+    }
+    for (i, c) in list(
+        &mut errors,
+        "egressNetworkConnectors",
+        r.get("egressNetworkConnectors"),
+        1,
+    )
+    .iter()
+    .enumerate()
+    {
+        length(
+            &mut errors,
+            &format!("egressNetworkConnectors.{i}"),
+            Some(c),
+            1,
+            2048,
+        );
+    }
+    for (i, c) in list(
+        &mut errors,
+        "cpuConfigurations",
+        r.get("cpuConfigurations"),
+        usize::MAX,
+    )
+    .iter()
+    .enumerate()
+    {
+        let at = format!("cpuConfigurations.{i}");
+        if let Some(m) = object(&mut errors, &at, Some(c), &["architecture"]) {
+            if !m
+                .get("architecture")
+                .is_some_and(|a| a == "X86_64" || a == "ARM_64")
+            {
+                errors.push(constraint(
+                    &format!("{at}.architecture"),
+                    "satisfy enum value set: [ARM_64, X86_64]",
+                ));
+            }
+        }
+    }
+    for (i, c) in list(&mut errors, "resources", r.get("resources"), 1)
+        .iter()
+        .enumerate()
+    {
+        let at = format!("resources.{i}");
+        if let Some(m) = object(&mut errors, &at, Some(c), &["minimumMemoryInMiB"]) {
+            let at = format!("{at}.minimumMemoryInMiB");
+            match m.get("minimumMemoryInMiB") {
+                None => errors.push(format!(
+                    "Value null at '{at}' failed to satisfy constraint: Member must not be null"
+                )),
+                v => integer(&mut errors, &at, v, 64, 1_048_576),
+            }
+        }
+    }
+    for (i, c) in list(
+        &mut errors,
+        "additionalOsCapabilities",
+        r.get("additionalOsCapabilities"),
+        usize::MAX,
+    )
+    .iter()
+    .enumerate()
+    {
+        if c != "ALL" {
+            errors.push(constraint(
+                &format!("additionalOsCapabilities.{i}"),
+                "satisfy enum value set: [ALL]",
+            ));
+        }
+    }
+    hooks(&mut errors, r.get("hooks"));
+    string_map(
+        &mut errors,
+        "environmentVariables",
+        r.get("environmentVariables"),
+        100,
+        (1, 256),
+        4096,
+    );
+    non_blank(
+        &mut errors,
+        "kmsKeyIdentifier",
+        r.get("kmsKeyIdentifier"),
+        2048,
+    );
+    string_map(&mut errors, "tags", r.get("tags"), 50, (1, 128), 256);
+    length(&mut errors, "clientToken", r.get("clientToken"), 1, 128);
+    errors
+}
+
+/// What a checked request names on this machine: its base (`ResourceNotFound` if
+/// no such local base) and its code (a `file://` directory or .zip).
+pub fn resolve(r: &Map<String, Value>, images_root: &Path, region: &str) -> Result<Job, ApiError> {
+    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default();
+    let base_arn = s("baseImageArn");
+    let prefix = format!("arn:aws:lambda:{region}:aws:managed-microvm-image:");
+    let base = base_arn
+        .strip_prefix(&prefix)
+        .filter(|n| images::valid_name(n))
+        .map(|n| images_root.join("base").join(n))
+        .filter(|d| d.join("base.json").is_file())
+        .ok_or_else(|| {
+            ApiError::not_found("ManagedMicrovmImage", base_arn).with_message(format!(
+                "managed MicroVM image {base_arn} not found: the local ones are {prefix}<name> for each base `make base-<name>` built in {}",
+                images_root.join("base").display()
+            ))
+        })?;
+    if let Some(v) = r.get("baseImageVersion").and_then(Value::as_str) {
+        if v != images::VERSION {
+            return Err(ApiError::not_found(
+                "ManagedMicrovmImageVersion",
+                &format!("{base_arn}:{v}"),
+            ));
+        }
+    }
+    if r.get("cpuConfigurations")
+        .and_then(Value::as_array)
+        .is_some_and(|c| c.iter().any(|c| c["architecture"] != "X86_64"))
+    {
+        return Err(ApiError::validation(
+            "cpuConfigurations: the local bases are x86_64 only (rootfs/base.sh): an ARM_64 build cannot be made here",
+        ));
+    }
+    let uri = r["codeArtifact"]["uri"].as_str().unwrap_or_default();
+    let Some(path) = uri.strip_prefix("file://") else {
+        return Err(ApiError::validation(format!(
+            "codeArtifact.uri {uri}: locally a code artifact is file:///ABSOLUTE/PATH, a directory or a .zip"
+        )));
+    };
+    let code = PathBuf::from(path);
+    let usable = code.is_absolute()
+        && (code.is_dir() || (code.is_file() && code.extension().is_some_and(|e| e == "zip")));
+    if !usable {
+        return Err(ApiError::validation(format!(
+            "codeArtifact.uri {uri}: no directory or .zip file at that absolute path"
+        )));
+    }
+    Ok(Job {
+        name: s("name").to_string(),
+        base,
+        code,
+        request: r.clone(),
+    })
+}
+
+/// The image config of the build: the artifact's own (`image.json`, which must give
+/// the command), with the request's members over it and the image's name.
+pub fn image_config(artifact: &Value, request: &Map<String, Value>) -> Result<Value, String> {
+    let mut config = match artifact {
+        Value::Object(m) => m.clone(),
+        _ => return Err("the code artifact's image.json is not a JSON object".into()),
+    };
+    if config
+        .get("command")
+        .and_then(Value::as_array)
+        .is_none_or(|c| c.is_empty())
+    {
+        return Err(
+            "the code artifact's image.json has no \"command\" (the application to start, e.g. [\"/usr/bin/python3\", \"/app/app.py\"])"
+                .into(),
+        );
+    }
+    config.insert(
+        "imageName".into(),
+        request.get("name").cloned().unwrap_or(Value::Null),
+    );
+    for k in CONFIG_MEMBERS {
+        if let Some(v) = request.get(k) {
+            config.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(Value::Object(vars)) = request.get("environmentVariables") {
+        let mut env = match config.remove("env") {
+            Some(Value::Object(e)) => e,
+            None => Map::new(),
+            Some(_) => {
+                return Err("the code artifact's image.json: \"env\" is not an object".into())
+            }
+        };
+        for (k, v) in vars {
+            env.insert(k.clone(), v.clone());
+        }
+        config.insert("env".into(), Value::Object(env));
+    }
+    Ok(Value::Object(config))
+}
+
+/// The artifact's `image.json`: from the directory, or out of the .zip.
+fn artifact_config(code: &Path) -> Result<Value, String> {
+    let bytes = if code.is_dir() {
+        std::fs::read(code.join("image.json")).map_err(|e| {
+            format!(
+                "{}: {e} (the code artifact carries its image config at its root)",
+                code.join("image.json").display()
+            )
+        })?
+    } else {
+        let out = std::process::Command::new("unzip")
+            .args(["-p"])
+            .arg(code)
+            .arg("image.json")
+            .output()
+            .map_err(|e| format!("unzip: {e} (`make setup` installs it)"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{}: no image.json at the root of the .zip, or not a zip ({}): {}",
+                code.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        out.stdout
+    };
+    serde_json::from_slice(&bytes).map_err(|e| format!("the code artifact's image.json: {e}"))
+}
+
+/// The last lines of a build's log, for its stateReason.
+fn tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    all[all.len().saturating_sub(lines)..].join(" | ")
+}
+
+/// Run `rootfs/image.sh BASE CODE CONFIG OUT`, its output in `log`; stopped when the
+/// endpoint stops or the install takes too long.
+fn install(builder: &Path, job: &Job, config: &Path, out: &Path, log: &Path) -> Result<(), String> {
+    let file = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("{}: {e}", log.display()))
+    };
+    let mut cmd = std::process::Command::new(builder);
+    cmd.arg(&job.base)
+        .arg(&job.code)
+        .arg(config)
+        .arg(out)
+        .env("ARCH", "x86_64")
+        .stdin(std::process::Stdio::null())
+        .stdout(file()?)
+        .stderr(file()?);
+    crate::vm::die_with_parent_by(&mut cmd, libc::SIGKILL);
+    let mut child = crate::vm::spawn_kept(cmd).map_err(|e| {
+        format!(
+            "{}: {e} (serve --image-builder names rootfs/image.sh of this checkout)",
+            builder.display()
+        )
+    })?;
+    let t0 = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) if s.success() => return Ok(()),
+            Ok(Some(s)) => {
+                return Err(format!(
+                    "installing the code on the base failed ({s}): {}; the whole log: {}",
+                    tail(log, 3),
+                    log.display()
+                ))
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("waiting for {}: {e}", builder.display())),
+        }
+        let why = if crate::signals::stopping() {
+            "the local endpoint shut down"
+        } else if t0.elapsed() > INSTALL_LIMIT {
+            "the install took longer than 30 minutes"
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        // Its own process group (die_with_parent_by): the script and what it runs.
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = child.wait();
+        return Err(why.into());
+    }
+}
+
+/// The whole build, in `<images>/.<name>.partial` until it is done and renamed to
+/// `<images>/<name>`; nothing half-made stays.
+fn build(
+    job: &Job,
+    build_id: &str,
+    created_ms: u64,
+    builder: &Path,
+    images_root: &Path,
+    logs: &Path,
+) -> Result<(), String> {
+    let partial = images_root.join(format!(".{}.partial", job.name));
+    let r = (|| {
+        std::fs::create_dir_all(logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+        let log = logs.join("build.log");
+        let _ = std::fs::remove_file(&log);
+        let config = image_config(&artifact_config(&job.code)?, &job.request)?;
+        let config_file = logs.join("image.json");
+        std::fs::write(&config_file, format!("{config:#}\n"))
+            .map_err(|e| format!("{}: {e}", config_file.display()))?;
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        }
+        install(builder, job, &config_file, &partial, &log)?;
+        // The VM's sockets live in its scratch: a short path (at most 107 bytes),
+        // which `--images` need not be.
+        let scratch = std::env::temp_dir().join("microvm-local").join(format!(
+            "build-{}",
+            crate::host::hex(&crate::host::random(6))
+        ));
+        let snapshot = crate::vm::snapshot::build(&partial, &scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        snapshot.map_err(|e| format!("the image-build phase: {e}"))?;
+        let mut request = job.request.clone();
+        request.remove("clientToken");
+        let record = json!({
+            "request": request,
+            "buildId": build_id,
+            "createdAt": created_ms,
+            "updatedAt": wire::now_ms(),
+        });
+        let file = partial.join(images::BUILD_FILE);
+        std::fs::write(&file, format!("{record}\n"))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let done = images_root.join(&job.name);
+        if done.exists() {
+            return Err(format!(
+                "{} appeared while the image was built",
+                done.display()
+            ));
+        }
+        std::fs::rename(&partial, &done).map_err(|e| format!("{}: {e}", done.display()))
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    r
+}
+
+/// A new image's record, PENDING, from its checked request.
+pub fn pending(job: &Job, region: &str, account: &str) -> LocalImage {
+    let now = wire::now_ms();
+    LocalImage {
+        arn: images::arn(region, account, &job.name),
+        name: job.name.clone(),
+        dir: job.code.clone(),
+        created_ms: now,
+        updated_ms: now,
+        architecture: "X86_64",
+        manifest: Value::Null,
+        config: Value::Null,
+        request: Some(job.request.clone()),
+        build_id: images::build_id_from(&crate::host::hex(&crate::host::random(16))),
+        state: BuildState::Pending,
+        reason: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn valid() -> Value {
+        json!({
+            "name": "my-app",
+            "baseImageArn": "arn:aws:lambda:us-east-1:aws:managed-microvm-image:python",
+            "buildRoleArn": "arn:aws:iam::123456789012:role/build",
+            "codeArtifact": {"uri": "file:///src/app"},
+        })
+    }
+
+    #[test]
+    fn a_minimal_request_passes_and_each_constraint_is_named() {
+        assert_eq!(check(&map(valid())), Vec::<String>::new());
+        let mut full = valid();
+        full["hooks"] = json!({"port": 9000,
+            "microvmHooks": {"run": "ENABLED", "runTimeoutInSeconds": 60},
+            "microvmImageHooks": {"ready": "DISABLED", "readyTimeoutInSeconds": 3600}});
+        full["environmentVariables"] = json!({"A": "x".repeat(4096)});
+        full["resources"] = json!([{"minimumMemoryInMiB": 256}]);
+        full["cpuConfigurations"] = json!([{"architecture": "X86_64"}]);
+        full["additionalOsCapabilities"] = json!(["ALL"]);
+        full["logging"] = json!({"disabled": {}});
+        full["egressNetworkConnectors"] = json!(["c"]);
+        full["tags"] = json!({"team": "x"});
+        full["clientToken"] = json!("t");
+        assert_eq!(check(&map(full)), Vec::<String>::new());
+
+        let cases = [
+            ("name", json!("a.b"), "Value at 'name' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9-_]+"),
+            ("name", json!("x".repeat(65)), "Value at 'name' failed to satisfy constraint: Member must have length between 1 and 64"),
+            ("buildRoleArn", json!("arn:aws:iam::12:role/x"), "Value at 'buildRoleArn' failed to satisfy constraint: Member must satisfy regular expression pattern"),
+            ("baseImageArn", json!("has space"), "Value at 'baseImageArn' failed to satisfy constraint: Member must satisfy regular expression pattern: [^\\s]+"),
+            ("codeArtifact", json!({}), "Value at 'codeArtifact' failed to satisfy constraint: Member must have exactly one member set (uri)"),
+            ("codeArtifact", json!({"uri": "file:///a", "s3": 1}), "Unknown member 's3' at 'codeArtifact'"),
+            ("hooks", json!({"microvmHooks": {"runTimeoutInSeconds": 61}}), "Value at 'hooks.microvmHooks.runTimeoutInSeconds' failed to satisfy constraint: Member must be an integer between 1 and 60"),
+            ("hooks", json!({"microvmImageHooks": {"validate": "ON"}}), "Value at 'hooks.microvmImageHooks.validate' failed to satisfy constraint: Member must satisfy enum value set: [DISABLED, ENABLED]"),
+            ("hooks", json!({"port": 0}), "Value at 'hooks.port' failed to satisfy constraint: Member must be an integer between 1 and 65535"),
+            ("environmentVariables", json!({"A": "x".repeat(4097)}), "Value at 'environmentVariables.A' failed to satisfy constraint: Member must have length between 0 and 4096"),
+            ("resources", json!([{"minimumMemoryInMiB": 1}, {"minimumMemoryInMiB": 2}]), "Value at 'resources' failed to satisfy constraint: Member must have length less than or equal to 1"),
+            ("resources", json!([{"minimumMemoryInMiB": 32}]), "Value at 'resources.0.minimumMemoryInMiB' failed to satisfy constraint: Member must be an integer between 64 and 1048576"),
+            ("cpuConfigurations", json!([{"architecture": "RISCV"}]), "Value at 'cpuConfigurations.0.architecture' failed to satisfy constraint: Member must satisfy enum value set: [ARM_64, X86_64]"),
+            ("egressNetworkConnectors", json!(["a", "b"]), "Value at 'egressNetworkConnectors' failed to satisfy constraint: Member must have length less than or equal to 1"),
+            ("clientToken", json!("t".repeat(129)), "Value at 'clientToken' failed to satisfy constraint: Member must have length between 1 and 128"),
+            ("imageIdentifier", json!("x"), "Unknown member 'imageIdentifier': CreateMicrovmImage has baseImageArn"),
+        ];
+        for (k, v, want) in cases {
+            let mut r = valid();
+            r[k] = v;
+            let e = check(&map(r));
+            assert_eq!(e.len(), 1, "{k}: {e:?}");
+            assert!(e[0].starts_with(want), "{k}: {e:?}");
+        }
+        let mut r = map(valid());
+        r.remove("codeArtifact");
+        assert_eq!(
+            check(&r),
+            ["Value null at 'codeArtifact' failed to satisfy constraint: Member must not be null"]
+        );
+    }
+
+    #[test]
+    fn the_request_overrides_the_artifacts_config_and_names_the_image() {
+        let artifact = json!({"imageName": "theirs", "command": ["/usr/bin/python3", "/app/app.py"],
+            "env": {"A": "1", "B": "2"}, "user": "app",
+            "hooks": {"port": 8000}});
+        let mut r = valid();
+        r["environmentVariables"] = json!({"B": "two", "C": "3"});
+        r["hooks"] = json!({"port": 9000, "microvmHooks": {"run": "ENABLED"}});
+        r["logging"] = json!({"disabled": {}});
+        r["description"] = json!("not a config member");
+        let c = image_config(&artifact, &map(r)).unwrap();
+        assert_eq!(
+            c,
+            json!({"imageName": "my-app", "command": ["/usr/bin/python3", "/app/app.py"],
+                "env": {"A": "1", "B": "two", "C": "3"}, "user": "app",
+                "hooks": {"port": 9000, "microvmHooks": {"run": "ENABLED"}},
+                "logging": {"disabled": {}}})
+        );
+        // Without request members the artifact's config stands, renamed.
+        let c = image_config(&artifact, &map(valid())).unwrap();
+        assert_eq!(c["env"], json!({"A": "1", "B": "2"}));
+        assert_eq!(c["hooks"], json!({"port": 8000}));
+        assert_eq!(c["imageName"], "my-app");
+        let e = image_config(&json!({"env": {}}), &map(valid())).unwrap_err();
+        assert!(e.contains("no \"command\""), "{e}");
+        let e = image_config(&json!([1]), &map(valid())).unwrap_err();
+        assert!(e.contains("not a JSON object"), "{e}");
+    }
+
+    #[test]
+    fn requests_resolve_to_a_local_base_and_an_absolute_artifact() {
+        let root = std::env::temp_dir().join(format!("build-resolve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("base/python")).unwrap();
+        std::fs::write(root.join("base/python/base.json"), "{}").unwrap();
+        let code = root.join("app");
+        std::fs::create_dir_all(&code).unwrap();
+        std::fs::write(root.join("app.zip"), "PK").unwrap();
+        let with = |k: &str, v: Value| {
+            let mut r = valid();
+            r[k] = v;
+            map(r)
+        };
+        let uri = json!({"uri": format!("file://{}", code.display())});
+        let job = resolve(&with("codeArtifact", uri.clone()), &root, "us-east-1").unwrap();
+        assert_eq!(
+            (job.base, job.code),
+            (root.join("base/python"), code.clone())
+        );
+        let zip = json!({"uri": format!("file://{}", root.join("app.zip").display())});
+        assert!(resolve(&with("codeArtifact", zip), &root, "us-east-1").is_ok());
+        let mut other = map(valid());
+        other.insert("codeArtifact".into(), uri.clone());
+        let kind = |r: Result<Job, ApiError>| r.unwrap_err().kind;
+        other.insert(
+            "baseImageArn".into(),
+            json!("arn:aws:lambda:us-east-1:aws:managed-microvm-image:ruby"),
+        );
+        assert_eq!(
+            kind(resolve(&other, &root, "us-east-1")),
+            "ResourceNotFoundException"
+        );
+        other.insert(
+            "baseImageArn".into(),
+            json!("arn:aws:lambda:us-east-1:aws:managed-microvm-image:python"),
+        );
+        assert_eq!(
+            kind(resolve(&other, &root, "eu-west-1")),
+            "ResourceNotFoundException"
+        );
+        other.insert("baseImageVersion".into(), json!("2"));
+        assert_eq!(
+            kind(resolve(&other, &root, "us-east-1")),
+            "ResourceNotFoundException"
+        );
+        other.insert("baseImageVersion".into(), json!("1"));
+        other.insert(
+            "cpuConfigurations".into(),
+            json!([{"architecture": "ARM_64"}]),
+        );
+        assert_eq!(
+            kind(resolve(&other, &root, "us-east-1")),
+            "ValidationException"
+        );
+        other.remove("cpuConfigurations");
+        assert!(resolve(&other, &root, "us-east-1").is_ok());
+        for bad in [
+            "s3://bucket/app.zip".to_string(),
+            "file://relative/app".into(),
+            format!("file://{}", root.join("missing").display()),
+            format!("file://{}", root.join("base/python/base.json").display()),
+        ] {
+            other.insert("codeArtifact".into(), json!({"uri": bad}));
+            assert_eq!(
+                kind(resolve(&other, &root, "us-east-1")),
+                "ValidationException",
+                "{bad}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
