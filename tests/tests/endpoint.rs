@@ -675,13 +675,32 @@ fn the_aws_cli_drives_local_microvms() {
         status, 409,
         "a suspended MicroVM without auto-resume is not woken"
     );
-    e.ok(&[
-        "lambda-microvms",
-        "resume-microvm",
-        "--microvm-identifier",
-        &id_a,
-    ]);
-    assert_eq!(e.get(&id_a)["state"], "RUNNING");
+    // Two resumes at once: both succeed, and the MicroVM is resumed once.
+    std::thread::scope(|s| {
+        let resume = || {
+            s.spawn(|| {
+                e.aws(&[
+                    "lambda-microvms",
+                    "resume-microvm",
+                    "--microvm-identifier",
+                    &id_a,
+                ])
+            })
+        };
+        let (one, two) = (resume(), resume());
+        for r in [one.join().unwrap(), two.join().unwrap()] {
+            assert_eq!(r.0, 0, "a concurrent resume: {}", r.2);
+        }
+    });
+    let after = e.get(&id_a);
+    assert_eq!(after["state"], "RUNNING");
+    assert!(after.get("stateReason").is_none(), "{after}");
+    assert_eq!(
+        e.runner_log(&id_a).matches("\"hook\":\"resume\"").count(),
+        1,
+        "{}",
+        e.runner_log(&id_a)
+    );
     e.fails(
         "ConflictException",
         &[

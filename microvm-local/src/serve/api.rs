@@ -472,15 +472,25 @@ async fn lifecycle(
     done: State,
     undone: State,
 ) -> Reply {
+    let resume = matches!(op, Op::Resume);
+    let under_way = resume && server.reg().get(id)?.resuming;
+    if under_way {
+        return resumed(server, id).await;
+    }
     let child = {
         let mut reg = server.reg();
         let r = reg.get_mut(id)?;
+        if resume && r.resuming {
+            return Ok((200, json!({})));
+        }
         match microvms::begin(r.state, op) {
             Ok(Some(s)) => r.state = s,
             Ok(None) => return Ok((200, json!({}))),
             Err(m) => return Err(ApiError::conflict(id, format!("MicroVM {id}: {m}"))),
         }
-        server.child(id)
+        let child = server.child(id);
+        r.resuming = resume && child.is_some();
+        child
     };
     let Some(child) = child else {
         return Err(ApiError::internal(format!("MicroVM {id} has no runner")));
@@ -498,6 +508,32 @@ async fn lifecycle(
     }
 }
 
+/// A ResumeMicrovm that came while another was under way: the other's outcome, once
+/// known (or, after [`ANSWER_WAIT`], the same answer the other gives then).
+async fn resumed(server: &Server, id: &str) -> Reply {
+    let t0 = std::time::Instant::now();
+    loop {
+        let outcome = {
+            let reg = server.reg();
+            let r = reg.get(id)?;
+            (!r.resuming).then(|| match r.state {
+                State::Running => Ok((200, json!({}))),
+                s => Err(ApiError::internal(format!(
+                    "the resume of {id} under way when this one came did not finish: {}",
+                    r.state_reason.as_deref().unwrap_or(s.as_str())
+                ))),
+            })
+        };
+        if let Some(o) = outcome {
+            return o;
+        }
+        if t0.elapsed() >= ANSWER_WAIT {
+            return Ok((200, json!({})));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The state once the runner reported on a suspend or resume (or failed to).
 fn settle(
     server: &Server,
@@ -509,6 +545,7 @@ fn settle(
 ) -> Reply {
     let mut reg = server.reg();
     let r = reg.get_mut(id)?;
+    r.resuming = false;
     let worked = report.as_ref().is_ok_and(|v| v["status"] == 200);
     // A MicroVM that ended meanwhile stays ended; an idle suspension that came first
     // already moved it.

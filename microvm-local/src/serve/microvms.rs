@@ -169,6 +169,9 @@ pub struct Record {
     pub tokens: Vec<Token>,
     pub shell: bool,
     pub auto_resume: bool,
+    /// A ResumeMicrovm is under way (the state stays SUSPENDED meanwhile: the model
+    /// has no RESUMING): another one waits for it instead of resuming twice.
+    pub resuming: bool,
     /// Order of creation, for listing.
     pub seq: u64,
 }

@@ -358,6 +358,7 @@ fn pending(
         tokens: Vec::new(),
         shell: crate::params::shell_ingress(&request),
         auto_resume: idle.is_some_and(|p| p["autoResumeEnabled"] == true),
+        resuming: false,
         seq: reg.seq(),
         request,
     }
