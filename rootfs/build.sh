@@ -391,7 +391,7 @@ rm -f "$out/initrd.cpio"
 (cd "$initrd" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet) > "$out/initrd.cpio"
 # A new root makes an old snapshot (taken over the old one) wrong: it goes first, so
 # a build stopped halfway never leaves the old snapshot over a new root.
-rm -f "$out"/snapshot-memory.zst "$out"/snapshot-disk.qcow2
+rm -f "$out"/snapshot-memory.zst "$out"/snapshot-disk.qcow2 "$out/build.json"
 rm -f "$out/rootfs.ext4"
 mkfs_opts=()
 if [ -n "$BASE" ]; then

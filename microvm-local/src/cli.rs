@@ -59,8 +59,9 @@ struct ServeCmd {
     /// The directory of images (each a `make rootfs` output directory, named by it).
     #[arg(long, value_name = "DIR", default_value = "build")]
     images: std::path::PathBuf,
-    /// CreateMicrovmImage's installer: this checkout's `rootfs/image.sh` (the code
-    /// artifact over a base in `IMAGES/base`, with this checkout's agent).
+    /// CreateMicrovmImage's installer: a checkout's `rootfs/image.sh` (the code
+    /// artifact over a base in `IMAGES/base`, with that checkout's agent). The
+    /// default is relative to the directory serve starts in: the checkout's root.
     #[arg(long, value_name = "PATH", default_value = "rootfs/image.sh")]
     image_builder: std::path::PathBuf,
     /// TCP port on 127.0.0.1 (0: any free port; the first stdout line says which).

@@ -56,10 +56,10 @@ fn print_json(v: &Value) {
 /// `snapshot-image`: the image-build phase, then the snapshot beside the image.
 fn snapshot_image(dir: &std::path::Path) -> i32 {
     signals::install_handlers();
-    // Beside the image: the VM's overlay becomes the image's disk by a rename, which
-    // must not cross filesystems (a tmpfs /tmp).
+    // Beside the image: the VM's overlay becomes the image's disk by a rename on the
+    // same file system (a copy across them, e.g. from a tmpfs /tmp).
     let scratch = dir.join(".snapshot-scratch");
-    let r = crate::vm::snapshot::build(dir, &scratch);
+    let r = crate::vm::snapshot::build(dir, &scratch, None);
     let _ = std::fs::remove_dir_all(&scratch);
     match r {
         Ok(s) => {

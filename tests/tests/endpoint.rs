@@ -1393,8 +1393,13 @@ fn create_microvm_image_builds_an_application_from_a_file_artifact() {
         "hello-py",
         &code,
         &[
+            // STARTUP_SECONDS holds the example's /ready at 503 that long: the build
+            // is surely under way while the next one is asked for.
             "--environment-variables",
-            "PORT=8085",
+            "PORT=8085,STARTUP_SECONDS=10",
+            // A part of the hooks: merged into the artifact's, which enable /run.
+            "--hooks",
+            "microvmHooks={runTimeoutInSeconds=10}",
             "--description",
             "the example",
             "--client-token",
@@ -1406,8 +1411,32 @@ fn create_microvm_image_builds_an_application_from_a_file_artifact() {
     assert_eq!(v["imageArn"], arn, "{v}");
     assert_eq!(v["state"], "CREATING", "{v}");
     assert_eq!(v["imageVersion"], "1");
-    assert_eq!(v["environmentVariables"], json!({"PORT": "8085"}));
+    assert_eq!(
+        v["environmentVariables"],
+        json!({"PORT": "8085", "STARTUP_SECONDS": "10"})
+    );
     assert_eq!(v["codeArtifact"]["uri"], code.trim_start_matches("uri="));
+    // A second build waits for the first (one at a time).
+    let second = e.ok(&strs(&create("broken", &uri(&broken), &[])));
+    assert_eq!(second["state"], "CREATING");
+    let builds = |name: &str| {
+        e.ok(&[
+            "lambda-microvms",
+            "list-microvm-image-builds",
+            "--image-identifier",
+            name,
+            "--image-version",
+            "1",
+        ])["items"]
+            .clone()
+    };
+    let pending = builds("broken");
+    assert_eq!(
+        pending[0]["buildState"],
+        "PENDING",
+        "{pending} while {}",
+        builds("hello-py")
+    );
     assert_eq!(
         (v["baseImageArn"].as_str(), v["buildRoleArn"].as_str()),
         (Some(base), Some(role))
@@ -1466,27 +1495,21 @@ fn create_microvm_image_builds_an_application_from_a_file_artifact() {
         err.contains("hooks.microvmHooks.runTimeoutInSeconds"),
         "{err}"
     );
-    // A second build waits for the first (one at a time), then fails: not a zip.
-    let v = e.ok(&strs(&create("broken", &uri(&broken), &[])));
-    assert_eq!(v["state"], "CREATING");
-    let builds = |name: &str| {
-        e.ok(&[
+    let err = e.fails(
+        "ValidationException",
+        &[
             "lambda-microvms",
             "list-microvm-image-builds",
             "--image-identifier",
-            name,
+            "hello-py",
             "--image-version",
             "1",
-        ])["items"]
-            .clone()
-    };
-    let pending = builds("broken");
-    assert_eq!(
-        pending[0]["buildState"],
-        "PENDING",
-        "{pending} while {}",
-        builds("hello-py")
+            "--architecture",
+            "RISCV",
+        ],
     );
+    assert!(err.contains("[ARM_64, X86_64]"), "{err}");
+    // The second build, once the first is done, fails: not a zip.
     let image = |name: &str| {
         e.ok(&[
             "lambda-microvms",
@@ -1579,7 +1602,16 @@ fn create_microvm_image_builds_an_application_from_a_file_artifact() {
         (Some("SUCCESSFUL"), Some("ACTIVE"))
     );
     assert_eq!(v["description"], "the example");
-    assert_eq!(v["environmentVariables"], json!({"PORT": "8085"}));
+    // What the image runs with: the artifact's config under the request's members.
+    assert_eq!(
+        v["environmentVariables"],
+        json!({"PORT": "8085", "STARTUP_SECONDS": "10", "PYTHONUNBUFFERED": "1"})
+    );
+    assert_eq!(v["hooks"]["port"], 9000);
+    assert_eq!(v["hooks"]["microvmHooks"]["runTimeoutInSeconds"], 10, "{v}");
+    assert_eq!(v["hooks"]["microvmHooks"]["run"], "ENABLED", "{v}");
+    assert_eq!(v["resources"], json!([{"minimumMemoryInMiB": 256}]));
+    assert_eq!(v["cpuConfigurations"], json!([{"architecture": "X86_64"}]));
     let b = builds("hello-py");
     assert_eq!(b.as_array().unwrap().len(), 1, "{b}");
     assert_eq!(
@@ -1708,7 +1740,7 @@ fn create_microvm_image_builds_an_application_from_a_file_artifact() {
     std::fs::create_dir_all(&nameless).unwrap();
     std::fs::write(nameless.join("image.json"), r#"{"user": "app"}"#).unwrap();
     e.ok(&strs(&create("nameless", &uri(&nameless), &[])));
-    let wait_build = |name: &str, until: &str| {
+    fn wait_build(e: &Endpoint, name: &str, until: &str) -> Value {
         let t0 = Instant::now();
         loop {
             let v = e.ok(&[
@@ -1727,8 +1759,8 @@ fn create_microvm_image_builds_an_application_from_a_file_artifact() {
             assert!(t0.elapsed() < Duration::from_secs(120), "{name}: {v}");
             std::thread::sleep(Duration::from_millis(200));
         }
-    };
-    let b = wait_build("nameless", "FAILED");
+    }
+    let b = wait_build(&e, "nameless", "FAILED");
     assert!(
         b["stateReason"]
             .as_str()
@@ -1737,26 +1769,107 @@ fn create_microvm_image_builds_an_application_from_a_file_artifact() {
         "{b}"
     );
 
-    // The endpoint stopping mid-build stops the build: no guest and nothing
-    // half-made outlive it.
+    // An application that exits before it is ready fails its build in the guest:
+    // the reason and the guest's console are kept, the half-made image is not.
+    let exits = app_dir(
+        &e.state,
+        "exits",
+        "import sys\nprint('exits: giving up', flush=True)\nsys.exit(3)\n",
+        5,
+    );
+    e.ok(&strs(&create("exits", &uri(&exits), &[])));
+    let b = wait_build(&e, "exits", "FAILED");
+    let why = b["stateReason"].as_str().unwrap();
+    assert!(why.contains("the image-build phase"), "{b}");
+    let console = std::fs::read_to_string(e.state.join("builds/exits/serial.log")).unwrap();
+    assert!(console.contains("exits: giving up"), "{console}");
+    assert!(!images.join(".exits.partial").exists());
+    assert!(!images.join("exits").exists());
+
+    // The endpoint stopping mid-install stops the build: nothing outlives it.
     e.ok(&strs(&create("late-py", &uri(&app), &[])));
-    wait_build("late-py", "IN_PROGRESS");
-    std::thread::sleep(Duration::from_secs(3));
+    wait_build(&e, "late-py", "IN_PROGRESS");
+    std::thread::sleep(Duration::from_secs(1));
     drop(e);
     assert!(!images.join(".late-py.partial").exists());
     assert!(!images.join("late-py").exists());
-    let guests = std::fs::read_dir("/proc")
+    assert_eq!(build_processes(&["late-py"]), Vec::<String>::new());
+
+    // Nor mid-hook: an application that takes /ready's call and never answers holds
+    // it for up to its limit (here 600 s); the endpoint ends the guest instead.
+    let e = Endpoint::start(&images, "serve-build-hang", &["--image-builder", builder]);
+    let hang = app_dir(
+        &e.state,
+        "hang",
+        "import socket\ns = socket.create_server(('0.0.0.0', 9000))\nprint('hang: listening', flush=True)\nheld = []\nwhile True:\n    held.append(s.accept())\n",
+        600,
+    );
+    e.ok(&strs(&create("hang", &uri(&hang), &[])));
+    let t0 = Instant::now();
+    while !build_consoles()
+        .iter()
+        .any(|c| c.contains("hang: listening"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the hang build's guest never started its application: {:?}",
+            wait_build(&e, "hang", "")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // /ready's call is in flight once the agent polls the port (every 100 ms).
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = Instant::now();
+    drop(e);
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "the endpoint took {took:?} to stop with a build's hook in flight"
+    );
+    assert!(!images.join(".hang.partial").exists());
+    assert!(!images.join("hang").exists());
+    assert_eq!(
+        build_processes(&[".hang.partial", "microvm-local/build-"]),
+        Vec::<String>::new()
+    );
+}
+
+/// A directory code artifact: `app.py` and an image.json that runs it with its
+/// /ready hook enabled (limited to `ready_limit` seconds), its lines on the console.
+fn app_dir(state: &Path, name: &str, app: &str, ready_limit: u64) -> PathBuf {
+    let dir = state.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("app.py"), app).unwrap();
+    let config = json!({
+        "command": ["/usr/bin/python3", "/app/app.py"],
+        "logs": {"mirrorToConsole": true},
+        "hooks": {"port": 9000, "microvmImageHooks": {
+            "ready": "ENABLED", "readyTimeoutInSeconds": ready_limit}},
+    });
+    std::fs::write(dir.join("image.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// The consoles of the guests of image builds under way (their scratch directories).
+fn build_consoles() -> Vec<String> {
+    let Ok(dirs) = std::fs::read_dir(std::env::temp_dir().join("microvm-local")) else {
+        return Vec::new();
+    };
+    dirs.flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with("build-"))
+        .filter_map(|d| std::fs::read_to_string(d.path().join("serial.log")).ok())
+        .collect()
+}
+
+/// The command lines of the processes that name any of `marks`.
+fn build_processes(marks: &[&str]) -> Vec<String> {
+    std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|p| {
-            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmd).contains("late-py")
-        })
-        .count();
-    assert_eq!(
-        guests, 0,
-        "a process of the late-py build outlived the endpoint"
-    );
+        .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| marks.iter().any(|m| c.contains(m)))
+        .collect()
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

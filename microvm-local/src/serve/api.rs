@@ -667,15 +667,14 @@ fn create_image(server: &Arc<Server>, body: &[u8]) -> Reply {
         return image(server, &name).map(|i| (201, i.created()));
     }
     let job = build::resolve(&request, &server.args.images, &server.args.region)?;
-    let on_disk = server.args.images.join(&job.name).exists();
     let admitted = server.builds.admit(
         build::pending(&job, &server.args.region, &server.args.account),
         token,
-        on_disk,
+        &server.args.images,
     )?;
     let logs = server.args.state_dir.join("builds").join(&job.name);
     tokio::spawn(build::Builds::run(
-        server.clone(),
+        build::Builds::started(server),
         job,
         server.args.image_builder.clone(),
         server.args.images.clone(),
@@ -686,6 +685,17 @@ fn create_image(server: &Arc<Server>, body: &[u8]) -> Reply {
 
 fn image_builds(server: &Server, id: &str, version: &str, pairs: &[(String, String)]) -> Reply {
     let max = wire::max_results(pairs, 50)?;
+    for (k, allowed) in [
+        ("architecture", &["ARM_64", "X86_64"][..]),
+        ("chipset", &["GRAVITON", "INTEL"][..]),
+    ] {
+        if let Some(v) = wire::query(pairs, k).filter(|v| !allowed.contains(v)) {
+            return Err(ApiError::validation(format!(
+                "1 validation error detected: Value '{v}' at '{k}' failed to satisfy constraint: Member must satisfy enum value set: [{}]",
+                allowed.join(", ")
+            )));
+        }
+    }
     let i = image_at(server, id, version)?;
     let all: Vec<images::LocalImage> = [i].into_iter().filter(|i| i.build_matches(pairs)).collect();
     listing(

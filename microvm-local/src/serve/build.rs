@@ -25,7 +25,25 @@ use std::time::{Duration, Instant};
 /// their own limits (the image's), enforced by the snapshot.
 const INSTALL_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// The members the request may set in the artifact's image config.
-const CONFIG_MEMBERS: [&str; 4] = ["hooks", "logging", "resources", "additionalOsCapabilities"];
+const CONFIG_MEMBERS: [&str; 3] = ["logging", "resources", "additionalOsCapabilities"];
+/// The image config's members the agent knows (agent/src/config/image.rs, which
+/// refuses any other): an artifact's config is checked against them before the
+/// install, not at the guest's first boot.
+const AGENT_CONFIG_MEMBERS: [&str; 13] = [
+    "imageName",
+    "command",
+    "env",
+    "workingDir",
+    "hooks",
+    "logging",
+    "onApplicationExit",
+    "logs",
+    "memoryLimitMiB",
+    "metadata",
+    "user",
+    "additionalOsCapabilities",
+    "resources",
+];
 const MEMBERS: [&str; 16] = [
     "baseImageArn",
     "baseImageVersion",
@@ -57,8 +75,18 @@ pub struct Builds {
 struct Inner {
     /// Images not (yet) in `--images`: building, or failed. By name.
     images: HashMap<String, LocalImage>,
-    /// clientToken -> (image name, the request without its token).
+    /// clientToken -> (image name, the request without its token). A name given
+    /// anew (after a failed build) drops the tokens of the image it named.
     tokens: HashMap<String, (String, Map<String, Value>)>,
+}
+
+/// A build under way, for the endpoint's shutdown (see [`Builds::started`]).
+pub struct Active(std::sync::Arc<super::Server>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.builds.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A checked CreateMicrovmImage: what its build needs.
@@ -101,6 +129,18 @@ impl Builds {
         self.active.load(Ordering::SeqCst)
     }
 
+    /// No build starts from now on (the endpoint stops); those waiting fail.
+    pub fn close(&self) {
+        self.turn.close();
+    }
+
+    /// Count a build as under way until the guard drops, whatever ends it. Taken
+    /// before the build's task is spawned, so a shutdown never misses one.
+    pub fn started(server: &std::sync::Arc<super::Server>) -> Active {
+        server.builds.active.fetch_add(1, Ordering::SeqCst);
+        Active(server.clone())
+    }
+
     /// The image a repeated clientToken made (with the same request), if any.
     pub fn repeat(
         &self,
@@ -119,24 +159,28 @@ impl Builds {
     }
 
     /// Record a new image as PENDING, unless its name is taken: by an image in
-    /// `--images` (`on_disk`) or one being built. A failed one gives its name up.
+    /// `images_root` or one being built. A failed one gives its name up.
     pub fn admit(
         &self,
         image: LocalImage,
         token: Option<String>,
-        on_disk: bool,
+        images_root: &Path,
     ) -> Result<LocalImage, ApiError> {
         let mut inner = self.inner();
         let busy = inner
             .images
             .get(&image.name)
             .is_some_and(|i| i.state != BuildState::Failed);
+        // Under the lock: a build that ends renames its image into place before it
+        // leaves the map, so one of the two always shows the name taken.
+        let on_disk = images_root.join(&image.name).exists();
         if on_disk || busy {
             return Err(ApiError::image_conflict(
                 &image.arn,
                 format!("an image named {} exists already", image.name),
             ));
         }
+        inner.tokens.retain(|_, (name, _)| *name != image.name);
         if let Some(t) = token {
             let mut request = image.request.clone().unwrap_or_default();
             request.remove("clientToken");
@@ -155,15 +199,8 @@ impl Builds {
 
     /// Build `job`'s image, in turn, then report: a built image leaves this list for
     /// `--images`; a failed one stays, FAILED with its reason.
-    pub async fn run(
-        server: std::sync::Arc<super::Server>,
-        job: Job,
-        builder: PathBuf,
-        images: PathBuf,
-        logs: PathBuf,
-    ) {
-        let me = &server.builds;
-        me.active.fetch_add(1, Ordering::SeqCst);
+    pub async fn run(active: Active, job: Job, builder: PathBuf, images: PathBuf, logs: PathBuf) {
+        let me = &active.0.builds;
         let name = job.name.clone();
         // Held until the build is over: one at a time.
         let turn = me.turn.acquire().await;
@@ -191,7 +228,6 @@ impl Builds {
                 i.reason = Some(why);
             }),
         }
-        me.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -466,11 +502,13 @@ pub fn check(r: &Map<String, Value>) -> Vec<String> {
             }
         }
     }
+    // The model sets no maximum; its one value makes a second meaningless, and the
+    // agent refuses one.
     for (i, c) in list(
         &mut errors,
         "additionalOsCapabilities",
         r.get("additionalOsCapabilities"),
-        usize::MAX,
+        1,
     )
     .iter()
     .enumerate()
@@ -491,13 +529,35 @@ pub fn check(r: &Map<String, Value>) -> Vec<String> {
         (1, 256),
         4096,
     );
+    if let Some(vars) = r.get("environmentVariables").and_then(Value::as_object) {
+        for k in vars.keys() {
+            if k.chars().any(char::is_whitespace) {
+                errors.push(constraint(
+                    "environmentVariables.key",
+                    "satisfy regular expression pattern: [^\\s]+",
+                ));
+            } else if k.contains(['=', '\0']) {
+                // Beyond the model: no process environment can hold such a name.
+                errors.push(format!(
+                    "environmentVariables: the name {k:?} has '=' or NUL, which no environment variable's name can hold"
+                ));
+            }
+        }
+    }
     non_blank(
         &mut errors,
         "kmsKeyIdentifier",
         r.get("kmsKeyIdentifier"),
         2048,
     );
-    string_map(&mut errors, "tags", r.get("tags"), 50, (1, 128), 256);
+    string_map(
+        &mut errors,
+        "tags",
+        r.get("tags"),
+        usize::MAX,
+        (1, 128),
+        256,
+    );
     length(&mut errors, "clientToken", r.get("clientToken"), 1, 128);
     errors
 }
@@ -535,15 +595,27 @@ pub fn resolve(r: &Map<String, Value>, images_root: &Path, region: &str) -> Resu
             "cpuConfigurations: the local bases are x86_64 only (rootfs/base.sh): an ARM_64 build cannot be made here",
         ));
     }
-    let uri = r["codeArtifact"]["uri"].as_str().unwrap_or_default();
-    let Some(path) = uri.strip_prefix("file://") else {
+    let uri = r
+        .get("codeArtifact")
+        .and_then(|c| c.get("uri"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let Some(path) = uri
+        .strip_prefix("file://")
+        .and_then(wire::percent_decode)
+        .filter(|p| !p.contains('\0'))
+    else {
         return Err(ApiError::validation(format!(
-            "codeArtifact.uri {uri}: locally a code artifact is file:///ABSOLUTE/PATH, a directory or a .zip"
+            "codeArtifact.uri {uri}: locally a code artifact is file:///ABSOLUTE/PATH (percent-encoded where it must be), a directory or a .zip"
         )));
     };
     let code = PathBuf::from(path);
     let usable = code.is_absolute()
-        && (code.is_dir() || (code.is_file() && code.extension().is_some_and(|e| e == "zip")));
+        && (code.is_dir()
+            || (code.is_file()
+                && code
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("zip"))));
     if !usable {
         return Err(ApiError::validation(format!(
             "codeArtifact.uri {uri}: no directory or .zip file at that absolute path"
@@ -555,6 +627,19 @@ pub fn resolve(r: &Map<String, Value>, images_root: &Path, region: &str) -> Resu
         code,
         request: r.clone(),
     })
+}
+
+/// `over`'s members over `base`'s, objects merged member by member (a request's
+/// `hooks: {microvmHooks: {run: ENABLED}}` keeps the artifact's port and the rest).
+fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
 }
 
 /// The image config of the build: the artifact's own (`image.json`, which must give
@@ -574,10 +659,22 @@ pub fn image_config(artifact: &Value, request: &Map<String, Value>) -> Result<Va
                 .into(),
         );
     }
+    if let Some(k) = config
+        .keys()
+        .find(|k| !AGENT_CONFIG_MEMBERS.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "the code artifact's image.json has \"{k}\", which the agent does not know: an image config has {}",
+            AGENT_CONFIG_MEMBERS.join(", ")
+        ));
+    }
     config.insert(
         "imageName".into(),
         request.get("name").cloned().unwrap_or(Value::Null),
     );
+    if let Some(h) = request.get("hooks") {
+        merge(config.entry("hooks").or_insert(Value::Null), h);
+    }
     for k in CONFIG_MEMBERS {
         if let Some(v) = request.get(k) {
             config.insert(k.into(), v.clone());
@@ -709,7 +806,9 @@ fn build(
     let r = (|| {
         std::fs::create_dir_all(logs).map_err(|e| format!("{}: {e}", logs.display()))?;
         let log = logs.join("build.log");
+        let serial = logs.join("serial.log");
         let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&serial);
         let config = image_config(&artifact_config(&job.code)?, &job.request)?;
         let config_file = logs.join("image.json");
         std::fs::write(&config_file, format!("{config:#}\n"))
@@ -724,9 +823,16 @@ fn build(
             "build-{}",
             crate::host::hex(&crate::host::random(6))
         ));
-        let snapshot = crate::vm::snapshot::build(&partial, &scratch);
+        // The guest's console, kept when the build fails, says why its application
+        // failed the image-build hooks.
+        let snapshot = crate::vm::snapshot::build(&partial, &scratch, Some(&serial));
         let _ = std::fs::remove_dir_all(&scratch);
-        snapshot.map_err(|e| format!("the image-build phase: {e}"))?;
+        snapshot.map_err(|e| {
+            format!(
+                "the image-build phase: {e} (the guest's console: {})",
+                serial.display()
+            )
+        })?;
         let mut request = job.request.clone();
         request.remove("clientToken");
         let record = json!({
@@ -751,6 +857,24 @@ fn build(
         let _ = std::fs::remove_dir_all(&partial);
     }
     r
+}
+
+/// Remove what builds of an endpoint that was killed left in `images_root` (its
+/// `.NAME.partial` directories); returns them. One endpoint serves a directory of
+/// images: this runs before it takes requests.
+pub fn sweep_partials(images_root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(images_root) else {
+        return Vec::new();
+    };
+    let mut swept = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let partial = name.starts_with('.') && name.ends_with(".partial");
+        if partial && e.path().is_dir() && std::fs::remove_dir_all(e.path()).is_ok() {
+            swept.push(e.path());
+        }
+    }
+    swept
 }
 
 /// A new image's record, PENDING, from its checked request.
@@ -821,6 +945,9 @@ mod tests {
             ("resources", json!([{"minimumMemoryInMiB": 32}]), "Value at 'resources.0.minimumMemoryInMiB' failed to satisfy constraint: Member must be an integer between 64 and 1048576"),
             ("cpuConfigurations", json!([{"architecture": "RISCV"}]), "Value at 'cpuConfigurations.0.architecture' failed to satisfy constraint: Member must satisfy enum value set: [ARM_64, X86_64]"),
             ("egressNetworkConnectors", json!(["a", "b"]), "Value at 'egressNetworkConnectors' failed to satisfy constraint: Member must have length less than or equal to 1"),
+            ("environmentVariables", json!({"A B": "x"}), "Value at 'environmentVariables.key' failed to satisfy constraint: Member must satisfy regular expression pattern: [^\\s]+"),
+            ("environmentVariables", json!({"A=B": "x"}), "environmentVariables: the name \"A=B\" has '=' or NUL"),
+            ("additionalOsCapabilities", json!(["ALL", "ALL"]), "Value at 'additionalOsCapabilities' failed to satisfy constraint: Member must have length less than or equal to 1"),
             ("clientToken", json!("t".repeat(129)), "Value at 'clientToken' failed to satisfy constraint: Member must have length between 1 and 128"),
             ("imageIdentifier", json!("x"), "Unknown member 'imageIdentifier': CreateMicrovmImage has baseImageArn"),
         ];
@@ -846,7 +973,7 @@ mod tests {
             "hooks": {"port": 8000}});
         let mut r = valid();
         r["environmentVariables"] = json!({"B": "two", "C": "3"});
-        r["hooks"] = json!({"port": 9000, "microvmHooks": {"run": "ENABLED"}});
+        r["hooks"] = json!({"microvmHooks": {"run": "ENABLED"}});
         r["logging"] = json!({"disabled": {}});
         r["description"] = json!("not a config member");
         let c = image_config(&artifact, &map(r)).unwrap();
@@ -854,8 +981,31 @@ mod tests {
             c,
             json!({"imageName": "my-app", "command": ["/usr/bin/python3", "/app/app.py"],
                 "env": {"A": "1", "B": "two", "C": "3"}, "user": "app",
-                "hooks": {"port": 9000, "microvmHooks": {"run": "ENABLED"}},
+                "hooks": {"port": 8000, "microvmHooks": {"run": "ENABLED"}},
                 "logging": {"disabled": {}}})
+        );
+        // Hooks merge member by member, at every level.
+        let layered = json!({"command": ["/app/x"], "hooks": {"port": 8000,
+            "microvmHooks": {"run": "ENABLED", "runTimeoutInSeconds": 5},
+            "microvmImageHooks": {"ready": "ENABLED"}}});
+        let mut r = valid();
+        r["hooks"] = json!({"port": 9000, "microvmHooks": {"runTimeoutInSeconds": 30, "suspend": "ENABLED"}});
+        let c = image_config(&layered, &map(r)).unwrap();
+        assert_eq!(
+            c["hooks"],
+            json!({"port": 9000,
+                "microvmHooks": {"run": "ENABLED", "runTimeoutInSeconds": 30, "suspend": "ENABLED"},
+                "microvmImageHooks": {"ready": "ENABLED"}})
+        );
+        // A member the agent would refuse at boot is refused before the install.
+        let e = image_config(
+            &json!({"command": ["/x"], "entrypoint": ["/y"]}),
+            &map(valid()),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("\"entrypoint\", which the agent does not know"),
+            "{e}"
         );
         // Without request members the artifact's config stands, renamed.
         let c = image_config(&artifact, &map(valid())).unwrap();
@@ -866,6 +1016,111 @@ mod tests {
         assert!(e.contains("no \"command\""), "{e}");
         let e = image_config(&json!([1]), &map(valid())).unwrap_err();
         assert!(e.contains("not a JSON object"), "{e}");
+    }
+
+    fn job(name: &str) -> Job {
+        Job {
+            name: name.into(),
+            base: "/b".into(),
+            code: "/c".into(),
+            request: map(json!({"name": name, "description": "d"})),
+        }
+    }
+
+    #[test]
+    fn names_and_client_tokens_admit_one_build_each() {
+        let root = std::env::temp_dir().join(format!("build-admit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("made")).unwrap();
+        let b = Builds::default();
+        let same = map(json!({"name": "a", "description": "d"}));
+        let other = map(json!({"name": "a", "description": "e"}));
+        let kind = |r: Result<LocalImage, ApiError>| r.unwrap_err().kind;
+
+        let a = b
+            .admit(pending(&job("a"), "r", "1"), Some("t1".into()), &root)
+            .unwrap();
+        assert_eq!(
+            (a.state, a.summary()["state"].clone()),
+            (BuildState::Pending, json!("CREATING"))
+        );
+        assert_eq!(b.repeat(Some("t1"), &same).unwrap(), Some("a".into()));
+        assert_eq!(b.repeat(Some("t2"), &same).unwrap(), None);
+        assert_eq!(b.repeat(None, &same).unwrap(), None);
+        assert_eq!(
+            b.repeat(Some("t1"), &other).unwrap_err().kind,
+            "ConflictException"
+        );
+        // The name is taken while it builds, and by a directory of the images.
+        assert_eq!(
+            kind(b.admit(pending(&job("a"), "r", "1"), None, &root)),
+            "ConflictException"
+        );
+        assert_eq!(
+            kind(b.admit(pending(&job("made"), "r", "1"), None, &root)),
+            "ConflictException"
+        );
+        b.update("a", |i| i.state = BuildState::InProgress);
+        assert_eq!(
+            kind(b.admit(pending(&job("a"), "r", "1"), None, &root)),
+            "ConflictException"
+        );
+
+        // A failed build gives its name up, and its tokens with it.
+        b.update("a", |i| {
+            i.state = BuildState::Failed;
+            i.reason = Some("no".into());
+        });
+        let failed = b.get("a").unwrap();
+        assert_eq!(failed.summary()["state"], "CREATE_FAILED");
+        assert_eq!(failed.summary()["latestFailedImageVersion"], "1");
+        assert_eq!(failed.version("r", "1")["state"], "FAILED");
+        assert_eq!(failed.version("r", "1")["status"], "INACTIVE");
+        assert_eq!(failed.build_summary()["stateReason"], "no");
+        let again = b
+            .admit(pending(&job("a"), "r", "1"), Some("t3".into()), &root)
+            .unwrap();
+        assert_ne!(again.build_id, failed.build_id);
+        assert_eq!(b.repeat(Some("t1"), &same).unwrap(), None);
+        assert_eq!(b.repeat(Some("t3"), &same).unwrap(), Some("a".into()));
+        assert_eq!(b.all().len(), 1);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_built_version_shows_the_config_it_runs_with() {
+        let mut i = pending(&job("a"), "r", "1");
+        i.request = Some(map(json!({"name": "a",
+            "hooks": {"microvmHooks": {"run": "ENABLED"}},
+            "environmentVariables": {"B": "2"}})));
+        // Before the build: only the request.
+        let v = i.version("r", "1");
+        assert_eq!(v["hooks"], json!({"microvmHooks": {"run": "ENABLED"}}));
+        assert!(v.get("cpuConfigurations").is_none(), "{v}");
+        i.state = BuildState::Successful;
+        i.config = json!({"command": ["/x"], "env": {"A": "1", "B": "2"},
+            "hooks": {"port": 8000, "microvmHooks": {"run": "ENABLED"}},
+            "logging": {"disabled": {}}, "additionalOsCapabilities": []});
+        i.manifest = json!({"snapshot": {"memoryMiB": 512}});
+        let v = i.version("r", "1");
+        assert_eq!(
+            v["hooks"],
+            json!({"port": 8000, "microvmHooks": {"run": "ENABLED"}})
+        );
+        assert_eq!(v["environmentVariables"], json!({"A": "1", "B": "2"}));
+        assert_eq!(v["logging"], json!({"disabled": {}}));
+        assert_eq!(v["cpuConfigurations"], json!([{"architecture": "X86_64"}]));
+        assert_eq!(v["resources"], json!([{"minimumMemoryInMiB": 512}]));
+        assert!(v.get("additionalOsCapabilities").is_none(), "{v}");
+        assert_eq!(
+            (v["state"].clone(), v["status"].clone()),
+            (json!("SUCCESSFUL"), json!("ACTIVE"))
+        );
+        i.config["resources"] = json!([{"minimumMemoryInMiB": 256}]);
+        assert_eq!(
+            i.version("r", "1")["resources"],
+            json!([{"minimumMemoryInMiB": 256}])
+        );
     }
 
     #[test]
@@ -890,6 +1145,21 @@ mod tests {
         );
         let zip = json!({"uri": format!("file://{}", root.join("app.zip").display())});
         assert!(resolve(&with("codeArtifact", zip), &root, "us-east-1").is_ok());
+        std::fs::create_dir_all(root.join("my app")).unwrap();
+        std::fs::write(root.join("APP.ZIP"), "PK").unwrap();
+        for (uri, want) in [
+            (
+                format!("file://{}/my%20app", root.display()),
+                root.join("my app"),
+            ),
+            (
+                format!("file://{}/APP.ZIP", root.display()),
+                root.join("APP.ZIP"),
+            ),
+        ] {
+            let r = with("codeArtifact", json!({ "uri": uri }));
+            assert_eq!(resolve(&r, &root, "us-east-1").unwrap().code, want);
+        }
         let mut other = map(valid());
         other.insert("codeArtifact".into(), uri.clone());
         let kind = |r: Result<Job, ApiError>| r.unwrap_err().kind;
@@ -930,6 +1200,8 @@ mod tests {
             "file://relative/app".into(),
             format!("file://{}", root.join("missing").display()),
             format!("file://{}", root.join("base/python/base.json").display()),
+            format!("file://{}/my%2", root.display()),
+            format!("file://{}/my%00app", root.display()),
         ] {
             other.insert("codeArtifact".into(), json!({"uri": bad}));
             assert_eq!(

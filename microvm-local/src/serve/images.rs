@@ -232,6 +232,17 @@ pub fn build_id_from(hex: &str) -> String {
     )
 }
 
+/// Null, or an empty object, list or string: a config member that says nothing.
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
 /// The model's `Chipset` for an architecture.
 fn chipset(architecture: &str) -> &'static str {
     if architecture == "ARM_64" {
@@ -259,9 +270,6 @@ impl LocalImage {
             BuildState::Failed => v["latestFailedImageVersion"] = json!(VERSION),
             _ => {}
         }
-        if let Some(t) = self.request.as_ref().and_then(|r| r.get("tags")) {
-            v["tags"] = t.clone();
-        }
         v
     }
 
@@ -280,8 +288,9 @@ impl LocalImage {
     }
 
     /// `MicrovmImageVersionSummary` / `GetMicrovmImageVersionOutput`: the request it
-    /// was built from or, for a `make rootfs` image, what the local build knows (its
-    /// architecture, hooks, memory).
+    /// was built from (or, for a `make rootfs` image, where it came from), then what
+    /// the image runs with: its config as built (the artifact's `image.json` under
+    /// the request's members), its architecture and memory.
     pub fn version(&self, region: &str, account: &str) -> Value {
         let mut v = json!({
             "imageArn": self.arn,
@@ -294,28 +303,44 @@ impl LocalImage {
         if let Some(r) = &self.reason {
             v["stateReason"] = json!(r);
         }
-        if let Some(r) = &self.request {
-            for k in VERSION_MEMBERS {
-                if let Some(x) = r.get(k) {
-                    v[k] = x.clone();
+        match &self.request {
+            Some(r) => {
+                for k in VERSION_MEMBERS {
+                    if let Some(x) = r.get(k) {
+                        v[k] = x.clone();
+                    }
                 }
             }
+            None => {
+                v["baseImageArn"] = json!(format!(
+                    "arn:aws:lambda:{region}:aws:managed-microvm-image:local"
+                ));
+                v["buildRoleArn"] = json!(format!("arn:aws:iam::{account}:role/local-build"));
+                v["codeArtifact"] = json!({"uri": format!("file://{}", self.dir.display())});
+            }
+        }
+        if self.state != BuildState::Successful {
+            // Not built (yet): the request is all there is.
             return v;
         }
-        v["baseImageArn"] = json!(format!(
-            "arn:aws:lambda:{region}:aws:managed-microvm-image:local"
-        ));
-        v["buildRoleArn"] = json!(format!("arn:aws:iam::{account}:role/local-build"));
-        v["codeArtifact"] = json!({"uri": format!("file://{}", self.dir.display())});
         v["cpuConfigurations"] = json!([{"architecture": self.architecture}]);
-        if let Some(h) = self.config.get("hooks") {
-            v["hooks"] = h.clone();
+        let config = |k: &str| self.config.get(k).filter(|x| !is_empty(x));
+        for (from, to) in [
+            ("hooks", "hooks"),
+            ("env", "environmentVariables"),
+            ("logging", "logging"),
+            ("additionalOsCapabilities", "additionalOsCapabilities"),
+            ("resources", "resources"),
+        ] {
+            if let Some(x) = config(from) {
+                v[to] = x.clone();
+            }
         }
-        if let Some(m) = self
+        let memory = self
             .manifest
             .get("snapshot")
-            .and_then(|s| s.get("memoryMiB"))
-        {
+            .and_then(|s| s.get("memoryMiB"));
+        if let (None, Some(m)) = (config("resources"), memory) {
             v["resources"] = json!([{"minimumMemoryInMiB": m}]);
         }
         v

@@ -218,6 +218,17 @@ pub fn main(args: ServeArgs) -> i32 {
             args.image_builder.display()
         );
     }
+    // What an endpoint or runner that was killed left: build scratch and VM
+    // directories, half-built images.
+    for gone in crate::vm::sweep_stale(&std::env::temp_dir().join("microvm-local"))
+        .into_iter()
+        .chain(build::sweep_partials(&args.images))
+    {
+        eprintln!(
+            "microvm-local: serve: removed {}, left by a process that is gone",
+            gone.display()
+        );
+    }
     let logs = match logs::LogStore::open(&args.state_dir.join("logs")) {
         Ok(l) => l,
         Err(e) => {
@@ -298,6 +309,7 @@ pub fn main(args: ServeArgs) -> i32 {
 /// Every MicroVM terminated, in order: each runner is told, then has a minute; image
 /// builds stop (they see the endpoint stopping) and clean up after themselves.
 async fn shutdown(server: &Arc<Server>) {
+    server.builds.close();
     let ids: Vec<String> = server.reg().records.keys().cloned().collect();
     for id in &ids {
         let _ = server.terminate(id, "The local endpoint shut down");

@@ -103,8 +103,10 @@ pub fn image_build_hooks(
 }
 
 /// Boot `image_dir`'s image cold, run its image-build hooks, save the snapshot
-/// beside it and record it in `manifest.json`. `scratch` holds the VM meanwhile.
-pub fn build(image_dir: &Path, scratch: &Path) -> Result<Snapshot, String> {
+/// beside it and record it in `manifest.json`. `scratch` holds the VM meanwhile;
+/// when the build fails after the guest booted, its console is copied to `console`
+/// (the VM's directory goes with it).
+pub fn build(image_dir: &Path, scratch: &Path, console: Option<&Path>) -> Result<Snapshot, String> {
     let mut image = Image::open(image_dir)?;
     image.snapshot = None;
     // A stale snapshot belongs to a disk that is no longer there.
@@ -115,55 +117,12 @@ pub fn build(image_dir: &Path, scratch: &Path) -> Result<Snapshot, String> {
     };
     let r = (|| {
         let vm = Vm::boot(&image, &opts, scratch)?;
-        if vm.layout() != Layout::Snapshot {
-            return Err(format!(
-                "{}: no initrd.cpio or not x86_64: this image boots only cold",
-                image_dir.display()
-            ));
+        let snapshot = take(&vm, image_dir);
+        if let (Err(_), Some(c)) = (&snapshot, console) {
+            let _ = std::fs::copy(vm.dir.join("serial.log"), c);
         }
-        image_build_hooks(
-            &vm,
-            build_hook_timeouts(image_dir),
-            crate::signals::stopping,
-        )?;
-        let memory = image_dir.join(MEMORY_FILE);
-        let saved = vm.save(&memory)?;
-        // The VM's overlay, frozen, is the image's disk snapshot; its backing file is
-        // named relative to it, so the image directory can move.
-        let disk = image_dir.join(DISK_FILE);
-        let overlay = vm.dir.join("disk.qcow2");
-        // A scratch on another file system (a short path under /tmp: socket paths
-        // are limited to 107 bytes) is copied from: the overlay is small.
-        std::fs::rename(&overlay, &disk)
-            .or_else(|e| match e.raw_os_error() {
-                Some(libc::EXDEV) => std::fs::copy(&overlay, &disk).map(drop),
-                _ => Err(e),
-            })
-            .map_err(|e| format!("{}: {e}", disk.display()))?;
-        run(Command::new("qemu-img")
-            .args([
-                "rebase",
-                "-u",
-                "-f",
-                "qcow2",
-                "-F",
-                "raw",
-                "-b",
-                "rootfs.ext4",
-            ])
-            .arg(&disk))?;
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let snapshot = Snapshot {
-            memory: MEMORY_FILE.into(),
-            disk: DISK_FILE.into(),
-            memory_snapshot_size_in_bytes: saved.bytes,
-            disk_snapshot_size_in_bytes: size(&disk),
-            memory_mib: vm.memory_mib(),
-            kernel_command_line: vm.launch.append.clone(),
-            created_at: crate::host::now_rfc3339(),
-            save_ms: saved.took.as_millis() as u64,
-        };
         drop(vm);
+        let snapshot = snapshot?;
         record(image_dir, Some(&snapshot))?;
         Ok(snapshot)
     })();
@@ -173,6 +132,78 @@ pub fn build(image_dir: &Path, scratch: &Path) -> Result<Snapshot, String> {
         let _ = std::fs::remove_file(image_dir.join(MEMORY_FILE).with_extension("partial"));
     }
     r
+}
+
+/// The image-build hooks on a booted `vm`, then its snapshot saved beside the image.
+fn take(vm: &Vm, image_dir: &Path) -> Result<Snapshot, String> {
+    if vm.layout() != Layout::Snapshot {
+        return Err(format!(
+            "{}: no initrd.cpio or not x86_64: this image boots only cold",
+            image_dir.display()
+        ));
+    }
+    let memory = image_dir.join(MEMORY_FILE);
+    let saved = until_stopped(vm, || {
+        image_build_hooks(vm, build_hook_timeouts(image_dir), crate::signals::stopping)?;
+        vm.save(&memory)
+    })?;
+    // The VM's overlay, frozen, is the image's disk snapshot; its backing file is
+    // named relative to it, so the image directory can move.
+    let disk = image_dir.join(DISK_FILE);
+    let overlay = vm.dir.join("disk.qcow2");
+    // A scratch on another file system (a short path under /tmp: socket paths
+    // are limited to 107 bytes) is copied from: the overlay is small.
+    std::fs::rename(&overlay, &disk)
+        .or_else(|e| match e.raw_os_error() {
+            Some(libc::EXDEV) => std::fs::copy(&overlay, &disk).map(drop),
+            _ => Err(e),
+        })
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    run(Command::new("qemu-img")
+        .args([
+            "rebase",
+            "-u",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "-b",
+            "rootfs.ext4",
+        ])
+        .arg(&disk))?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let snapshot = Snapshot {
+        memory: MEMORY_FILE.into(),
+        disk: DISK_FILE.into(),
+        memory_snapshot_size_in_bytes: saved.bytes,
+        disk_snapshot_size_in_bytes: size(&disk),
+        memory_mib: vm.memory_mib(),
+        kernel_command_line: vm.launch.append.clone(),
+        created_at: crate::host::now_rfc3339(),
+        save_ms: saved.took.as_millis() as u64,
+    };
+    Ok(snapshot)
+}
+
+/// Run `work` on `vm`, and end the VM if the process is told to stop meanwhile: a
+/// hook the application does not answer holds its call for up to the hook's limit
+/// (an hour for `/ready`), and nothing else would cut it short.
+fn until_stopped<T>(vm: &Vm, work: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                if crate::signals::stopping() {
+                    vm.discard();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r = work();
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    })
 }
 
 /// Remove an image's snapshot (files and record).
