@@ -79,7 +79,7 @@ if [ -n "$BASE" ]; then
     echo "rootfs: BASE needs root: the base's files keep their owners" >&2; exit 2
   fi
 fi
-is_zip() { case $1 in *.zip | *.ZIP) [ -f "$1" ] ;; *) false ;; esac; }
+is_zip() { case ${1,,} in *.zip) [ -f "$1" ] ;; *) false ;; esac; }
 checked=("$agent")
 if [ -d "$app" ] || is_zip "$app"; then
   :

@@ -137,7 +137,7 @@ async fn handle(server: Arc<Server>, req: Request<Incoming>, surface: Surface) -
         ("POST", ["microvms", id, "shell-auth-token"]) => auth_token(&server, id, &body, true),
         ("POST", ["microvm-images"]) => create_image(&server, &body),
         ("GET", ["microvm-images"]) => list_images(&server, &pairs),
-        ("GET", ["microvm-images", id]) => image(&server, id).map(|i| (200, i.summary())),
+        ("GET", ["microvm-images", id]) => image(&server, id).map(|i| (200, i.get())),
         ("GET", ["microvm-images", id, "versions"]) => image_versions(&server, id, &pairs),
         ("GET", ["microvm-images", id, "versions", v]) => image_at(&server, id, v)
             .map(|i| (200, i.version(&server.args.region, &server.args.account))),
@@ -235,11 +235,16 @@ async fn run(server: &Arc<Server>, body: &[u8]) -> Reply {
     if image.state != images::BuildState::Successful {
         return Err(ApiError::image_conflict(
             &image.arn,
-            format!(
-                "image {} is {}: a MicroVM runs from a built image",
-                image.name,
-                image.state.image_state()
-            ),
+            match image.state {
+                images::BuildState::Failed => format!(
+                    "image {} is CREATE_FAILED: its version's stateReason (GetMicrovmImageVersion) says why; create it again once that is fixed",
+                    image.name
+                ),
+                _ => format!(
+                    "image {} is still CREATING: a MicroVM runs from a built image; poll GetMicrovmImage until it is CREATED",
+                    image.name
+                ),
+            },
         ));
     }
     if let Some(v) = checked.get("imageVersion").and_then(Value::as_str) {
@@ -473,24 +478,25 @@ async fn lifecycle(
     undone: State,
 ) -> Reply {
     let resume = matches!(op, Op::Resume);
-    let under_way = resume && server.reg().get(id)?.resuming;
-    if under_way {
-        return resumed(server, id).await;
-    }
+    // One decision under one lock: join a resume under way, or begin.
     let child = {
         let mut reg = server.reg();
         let r = reg.get_mut(id)?;
         if resume && r.resuming {
-            return Ok((200, json!({})));
+            None
+        } else {
+            match microvms::begin(r.state, op) {
+                Ok(Some(s)) => r.state = s,
+                Ok(None) => return Ok((200, json!({}))),
+                Err(m) => return Err(ApiError::conflict(id, format!("MicroVM {id}: {m}"))),
+            }
+            let child = server.child(id);
+            r.resuming = resume && child.is_some();
+            Some(child)
         }
-        match microvms::begin(r.state, op) {
-            Ok(Some(s)) => r.state = s,
-            Ok(None) => return Ok((200, json!({}))),
-            Err(m) => return Err(ApiError::conflict(id, format!("MicroVM {id}: {m}"))),
-        }
-        let child = server.child(id);
-        r.resuming = resume && child.is_some();
-        child
+    };
+    let Some(child) = child else {
+        return resumed(server, id).await;
     };
     let Some(child) = child else {
         return Err(ApiError::internal(format!("MicroVM {id} has no runner")));
@@ -518,6 +524,11 @@ async fn resumed(server: &Server, id: &str) -> Reply {
             let r = reg.get(id)?;
             (!r.resuming).then(|| match r.state {
                 State::Running => Ok((200, json!({}))),
+                // As the resume under way was answered (see `settle`).
+                s @ (State::Terminating | State::Terminated) => Err(ApiError::conflict(
+                    id,
+                    format!("MicroVM {id} is {}", s.as_str()),
+                )),
                 s => Err(ApiError::internal(format!(
                     "the resume of {id} under way when this one came did not finish: {}",
                     r.state_reason.as_deref().unwrap_or(s.as_str())
@@ -612,23 +623,20 @@ fn auth_token(server: &Server, id: &str, body: &[u8], shell: bool) -> Reply {
     Ok((200, json!({"authToken": {"X-aws-proxy-auth": value}})))
 }
 
-/// The image an identifier names: in `--images`, or being built (or failed) here.
+/// The image an identifier names: being built here, in `--images`, or failed here.
+/// A build under way is looked for first: one that ends renames its image into
+/// `--images` before it leaves the builds, so one of the two looks always finds it.
 fn image(server: &Server, id: &str) -> Result<images::LocalImage, ApiError> {
-    match images::find(
-        &server.args.images,
-        &server.args.region,
-        &server.args.account,
-        id,
-    ) {
-        Err(e) if e.kind == "ResourceNotFoundException" => {
-            let (name, version) =
-                images::name_of(id, &server.args.region, &server.args.account).ok_or(e.clone())?;
-            match server.builds.get(name) {
-                Some(i) if version.is_none_or(|v| v == images::VERSION) => Ok(i),
-                _ => Err(e),
-            }
-        }
-        found => found,
+    let (region, account) = (&server.args.region, &server.args.account);
+    let build = images::name_of(id, region, account)
+        .filter(|(_, version)| version.is_none_or(|v| v == images::VERSION))
+        .and_then(|(name, _)| server.builds.get(name));
+    match build {
+        Some(b) if b.state != images::BuildState::Failed => Ok(b),
+        failed => match images::find(&server.args.images, region, account, id) {
+            Err(e) if e.kind == "ResourceNotFoundException" => failed.ok_or(e),
+            found => found,
+        },
     }
 }
 
@@ -721,13 +729,15 @@ fn image_build(server: &Server, id: &str, version: &str, build_id: &str) -> Repl
 fn list_images(server: &Server, pairs: &[(String, String)]) -> Reply {
     let max = wire::max_results(pairs, 50)?;
     let filter = wire::query(pairs, "nameFilter");
+    // The builds first (see `image`): one that ends meanwhile is then on disk.
+    let builds = server.builds.all();
     let mut all = images::scan(
         &server.args.images,
         &server.args.region,
         &server.args.account,
     );
     // Those being built (or failed) here, unless one of their name is on disk.
-    for b in server.builds.all() {
+    for b in builds {
         if !all.iter().any(|i| i.name == b.name) {
             all.push(b);
         }

@@ -44,24 +44,8 @@ const AGENT_CONFIG_MEMBERS: [&str; 13] = [
     "additionalOsCapabilities",
     "resources",
 ];
-const MEMBERS: [&str; 16] = [
-    "baseImageArn",
-    "baseImageVersion",
-    "buildRoleArn",
-    "description",
-    "codeArtifact",
-    "logging",
-    "egressNetworkConnectors",
-    "cpuConfigurations",
-    "resources",
-    "additionalOsCapabilities",
-    "hooks",
-    "environmentVariables",
-    "kmsKeyIdentifier",
-    "name",
-    "tags",
-    "clientToken",
-];
+/// CreateMicrovmImage's members: those its image version repeats, and these.
+const OWN_MEMBERS: [&str; 2] = ["name", "clientToken"];
 
 /// The builds this endpoint runs or ran without success.
 pub struct Builds {
@@ -75,9 +59,9 @@ pub struct Builds {
 struct Inner {
     /// Images not (yet) in `--images`: building, or failed. By name.
     images: HashMap<String, LocalImage>,
-    /// clientToken -> (image name, the request without its token). A name given
-    /// anew (after a failed build) drops the tokens of the image it named.
-    tokens: HashMap<String, (String, Map<String, Value>)>,
+    /// clientToken -> (image name, its ARN, the request without its token). A name
+    /// given anew (after a failed build) drops the tokens of the image it named.
+    tokens: HashMap<String, (String, String, Map<String, Value>)>,
 }
 
 /// A build under way, for the endpoint's shutdown (see [`Builds::started`]).
@@ -150,10 +134,10 @@ impl Builds {
         let Some(t) = token else { return Ok(None) };
         match self.inner().tokens.get(t) {
             None => Ok(None),
-            Some((name, r)) if r == request => Ok(Some(name.clone())),
-            Some((name, _)) => Err(ApiError::image_conflict(
-                name,
-                format!("clientToken {t} was used with other parameters (image {name})"),
+            Some((name, _, r)) if r == request => Ok(Some(name.clone())),
+            Some((name, arn, _)) => Err(ApiError::image_conflict(
+                arn,
+                format!("clientToken {t} was used with other parameters (image {name}): repeat the request as it was, or use a new token"),
             )),
         }
     }
@@ -175,16 +159,31 @@ impl Builds {
         // leaves the map, so one of the two always shows the name taken.
         let on_disk = images_root.join(&image.name).exists();
         if on_disk || busy {
+            let why = if busy {
+                "is being built".to_string()
+            } else {
+                format!("is {}", images_root.join(&image.name).display())
+            };
             return Err(ApiError::image_conflict(
                 &image.arn,
-                format!("an image named {} exists already", image.name),
+                format!(
+                    "an image named {} exists already (it {why}): choose another name{}",
+                    image.name,
+                    if busy {
+                        ""
+                    } else {
+                        ", or remove that directory"
+                    }
+                ),
             ));
         }
-        inner.tokens.retain(|_, (name, _)| *name != image.name);
+        inner.tokens.retain(|_, (name, _, _)| *name != image.name);
         if let Some(t) = token {
             let mut request = image.request.clone().unwrap_or_default();
             request.remove("clientToken");
-            inner.tokens.insert(t, (image.name.clone(), request));
+            inner
+                .tokens
+                .insert(t, (image.name.clone(), image.arn.clone(), request));
         }
         inner.images.insert(image.name.clone(), image.clone());
         Ok(image)
@@ -389,10 +388,12 @@ fn string_map(
 /// checks types and minimums before sending; the service checks the rest).
 pub fn check(r: &Map<String, Value>) -> Vec<String> {
     let mut errors = Vec::new();
-    if let Some(k) = r.keys().find(|k| !MEMBERS.contains(&k.as_str())) {
+    let members = || images::VERSION_MEMBERS.iter().chain(&OWN_MEMBERS);
+    if let Some(k) = r.keys().find(|k| !members().any(|m| m == k)) {
+        let all: Vec<&str> = members().copied().collect();
         errors.push(format!(
             "Unknown member '{k}': CreateMicrovmImage has {}",
-            MEMBERS.join(", ")
+            all.join(", ")
         ));
     }
     for required in ["baseImageArn", "buildRoleArn", "codeArtifact", "name"] {
@@ -442,6 +443,12 @@ pub fn check(r: &Map<String, Value>) -> Vec<String> {
             ));
         }
         non_blank(&mut errors, "codeArtifact.uri", c.get("uri"), 2048);
+        if c.get("uri")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u.contains(' '))
+        {
+            errors.push("codeArtifact.uri: a file URI writes a space as %20".into());
+        }
     }
     if let Some(l) = r.get("logging") {
         let mut logging = Vec::new();
@@ -529,21 +536,11 @@ pub fn check(r: &Map<String, Value>) -> Vec<String> {
         (1, 256),
         4096,
     );
-    if let Some(vars) = r.get("environmentVariables").and_then(Value::as_object) {
-        for k in vars.keys() {
-            if k.chars().any(char::is_whitespace) {
-                errors.push(constraint(
-                    "environmentVariables.key",
-                    "satisfy regular expression pattern: [^\\s]+",
-                ));
-            } else if k.contains(['=', '\0']) {
-                // Beyond the model: no process environment can hold such a name.
-                errors.push(format!(
-                    "environmentVariables: the name {k:?} has '=' or NUL, which no environment variable's name can hold"
-                ));
-            }
-        }
-    }
+    env_names(
+        &mut errors,
+        "environmentVariables",
+        r.get("environmentVariables"),
+    );
     non_blank(
         &mut errors,
         "kmsKeyIdentifier",
@@ -693,7 +690,41 @@ pub fn image_config(artifact: &Value, request: &Map<String, Value>) -> Result<Va
         }
         config.insert("env".into(), Value::Object(env));
     }
+    // What the agent would refuse at boot, found before the install: the merged
+    // hooks and environment, the working directory.
+    let mut errors = Vec::new();
+    hooks(&mut errors, config.get("hooks"));
+    string_map(&mut errors, "env", config.get("env"), 100, (1, 256), 4096);
+    env_names(&mut errors, "env", config.get("env"));
+    match config.get("workingDir") {
+        None => {}
+        Some(Value::String(d)) if d.starts_with('/') => {}
+        Some(d) => errors.push(format!("workingDir {d} is not an absolute path")),
+    }
+    if !errors.is_empty() {
+        return Err(format!(
+            "the image config (the code artifact's image.json under the request's members): {}",
+            errors.join("; ")
+        ));
+    }
     Ok(Value::Object(config))
+}
+
+/// Environment variable names: the model's `[^\s]+`, and no `=` or NUL, which no
+/// process environment can hold.
+fn env_names(errors: &mut Vec<String>, at: &str, v: Option<&Value>) {
+    for k in v.and_then(Value::as_object).into_iter().flat_map(Map::keys) {
+        if k.chars().any(char::is_whitespace) {
+            errors.push(constraint(
+                &format!("{at}.key"),
+                "satisfy regular expression pattern: [^\\s]+",
+            ));
+        } else if k.contains(['=', '\0']) {
+            errors.push(format!(
+                "{at}: the name {k:?} has '=' or NUL, which no environment variable's name can hold"
+            ));
+        }
+    }
 }
 
 /// The artifact's `image.json`: from the directory, or out of the .zip.
@@ -780,12 +811,18 @@ fn install(builder: &Path, job: &Job, config: &Path, out: &Path, log: &Path) -> 
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
-        // Its own process group (die_with_parent_by): the script and what it runs.
+        // Its own process group (die_with_parent_by): the script and what it runs,
+        // all gone before the caller removes what they were writing.
         if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let group = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            let t0 = Instant::now();
+            while nix::sys::signal::killpg(group, None).is_ok()
+                && t0.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         let _ = child.wait();
         return Err(why.into());
@@ -803,10 +840,10 @@ fn build(
     logs: &Path,
 ) -> Result<(), String> {
     let partial = images_root.join(format!(".{}.partial", job.name));
+    let log = logs.join("build.log");
+    let serial = logs.join("serial.log");
     let r = (|| {
         std::fs::create_dir_all(logs).map_err(|e| format!("{}: {e}", logs.display()))?;
-        let log = logs.join("build.log");
-        let serial = logs.join("serial.log");
         let _ = std::fs::remove_file(&log);
         let _ = std::fs::remove_file(&serial);
         let config = image_config(&artifact_config(&job.code)?, &job.request)?;
@@ -814,8 +851,20 @@ fn build(
         std::fs::write(&config_file, format!("{config:#}\n"))
             .map_err(|e| format!("{}: {e}", config_file.display()))?;
         if partial.exists() {
+            if crate::vm::runner_alive(&partial) == Some(true) {
+                return Err(format!(
+                    "another endpoint serving {} builds {} now ({}): stop it, or give each endpoint its own --images",
+                    images_root.display(),
+                    job.name,
+                    partial.display()
+                ));
+            }
             std::fs::remove_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
         }
+        // Marked as this endpoint's, so that another one's start leaves it alone.
+        std::fs::create_dir_all(&partial)
+            .and_then(|()| crate::vm::own(&partial))
+            .map_err(|e| format!("{}: {e}", partial.display()))?;
         install(builder, job, &config_file, &partial, &log)?;
         // The VM's sockets live in its scratch: a short path (at most 107 bytes),
         // which `--images` need not be.
@@ -827,12 +876,7 @@ fn build(
         // failed the image-build hooks.
         let snapshot = crate::vm::snapshot::build(&partial, &scratch, Some(&serial));
         let _ = std::fs::remove_dir_all(&scratch);
-        snapshot.map_err(|e| {
-            format!(
-                "the image-build phase: {e} (the guest's console: {})",
-                serial.display()
-            )
-        })?;
+        snapshot.map_err(|e| format!("the image-build phase: {e}"))?;
         let mut request = job.request.clone();
         request.remove("clientToken");
         let record = json!({
@@ -844,6 +888,7 @@ fn build(
         let file = partial.join(images::BUILD_FILE);
         std::fs::write(&file, format!("{record}\n"))
             .map_err(|e| format!("{}: {e}", file.display()))?;
+        crate::vm::disown(&partial);
         let done = images_root.join(&job.name);
         if done.exists() {
             return Err(format!(
@@ -856,12 +901,34 @@ fn build(
     if r.is_err() {
         let _ = std::fs::remove_dir_all(&partial);
     }
+    r.map_err(|e| reason(&e, &log, &serial))
+}
+
+/// A failed build's `stateReason`: the error's first line (a boot error carries the
+/// whole console), and where the rest is. The whole error goes to the build's log.
+fn reason(error: &str, log: &Path, console: &Path) -> String {
+    use std::io::Write;
+    const MAX: usize = 1000;
+    let logged = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| writeln!(f, "microvm-local: the build failed: {error}"))
+        .is_ok();
+    let first = error.lines().next().unwrap_or_default();
+    let mut r: String = first.chars().take(MAX).collect();
+    if logged && (r.len() < error.trim_end().len()) {
+        r.push_str(&format!(" (the whole error: {})", log.display()));
+    }
+    if console.exists() {
+        r.push_str(&format!(" (the guest's console: {})", console.display()));
+    }
     r
 }
 
 /// Remove what builds of an endpoint that was killed left in `images_root` (its
-/// `.NAME.partial` directories); returns them. One endpoint serves a directory of
-/// images: this runs before it takes requests.
+/// `.NAME.partial` directories, each marked with its endpoint's pid); returns them.
+/// A build of an endpoint that lives is left alone.
 pub fn sweep_partials(images_root: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(images_root) else {
         return Vec::new();
@@ -870,7 +937,9 @@ pub fn sweep_partials(images_root: &Path) -> Vec<PathBuf> {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let partial = name.starts_with('.') && name.ends_with(".partial");
-        if partial && e.path().is_dir() && std::fs::remove_dir_all(e.path()).is_ok() {
+        let orphan =
+            partial && e.path().is_dir() && crate::vm::runner_alive(&e.path()) != Some(true);
+        if orphan && std::fs::remove_dir_all(e.path()).is_ok() {
             swept.push(e.path());
         }
     }
@@ -997,6 +1066,35 @@ mod tests {
                 "microvmHooks": {"run": "ENABLED", "runTimeoutInSeconds": 30, "suspend": "ENABLED"},
                 "microvmImageHooks": {"ready": "ENABLED"}})
         );
+        // The merged config is checked as the agent would at boot.
+        let mut many = valid();
+        many["environmentVariables"] =
+            Value::Object((0..60).map(|i| (format!("R{i}"), json!("x"))).collect());
+        let crowded = json!({"command": ["/x"],
+            "env": (0..41).map(|i| (format!("A{i}"), json!("y"))).collect::<Map<_, _>>()});
+        let e = image_config(&crowded, &map(many)).unwrap_err();
+        assert!(
+            e.contains("Value at 'env' failed to satisfy constraint: Member must have length less than or equal to 100"),
+            "{e}"
+        );
+        let e = image_config(
+            &json!({"command": ["/x"], "hooks": {"microvmHooks": {"start": "ENABLED"}}}),
+            &map(valid()),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("Unknown member 'start' at 'hooks.microvmHooks'"),
+            "{e}"
+        );
+        let e = image_config(
+            &json!({"command": ["/x"], "workingDir": "app"}),
+            &map(valid()),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("workingDir \"app\" is not an absolute path"),
+            "{e}"
+        );
         // A member the agent would refuse at boot is refused before the install.
         let e = image_config(
             &json!({"command": ["/x"], "entrypoint": ["/y"]}),
@@ -1084,6 +1182,50 @@ mod tests {
         assert_eq!(b.repeat(Some("t1"), &same).unwrap(), None);
         assert_eq!(b.repeat(Some("t3"), &same).unwrap(), Some("a".into()));
         assert_eq!(b.all().len(), 1);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn only_partials_of_dead_endpoints_are_swept_and_reasons_stay_short() {
+        let root = std::env::temp_dir().join(format!("build-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in [
+            ".live.partial",
+            ".dead.partial",
+            ".bare.partial",
+            "image",
+            ".x",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        crate::vm::own(&root.join(".live.partial")).unwrap();
+        // A pid no process has (above the kernel's pid_max).
+        std::fs::write(root.join(".dead.partial/owner.pid"), "2147483647").unwrap();
+        let mut swept = sweep_partials(&root);
+        swept.sort();
+        assert_eq!(
+            swept,
+            [root.join(".bare.partial"), root.join(".dead.partial")]
+        );
+        assert!(root.join(".live.partial").is_dir() && root.join("image").is_dir());
+
+        let (log, console) = (root.join("build.log"), root.join("serial.log"));
+        let r = reason("boot failed\nserial:\nlots of lines", &log, &console);
+        assert_eq!(
+            r,
+            format!("boot failed (the whole error: {})", log.display())
+        );
+        let logged = std::fs::read_to_string(&log).unwrap();
+        assert!(logged.contains("lots of lines"), "{logged}");
+        std::fs::write(&console, "x").unwrap();
+        assert_eq!(
+            reason("/ready answered 500", &log, &console),
+            format!(
+                "/ready answered 500 (the guest's console: {})",
+                console.display()
+            )
+        );
+        assert!(reason(&"e".repeat(5000), &log, &console).len() < 1200);
         let _ = std::fs::remove_dir_all(&root);
     }
 

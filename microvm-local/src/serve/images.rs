@@ -256,14 +256,13 @@ fn chipset(architecture: &str) -> &'static str {
 pub const CHIPSET_GENERATION: &str = "qemu";
 
 impl LocalImage {
-    /// `MicrovmImageSummary` / `GetMicrovmImageOutput`.
+    /// `MicrovmImageSummary` (ListMicrovmImages' items).
     pub fn summary(&self) -> Value {
         let mut v = json!({
             "imageArn": self.arn,
             "name": self.name,
             "state": self.state.image_state(),
             "createdAt": epoch_seconds(self.created_ms),
-            "updatedAt": epoch_seconds(self.updated_ms),
         });
         match self.state {
             BuildState::Successful => v["latestActiveImageVersion"] = json!(VERSION),
@@ -273,9 +272,19 @@ impl LocalImage {
         v
     }
 
+    /// `GetMicrovmImageOutput`: the summary, when it last changed, and its tags.
+    pub fn get(&self) -> Value {
+        let mut v = self.summary();
+        v["updatedAt"] = json!(epoch_seconds(self.updated_ms));
+        if let Some(t) = self.request.as_ref().and_then(|r| r.get("tags")) {
+            v["tags"] = t.clone();
+        }
+        v
+    }
+
     /// `CreateMicrovmImageResponse`: the request as given, and where the image stands.
     pub fn created(&self) -> Value {
-        let mut v = self.summary();
+        let mut v = self.get();
         if let Some(r) = &self.request {
             for k in VERSION_MEMBERS {
                 if let Some(x) = r.get(k) {

@@ -576,8 +576,13 @@ impl<'a> GroupQuery<'a> {
         let identifiers = p.list("logGroupIdentifiers")?;
         let mut ids = None;
         if let Some(list) = identifiers {
-            p.check_count("logGroupIdentifiers", list.len(), 50);
-            ids = Some(identifier_list(p, list)?);
+            ids = Some(names(
+                p,
+                "logGroupIdentifiers",
+                list,
+                50,
+                Params::check_identifier,
+            )?);
         }
         let token = p.token("nextToken")?;
         let limit = p.limit("limit", DESCRIBE_MAX, DESCRIBE_MAX)?;
@@ -607,11 +612,19 @@ impl<'a> GroupQuery<'a> {
     }
 }
 
-fn identifier_list<'a>(p: &mut Params<'a>, list: &'a [Value]) -> Result<Vec<&'a str>, Fault> {
+/// A list of names, at most `max`, each checked by `check` at `at.N.member`.
+fn names<'a>(
+    p: &mut Params<'a>,
+    at: &str,
+    list: &'a [Value],
+    max: usize,
+    check: fn(&mut Params<'a>, &str, &str),
+) -> Result<Vec<&'a str>, Fault> {
+    p.check_count(at, list.len(), max);
     let mut out = Vec::with_capacity(list.len());
     for (i, v) in list.iter().enumerate() {
         let s = as_str(v)?;
-        p.check_identifier(&format!("logGroupIdentifiers.{}.member", i + 1), s);
+        check(p, &format!("{at}.{}.member", i + 1), s);
         out.push(s);
     }
     Ok(out)
@@ -838,7 +851,7 @@ impl<'a> Filter<'a> {
         let selector = p.group_selector()?;
         let streams = p
             .list("logStreamNames")?
-            .map(|l| stream_list(p, l))
+            .map(|l| names(p, "logStreamNames", l, 100, Params::check_stream_name))
             .transpose()?;
         let prefix = p.stream_name("logStreamNamePrefix")?;
         let start = p.timestamp("startTime")?;
@@ -904,17 +917,6 @@ impl<'a> Filter<'a> {
             .filter(move |h| self.after.as_ref().is_none_or(|m| m.passed_by(h)))
             .filter(move |h| self.pattern.matches(&h.event.message))
     }
-}
-
-fn stream_list<'a>(p: &mut Params<'a>, list: &'a [Value]) -> Result<Vec<&'a str>, Fault> {
-    p.check_count("logStreamNames", list.len(), 100);
-    let mut out = Vec::with_capacity(list.len());
-    for (i, v) in list.iter().enumerate() {
-        let s = as_str(v)?;
-        p.check_stream_name(&format!("logStreamNames.{}.member", i + 1), s);
-        out.push(s);
-    }
-    Ok(out)
 }
 
 /// A FilterLogEvents event, in the order the service sorts them: timestamp,

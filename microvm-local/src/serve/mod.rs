@@ -249,7 +249,7 @@ pub fn main(args: ServeArgs) -> i32 {
             return 255;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await {
             Ok(l) => l,
             Err(e) => {
@@ -303,7 +303,11 @@ pub fn main(args: ServeArgs) -> i32 {
         accept_logs.abort();
         shutdown(&server).await;
         0
-    })
+    });
+    // A build's thread that outlived shutdown's wait (each of its steps is bounded,
+    // yet) must not hold the process: dropping the runtime would wait for it.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    code
 }
 
 /// Every MicroVM terminated, in order: each runner is told, then has a minute; image
@@ -335,6 +339,13 @@ async fn shutdown(server: &Arc<Server>) {
     let t0 = std::time::Instant::now();
     while server.builds.active() > 0 && t0.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if server.builds.active() > 0 {
+        eprintln!(
+            "microvm-local: serve: {} image build(s) did not stop within a minute: abandoned; the next serve removes what they leave in {}",
+            server.builds.active(),
+            server.args.images.display()
+        );
     }
 }
 

@@ -286,8 +286,7 @@ impl Vm {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         // Who owns the directory: a runner that died unclean (SIGKILL) leaves it, and
         // the next one sweeps it (`sweep_stale`).
-        std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        own(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut backing = Vec::new();
         if layout == Layout::Snapshot {
             let (file, fmt) = match &snapshot {
@@ -874,6 +873,16 @@ impl Vm {
 const OWNER_FILE: &str = "owner.pid";
 /// A VM suspended to a file keeps its memory here, in its directory.
 const SUSPEND_FILE: &str = "suspended.mem.zst";
+
+/// Mark `dir` as this process's: while it lives, [`runner_alive`] says so.
+pub fn own(dir: &Path) -> std::io::Result<()> {
+    std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
+}
+
+/// Unmark `dir` (see [`own`]): it is done, and no sweep should ever take it.
+pub fn disown(dir: &Path) {
+    let _ = std::fs::remove_file(dir.join(OWNER_FILE));
+}
 
 /// Whether the runner that owns the VM directory `dir` is alive; `None` when the
 /// directory names no owner (not a VM directory, or one still being made).
