@@ -160,7 +160,7 @@ async fn handle(server: Arc<Server>, req: Request<Incoming>, surface: Surface) -
     }
 }
 
-type Reply = Result<(u16, Value), ApiError>;
+type Reply = wire::Outcome;
 
 fn logs(server: &Server, target: &str, body: &[u8]) -> Answer {
     let Some(op) = target.strip_prefix("Logs_20140328.") else {
@@ -479,11 +479,11 @@ async fn lifecycle(
 ) -> Reply {
     let resume = matches!(op, Op::Resume);
     // One decision under one lock: join a resume under way, or begin.
-    let child = {
+    let (child, number) = {
         let mut reg = server.reg();
         let r = reg.get_mut(id)?;
         if resume && r.resuming {
-            None
+            (None, r.resumes)
         } else {
             match microvms::begin(r.state, op) {
                 Ok(Some(s)) => r.state = s,
@@ -492,48 +492,53 @@ async fn lifecycle(
             }
             let child = server.child(id);
             r.resuming = resume && child.is_some();
-            Some(child)
+            if r.resuming {
+                r.resumes += 1;
+            }
+            (Some(child), r.resumes)
         }
     };
     let Some(child) = child else {
-        return resumed(server, id).await;
+        return resumed(server, id, number).await;
     };
     let Some(child) = child else {
         return Err(ApiError::internal(format!("MicroVM {id} has no runner")));
     };
     let (server, id, action) = (server.clone(), id.to_string(), action.to_string());
+    let (s, i) = (server.clone(), id.clone());
     let work = tokio::spawn(async move {
         let report = child.act(&action, ACT_WAIT).await;
-        settle(&server, &id, &action, report, done, undone)
+        settle(&server, &id, &action, report, done, undone, number)
     });
     match tokio::time::timeout(ANSWER_WAIT, work).await {
         Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => Err(ApiError::internal(format!("the {op:?}: {e}"))),
+        Ok(Err(e)) => {
+            let failed = Err(ApiError::internal(format!("the {op:?}: {e}")));
+            if let (true, Ok(r)) = (resume, s.reg().get_mut(&i)) {
+                r.resuming = false;
+                r.resumed = Some((number, failed.clone()));
+            }
+            failed
+        }
         // Still under way: the state says so, and the runner's report settles it.
         Err(_) => Ok((200, json!({}))),
     }
 }
 
-/// A ResumeMicrovm that came while another was under way: the other's outcome, once
-/// known (or, after [`ANSWER_WAIT`], the same answer the other gives then).
-async fn resumed(server: &Server, id: &str) -> Reply {
+/// A ResumeMicrovm that came while another (the `number`th) was under way: the
+/// other's answer, once it has one (or, after [`ANSWER_WAIT`], the same answer the
+/// other gives then).
+async fn resumed(server: &Server, id: &str, number: u64) -> Reply {
     let t0 = std::time::Instant::now();
     loop {
         let outcome = {
             let reg = server.reg();
-            let r = reg.get(id)?;
-            (!r.resuming).then(|| match r.state {
-                State::Running => Ok((200, json!({}))),
-                // As the resume under way was answered (see `settle`).
-                s @ (State::Terminating | State::Terminated) => Err(ApiError::conflict(
-                    id,
-                    format!("MicroVM {id} is {}", s.as_str()),
-                )),
-                s => Err(ApiError::internal(format!(
-                    "the resume of {id} under way when this one came did not finish: {}",
-                    r.state_reason.as_deref().unwrap_or(s.as_str())
-                ))),
-            })
+            match &reg.get(id)?.resumed {
+                Some((n, reply)) if *n == number => Some(reply.clone()),
+                // Ended, and another begun and ended since: this one worked then.
+                Some((n, _)) if *n > number => Some(Ok((200, json!({})))),
+                _ => None,
+            }
         };
         if let Some(o) = outcome {
             return o;
@@ -553,10 +558,28 @@ fn settle(
     report: Result<Value, String>,
     done: State,
     undone: State,
+    number: u64,
 ) -> Reply {
     let mut reg = server.reg();
     let r = reg.get_mut(id)?;
-    r.resuming = false;
+    let reply = outcome(r, id, action, report, done, undone);
+    if r.resuming && action == "resume" {
+        r.resuming = false;
+        r.resumed = Some((number, reply.clone()));
+    }
+    reply
+}
+
+/// What a suspend or resume comes to, given the runner's report; the record moved
+/// to the state it is in now.
+fn outcome(
+    r: &mut microvms::Record,
+    id: &str,
+    action: &str,
+    report: Result<Value, String>,
+    done: State,
+    undone: State,
+) -> Reply {
     let worked = report.as_ref().is_ok_and(|v| v["status"] == 200);
     // A MicroVM that ended meanwhile stays ended; an idle suspension that came first
     // already moved it.

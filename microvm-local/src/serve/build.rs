@@ -159,23 +159,22 @@ impl Builds {
         // leaves the map, so one of the two always shows the name taken.
         let on_disk = images_root.join(&image.name).exists();
         if on_disk || busy {
+            let dir = images_root.join(&image.name);
             let why = if busy {
-                "is being built".to_string()
-            } else {
-                format!("is {}", images_root.join(&image.name).display())
-            };
-            return Err(ApiError::image_conflict(
-                &image.arn,
+                format!("an image named {} is being built", image.name)
+            } else if crate::vm::Image::open(&dir).is_ok() {
                 format!(
-                    "an image named {} exists already (it {why}): choose another name{}",
+                    "an image named {} exists already ({}): choose another name, or remove that directory",
                     image.name,
-                    if busy {
-                        ""
-                    } else {
-                        ", or remove that directory"
-                    }
-                ),
-            ));
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "{} is taken by a directory that is not an image: choose another name",
+                    dir.display()
+                )
+            };
+            return Err(ApiError::image_conflict(&image.arn, why));
         }
         inner.tokens.retain(|_, (name, _, _)| *name != image.name);
         if let Some(t) = token {
@@ -413,6 +412,11 @@ pub fn check(r: &Map<String, Value>) -> Vec<String> {
             "satisfy regular expression pattern: [a-zA-Z0-9-_]+",
         ));
     }
+    if r.get("name").is_some_and(|n| n == "base") {
+        errors.push(
+            "name base: locally --images/base holds the managed images (the bases): choose another name".into(),
+        );
+    }
     non_blank(&mut errors, "baseImageArn", r.get("baseImageArn"), 2048);
     non_blank(
         &mut errors,
@@ -447,7 +451,9 @@ pub fn check(r: &Map<String, Value>) -> Vec<String> {
             .and_then(Value::as_str)
             .is_some_and(|u| u.contains(' '))
         {
-            errors.push("codeArtifact.uri: a file URI writes a space as %20".into());
+            if let Some(last) = errors.last_mut() {
+                last.push_str(" (a file URI writes a space as %20)");
+            }
         }
     }
     if let Some(l) = r.get("logging") {
@@ -701,6 +707,40 @@ pub fn image_config(artifact: &Value, request: &Map<String, Value>) -> Result<Va
         Some(Value::String(d)) if d.starts_with('/') => {}
         Some(d) => errors.push(format!("workingDir {d} is not an absolute path")),
     }
+    let strings = config
+        .get("command")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(
+            config
+                .get("env")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flat_map(Map::values),
+        );
+    if strings.filter_map(Value::as_str).any(|s| s.contains('\0')) {
+        errors.push("command and env values may not hold NUL".into());
+    }
+    // The agent's metadata service listens on 169.254.169.254:80 in the guest
+    // unless the config turns it off: the hooks cannot have port 80 too.
+    let metadata_on = config
+        .get("metadata")
+        .and_then(|m| m.get("httpEndpoint"))
+        .is_none_or(|e| e != "disabled");
+    if config.get("hooks").and_then(|h| h.get("port")) == Some(&json!(80)) && metadata_on {
+        errors.push(
+            "hooks.port 80 is the guest's metadata service's (169.254.169.254:80): pick another port, or set metadata.httpEndpoint to disabled in image.json".into(),
+        );
+    }
+    if let Some(m) = config.get("memoryLimitMiB") {
+        if !m.as_u64().is_some_and(|m| (8..=1 << 30).contains(&m)) {
+            errors.push(format!(
+                "memoryLimitMiB {m}: must be 8 to {} MiB",
+                1u64 << 30
+            ));
+        }
+    }
     if !errors.is_empty() {
         return Err(format!(
             "the image config (the code artifact's image.json under the request's members): {}",
@@ -842,6 +882,8 @@ fn build(
     let partial = images_root.join(format!(".{}.partial", job.name));
     let log = logs.join("build.log");
     let serial = logs.join("serial.log");
+    // Whether the partial is this build's: only then is it this build's to remove.
+    let mut ours = false;
     let r = (|| {
         std::fs::create_dir_all(logs).map_err(|e| format!("{}: {e}", logs.display()))?;
         let _ = std::fs::remove_file(&log);
@@ -850,21 +892,8 @@ fn build(
         let config_file = logs.join("image.json");
         std::fs::write(&config_file, format!("{config:#}\n"))
             .map_err(|e| format!("{}: {e}", config_file.display()))?;
-        if partial.exists() {
-            if crate::vm::runner_alive(&partial) == Some(true) {
-                return Err(format!(
-                    "another endpoint serving {} builds {} now ({}): stop it, or give each endpoint its own --images",
-                    images_root.display(),
-                    job.name,
-                    partial.display()
-                ));
-            }
-            std::fs::remove_dir_all(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
-        }
-        // Marked as this endpoint's, so that another one's start leaves it alone.
-        std::fs::create_dir_all(&partial)
-            .and_then(|()| crate::vm::own(&partial))
-            .map_err(|e| format!("{}: {e}", partial.display()))?;
+        claim(&partial, images_root, &job.name)?;
+        ours = true;
         install(builder, job, &config_file, &partial, &log)?;
         // The VM's sockets live in its scratch: a short path (at most 107 bytes),
         // which `--images` need not be.
@@ -888,7 +917,6 @@ fn build(
         let file = partial.join(images::BUILD_FILE);
         std::fs::write(&file, format!("{record}\n"))
             .map_err(|e| format!("{}: {e}", file.display()))?;
-        crate::vm::disown(&partial);
         let done = images_root.join(&job.name);
         if done.exists() {
             return Err(format!(
@@ -896,12 +924,44 @@ fn build(
                 done.display()
             ));
         }
-        std::fs::rename(&partial, &done).map_err(|e| format!("{}: {e}", done.display()))
+        std::fs::rename(&partial, &done).map_err(|e| format!("{}: {e}", done.display()))?;
+        // Done: no sweep may ever take it (renamed first, so never unmarked as partial).
+        crate::vm::disown(&done);
+        Ok(())
     })();
-    if r.is_err() {
+    if r.is_err() && ours {
         let _ = std::fs::remove_dir_all(&partial);
     }
     r.map_err(|e| reason(&e, &log, &serial))
+}
+
+/// Make `partial` this endpoint's: created anew and marked with its pid, so that
+/// another endpoint's start leaves it alone. One left by an endpoint that is gone
+/// (or by this one: its builds run one at a time) is removed first; one of an
+/// endpoint that lives is refused.
+fn claim(partial: &Path, images_root: &Path, name: &str) -> Result<(), String> {
+    let at = |e: std::io::Error| format!("{}: {e}", partial.display());
+    for _ in 0..2 {
+        match std::fs::create_dir(partial) {
+            Ok(()) => return crate::vm::own(partial).map_err(at),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(at(e)),
+        }
+        let mine = crate::vm::owner(partial) == Some(std::process::id() as i32);
+        if !mine && crate::vm::runner_alive(partial) == Some(true) {
+            return Err(format!(
+                "another endpoint serving {} is building {name} now ({}): stop it, or give each endpoint its own --images (remove that directory if no endpoint runs)",
+                images_root.display(),
+                partial.display()
+            ));
+        }
+        std::fs::remove_dir_all(partial).map_err(at)?;
+    }
+    Err(format!(
+        "{}: made again as it was removed: another endpoint serves {} too",
+        partial.display(),
+        images_root.display()
+    ))
 }
 
 /// A failed build's `stateReason`: the error's first line (a boot error carries the
@@ -915,7 +975,9 @@ fn reason(error: &str, log: &Path, console: &Path) -> String {
         .open(log)
         .and_then(|mut f| writeln!(f, "microvm-local: the build failed: {error}"))
         .is_ok();
+    // A boot error ends its first line by announcing the console that follows.
     let first = error.lines().next().unwrap_or_default();
+    let first = first.strip_suffix("; serial:").unwrap_or(first);
     let mut r: String = first.chars().take(MAX).collect();
     if logged && (r.len() < error.trim_end().len()) {
         r.push_str(&format!(" (the whole error: {})", log.display()));
@@ -937,8 +999,18 @@ pub fn sweep_partials(images_root: &Path) -> Vec<PathBuf> {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let partial = name.starts_with('.') && name.ends_with(".partial");
-        let orphan =
-            partial && e.path().is_dir() && crate::vm::runner_alive(&e.path()) != Some(true);
+        // Unmarked, it is one just made (and about to be marked) or an old one.
+        let stale = || {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(60)))
+        };
+        let orphan = partial
+            && e.path().is_dir()
+            && match crate::vm::runner_alive(&e.path()) {
+                Some(alive) => !alive,
+                None => stale(),
+            };
         if orphan && std::fs::remove_dir_all(e.path()).is_ok() {
             swept.push(e.path());
         }
@@ -1018,6 +1090,7 @@ mod tests {
             ("environmentVariables", json!({"A=B": "x"}), "environmentVariables: the name \"A=B\" has '=' or NUL"),
             ("additionalOsCapabilities", json!(["ALL", "ALL"]), "Value at 'additionalOsCapabilities' failed to satisfy constraint: Member must have length less than or equal to 1"),
             ("clientToken", json!("t".repeat(129)), "Value at 'clientToken' failed to satisfy constraint: Member must have length between 1 and 128"),
+            ("name", json!("base"), "name base: locally --images/base holds the managed images"),
             ("imageIdentifier", json!("x"), "Unknown member 'imageIdentifier': CreateMicrovmImage has baseImageArn"),
         ];
         for (k, v, want) in cases {
@@ -1193,11 +1266,17 @@ mod tests {
             ".live.partial",
             ".dead.partial",
             ".bare.partial",
+            ".new.partial",
             "image",
             ".x",
         ] {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
+        let old = std::time::SystemTime::now() - Duration::from_secs(120);
+        std::fs::File::open(root.join(".bare.partial"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         crate::vm::own(&root.join(".live.partial")).unwrap();
         // A pid no process has (above the kernel's pid_max).
         std::fs::write(root.join(".dead.partial/owner.pid"), "2147483647").unwrap();
@@ -1207,7 +1286,23 @@ mod tests {
             swept,
             [root.join(".bare.partial"), root.join(".dead.partial")]
         );
-        assert!(root.join(".live.partial").is_dir() && root.join("image").is_dir());
+        for kept in [".live.partial", ".new.partial", "image"] {
+            assert!(root.join(kept).is_dir(), "{kept}");
+        }
+
+        // A build claims its partial: anew when it is its own endpoint's or an
+        // orphan's, never when a live endpoint's.
+        let p = root.join(".claimed.partial");
+        claim(&p, &root, "claimed").unwrap();
+        assert_eq!(crate::vm::runner_alive(&p), Some(true));
+        std::fs::write(p.join("rootfs.ext4"), "half").unwrap();
+        claim(&p, &root, "claimed").unwrap();
+        assert!(!p.join("rootfs.ext4").exists());
+        std::fs::write(p.join("owner.pid"), "1").unwrap();
+        let e = claim(&p, &root, "claimed").unwrap_err();
+        assert!(e.contains("another endpoint serving"), "{e}");
+        std::fs::write(p.join("owner.pid"), "2147483647").unwrap();
+        claim(&p, &root, "claimed").unwrap();
 
         let (log, console) = (root.join("build.log"), root.join("serial.log"));
         let r = reason("boot failed\nserial:\nlots of lines", &log, &console);
@@ -1225,7 +1320,22 @@ mod tests {
                 console.display()
             )
         );
-        assert!(reason(&"e".repeat(5000), &log, &console).len() < 1200);
+        let long = reason(&"e".repeat(5000), &log, &console);
+        assert!(
+            long.starts_with(&format!("{} (the whole error", "e".repeat(1000))),
+            "{long}"
+        );
+        assert_eq!(
+            reason(
+                "qemu exited during boot (exit 1); serial:\n[ 0.1] Linux",
+                &log,
+                &root.join("none")
+            ),
+            format!(
+                "qemu exited during boot (exit 1) (the whole error: {})",
+                log.display()
+            )
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 

@@ -382,6 +382,8 @@ fn pending(
         shell: crate::params::shell_ingress(&request),
         auto_resume: idle.is_some_and(|p| p["autoResumeEnabled"] == true),
         resuming: false,
+        resumes: 0,
+        resumed: None,
         seq: reg.seq(),
         request,
     }

@@ -874,9 +874,24 @@ const OWNER_FILE: &str = "owner.pid";
 /// A VM suspended to a file keeps its memory here, in its directory.
 const SUSPEND_FILE: &str = "suspended.mem.zst";
 
-/// Mark `dir` as this process's: while it lives, [`runner_alive`] says so.
+/// Mark `dir` as this process's: while it lives, [`runner_alive`] says so. The
+/// mark is the pid and the process's start time, so that another process given
+/// the same pid later (after a reboot, say) is not taken for the owner.
 pub fn own(dir: &Path) -> std::io::Result<()> {
-    std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
+    let pid = std::process::id();
+    let mark = match start_time(pid as i32) {
+        Some(t) => format!("{pid} {t}"),
+        None => pid.to_string(),
+    };
+    std::fs::write(dir.join(OWNER_FILE), mark)
+}
+
+/// A process's start time (clock ticks after boot: `/proc/PID/stat`'s 22nd field).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The name (field 2) is in parentheses and may hold anything, ')' included.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Unmark `dir` (see [`own`]): it is done, and no sweep should ever take it.
@@ -884,16 +899,27 @@ pub fn disown(dir: &Path) {
     let _ = std::fs::remove_file(dir.join(OWNER_FILE));
 }
 
+/// The pid that marked `dir` as its own (see [`own`]).
+pub fn owner(dir: &Path) -> Option<i32> {
+    let mark = std::fs::read_to_string(dir.join(OWNER_FILE)).ok()?;
+    mark.split_whitespace()
+        .next()?
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
+}
+
 /// Whether the runner that owns the VM directory `dir` is alive; `None` when the
 /// directory names no owner (not a VM directory, or one still being made).
 pub fn runner_alive(dir: &Path) -> Option<bool> {
-    let pid = std::fs::read_to_string(dir.join(OWNER_FILE))
-        .ok()?
-        .trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|p| *p > 0)?;
-    Some(process_exists(pid))
+    let pid = owner(dir)?;
+    let mark = std::fs::read_to_string(dir.join(OWNER_FILE)).ok()?;
+    let mut words = mark.split_whitespace().skip(1);
+    let started = match words.next() {
+        Some(w) => Some(w.parse::<u64>().ok()?),
+        None => None,
+    };
+    Some(process_exists(pid) && started.is_none_or(|t| start_time(pid).is_none_or(|now| now == t)))
 }
 
 /// Whether the VM of directory `dir` is suspended to a file (no QEMU, no backend:
@@ -1093,6 +1119,7 @@ mod tests {
         for (name, owner) in [
             ("dead", Some(dead.to_string())),
             ("alive", Some(std::process::id().to_string())),
+            ("reused", Some(format!("{} 1", std::process::id()))),
             ("unowned", None),
             ("garbled", Some("x".to_string())),
         ] {
@@ -1103,13 +1130,21 @@ mod tests {
                 std::fs::write(d.join(OWNER_FILE), o).unwrap();
             }
         }
-        assert_eq!(sweep_stale(&base), vec![base.join("dead")]);
+        // Owned as `own` marks it: alive (this process, its own start time).
+        let d = base.join("marked");
+        std::fs::create_dir_all(&d).unwrap();
+        own(&d).unwrap();
+        assert_eq!(runner_alive(&d), Some(true));
+        let mut swept = sweep_stale(&base);
+        swept.sort();
+        // "reused": this pid, but a process that started at another time.
+        assert_eq!(swept, vec![base.join("dead"), base.join("reused")]);
         let mut left: Vec<String> = std::fs::read_dir(&base)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
-        assert_eq!(left, ["alive", "garbled", "unowned"]);
+        assert_eq!(left, ["alive", "garbled", "marked", "unowned"]);
         assert!(sweep_stale(&base.join("absent")).is_empty());
         std::fs::remove_dir_all(&base).unwrap();
     }
