@@ -479,74 +479,94 @@ async fn lifecycle(
 ) -> Reply {
     let resume = matches!(op, Op::Resume);
     // One decision under one lock: join a resume under way, or begin.
-    let (child, number) = {
+    let begun = {
         let mut reg = server.reg();
         let r = reg.get_mut(id)?;
-        if resume && r.resuming {
-            (None, r.resumes)
-        } else {
-            match microvms::begin(r.state, op) {
-                Ok(Some(s)) => r.state = s,
-                Ok(None) => return Ok((200, json!({}))),
-                Err(m) => return Err(ApiError::conflict(id, format!("MicroVM {id}: {m}"))),
+        match (&r.resuming, microvms::begin(r.state, op)) {
+            (Some(under_way), _) if resume => Err(under_way.clone()),
+            (_, Ok(Some(s))) => {
+                r.state = s;
+                let child = server.child(id);
+                let answer = (resume && child.is_some()).then(|| {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    r.resuming = Some(rx);
+                    ResumeAnswer {
+                        server: server.clone(),
+                        id: id.to_string(),
+                        tx: Some(tx),
+                    }
+                });
+                Ok((child, answer))
             }
-            let child = server.child(id);
-            r.resuming = resume && child.is_some();
-            if r.resuming {
-                r.resumes += 1;
-            }
-            (Some(child), r.resumes)
+            (_, Ok(None)) => return Ok((200, json!({}))),
+            (_, Err(m)) => return Err(ApiError::conflict(id, format!("MicroVM {id}: {m}"))),
         }
     };
-    let Some(child) = child else {
-        return resumed(server, id, number).await;
+    let (child, answer) = match begun {
+        Ok(b) => b,
+        Err(under_way) => return joined(under_way, id).await,
     };
     let Some(child) = child else {
         return Err(ApiError::internal(format!("MicroVM {id} has no runner")));
     };
     let (server, id, action) = (server.clone(), id.to_string(), action.to_string());
-    let (s, i) = (server.clone(), id.clone());
     let work = tokio::spawn(async move {
         let report = child.act(&action, ACT_WAIT).await;
-        settle(&server, &id, &action, report, done, undone, number)
+        let reply = settle(&server, &id, &action, report, done, undone);
+        if let Some(mut a) = answer {
+            a.give(reply.clone());
+        }
+        reply
     });
     match tokio::time::timeout(ANSWER_WAIT, work).await {
         Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => {
-            let failed = Err(ApiError::internal(format!("the {op:?}: {e}")));
-            if let (true, Ok(r)) = (resume, s.reg().get_mut(&i)) {
-                r.resuming = false;
-                r.resumed = Some((number, failed.clone()));
-            }
-            failed
-        }
+        Ok(Err(e)) => Err(ApiError::internal(format!("the {op:?}: {e}"))),
         // Still under way: the state says so, and the runner's report settles it.
         Err(_) => Ok((200, json!({}))),
     }
 }
 
-/// A ResumeMicrovm that came while another (the `number`th) was under way: the
-/// other's answer, once it has one (or, after [`ANSWER_WAIT`], the same answer the
-/// other gives then).
-async fn resumed(server: &Server, id: &str, number: u64) -> Reply {
-    let t0 = std::time::Instant::now();
-    loop {
-        let outcome = {
-            let reg = server.reg();
-            match &reg.get(id)?.resumed {
-                Some((n, reply)) if *n == number => Some(reply.clone()),
-                // Ended, and another begun and ended since: this one worked then.
-                Some((n, _)) if *n > number => Some(Ok((200, json!({})))),
-                _ => None,
+/// The answer of a resume under way, for those that joined it; given once, or, if
+/// the resume's task ends without one (a panic), an error, and the MicroVM free to
+/// be resumed again.
+struct ResumeAnswer {
+    server: Arc<Server>,
+    id: String,
+    tx: Option<tokio::sync::watch::Sender<Option<wire::Outcome>>>,
+}
+
+impl ResumeAnswer {
+    fn give(&mut self, reply: wire::Outcome) {
+        if let Some(tx) = self.tx.take() {
+            if let Ok(r) = self.server.reg().get_mut(&self.id) {
+                r.resuming = None;
             }
-        };
-        if let Some(o) = outcome {
-            return o;
+            tx.send_replace(Some(reply));
         }
-        if t0.elapsed() >= ANSWER_WAIT {
-            return Ok((200, json!({})));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Drop for ResumeAnswer {
+    fn drop(&mut self) {
+        self.give(Err(ApiError::internal(format!(
+            "the resume of {} under way stopped without an outcome: resume it again",
+            self.id
+        ))));
+    }
+}
+
+/// A ResumeMicrovm that came while another was under way: the other's answer, once
+/// it has one (or, after [`ANSWER_WAIT`], the same answer the other gives then).
+async fn joined(
+    mut under_way: tokio::sync::watch::Receiver<Option<wire::Outcome>>,
+    id: &str,
+) -> Reply {
+    match tokio::time::timeout(ANSWER_WAIT, under_way.wait_for(Option::is_some)).await {
+        Ok(Ok(reply)) => reply.clone().unwrap_or_else(|| Ok((200, json!({})))),
+        Ok(Err(_)) => Err(ApiError::internal(format!(
+            "the resume of {id} under way when this one came stopped without an outcome: resume it again"
+        ))),
+        Err(_) => Ok((200, json!({}))),
     }
 }
 
@@ -558,28 +578,9 @@ fn settle(
     report: Result<Value, String>,
     done: State,
     undone: State,
-    number: u64,
 ) -> Reply {
     let mut reg = server.reg();
     let r = reg.get_mut(id)?;
-    let reply = outcome(r, id, action, report, done, undone);
-    if r.resuming && action == "resume" {
-        r.resuming = false;
-        r.resumed = Some((number, reply.clone()));
-    }
-    reply
-}
-
-/// What a suspend or resume comes to, given the runner's report; the record moved
-/// to the state it is in now.
-fn outcome(
-    r: &mut microvms::Record,
-    id: &str,
-    action: &str,
-    report: Result<Value, String>,
-    done: State,
-    undone: State,
-) -> Reply {
     let worked = report.as_ref().is_ok_and(|v| v["status"] == 200);
     // A MicroVM that ended meanwhile stays ended; an idle suspension that came first
     // already moved it.

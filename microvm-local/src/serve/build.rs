@@ -733,7 +733,7 @@ pub fn image_config(artifact: &Value, request: &Map<String, Value>) -> Result<Va
             "hooks.port 80 is the guest's metadata service's (169.254.169.254:80): pick another port, or set metadata.httpEndpoint to disabled in image.json".into(),
         );
     }
-    if let Some(m) = config.get("memoryLimitMiB") {
+    if let Some(m) = config.get("memoryLimitMiB").filter(|m| !m.is_null()) {
         if !m.as_u64().is_some_and(|m| (8..=1 << 30).contains(&m)) {
             errors.push(format!(
                 "memoryLimitMiB {m}: must be 8 to {} MiB",
@@ -940,28 +940,49 @@ fn build(
 /// (or by this one: its builds run one at a time) is removed first; one of an
 /// endpoint that lives is refused.
 fn claim(partial: &Path, images_root: &Path, name: &str) -> Result<(), String> {
+    use std::io::ErrorKind::{AlreadyExists, NotFound};
     let at = |e: std::io::Error| format!("{}: {e}", partial.display());
-    for _ in 0..2 {
-        match std::fs::create_dir(partial) {
-            Ok(()) => return crate::vm::own(partial).map_err(at),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(at(e)),
+    let busy = || {
+        format!(
+            "another endpoint serving {} is building {name} now ({}): stop it, or give each endpoint its own --images (remove that directory if no endpoint runs)",
+            images_root.display(),
+            partial.display()
+        )
+    };
+    match std::fs::create_dir(partial) {
+        Ok(()) => {}
+        Err(e) if e.kind() != AlreadyExists => return Err(at(e)),
+        Err(_) => {
+            let mine = crate::vm::owner(partial) == Some(std::process::id() as i32);
+            if !(mine || orphaned(partial)) {
+                return Err(busy());
+            }
+            match std::fs::remove_dir_all(partial) {
+                Err(e) if e.kind() != NotFound => return Err(at(e)),
+                _ => {}
+            }
+            // Made again meanwhile: by another endpoint, which owns it now.
+            std::fs::create_dir(partial).map_err(|e| match e.kind() {
+                AlreadyExists => busy(),
+                _ => at(e),
+            })?;
         }
-        let mine = crate::vm::owner(partial) == Some(std::process::id() as i32);
-        if !mine && crate::vm::runner_alive(partial) == Some(true) {
-            return Err(format!(
-                "another endpoint serving {} is building {name} now ({}): stop it, or give each endpoint its own --images (remove that directory if no endpoint runs)",
-                images_root.display(),
-                partial.display()
-            ));
-        }
-        std::fs::remove_dir_all(partial).map_err(at)?;
     }
-    Err(format!(
-        "{}: made again as it was removed: another endpoint serves {} too",
-        partial.display(),
-        images_root.display()
-    ))
+    crate::vm::own(partial).map_err(|e| {
+        let _ = std::fs::remove_dir_all(partial);
+        at(e)
+    })
+}
+
+/// A partial no live endpoint builds: its owner is gone, or it has none and is older
+/// than a minute (an endpoint marks the one it makes at once).
+fn orphaned(partial: &Path) -> bool {
+    match crate::vm::runner_alive(partial) {
+        Some(alive) => !alive,
+        None => std::fs::metadata(partial)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(60))),
+    }
 }
 
 /// A failed build's `stateReason`: the error's first line (a boot error carries the
@@ -999,18 +1020,7 @@ pub fn sweep_partials(images_root: &Path) -> Vec<PathBuf> {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let partial = name.starts_with('.') && name.ends_with(".partial");
-        // Unmarked, it is one just made (and about to be marked) or an old one.
-        let stale = || {
-            e.metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(60)))
-        };
-        let orphan = partial
-            && e.path().is_dir()
-            && match crate::vm::runner_alive(&e.path()) {
-                Some(alive) => !alive,
-                None => stale(),
-            };
+        let orphan = partial && e.path().is_dir() && orphaned(&e.path());
         if orphan && std::fs::remove_dir_all(e.path()).is_ok() {
             swept.push(e.path());
         }
@@ -1303,6 +1313,12 @@ mod tests {
         assert!(e.contains("another endpoint serving"), "{e}");
         std::fs::write(p.join("owner.pid"), "2147483647").unwrap();
         claim(&p, &root, "claimed").unwrap();
+        // Unmarked and fresh: one another endpoint has just made.
+        let fresh = root.join(".fresh.partial");
+        std::fs::create_dir(&fresh).unwrap();
+        let e = claim(&fresh, &root, "fresh").unwrap_err();
+        assert!(e.contains("another endpoint serving"), "{e}");
+        assert!(fresh.is_dir());
 
         let (log, console) = (root.join("build.log"), root.join("serial.log"));
         let r = reason("boot failed\nserial:\nlots of lines", &log, &console);

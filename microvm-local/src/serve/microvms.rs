@@ -169,13 +169,10 @@ pub struct Record {
     pub tokens: Vec<Token>,
     pub shell: bool,
     pub auto_resume: bool,
-    /// A ResumeMicrovm is under way (the state stays SUSPENDED meanwhile: the model
-    /// has no RESUMING): another one waits for it instead of resuming twice.
-    pub resuming: bool,
-    /// ResumeMicrovms begun so far, and the answer of the last one that ended (by
-    /// its number): what a resume that joined it answers.
-    pub resumes: u64,
-    pub resumed: Option<(u64, super::wire::Outcome)>,
+    /// A ResumeMicrovm under way (the state stays SUSPENDED meanwhile: the model has
+    /// no RESUMING): another one joins it instead of resuming twice, and is answered
+    /// what it is answered, through this.
+    pub resuming: Option<tokio::sync::watch::Receiver<Option<super::wire::Outcome>>>,
     /// Order of creation, for listing.
     pub seq: u64,
 }

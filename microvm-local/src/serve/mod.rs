@@ -381,9 +381,7 @@ fn pending(
         tokens: Vec::new(),
         shell: crate::params::shell_ingress(&request),
         auto_resume: idle.is_some_and(|p| p["autoResumeEnabled"] == true),
-        resuming: false,
-        resumes: 0,
-        resumed: None,
+        resuming: None,
         seq: reg.seq(),
         request,
     }

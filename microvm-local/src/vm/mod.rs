@@ -883,15 +883,22 @@ pub fn own(dir: &Path) -> std::io::Result<()> {
         Some(t) => format!("{pid} {t}"),
         None => pid.to_string(),
     };
-    std::fs::write(dir.join(OWNER_FILE), mark)
+    // Whole or not at all: a reader never sees half a mark.
+    let tmp = dir.join(format!("{OWNER_FILE}.tmp"));
+    std::fs::write(&tmp, mark).and_then(|()| std::fs::rename(&tmp, dir.join(OWNER_FILE)))
 }
 
-/// A process's start time (clock ticks after boot: `/proc/PID/stat`'s 22nd field).
+/// A process's start time (clock ticks after boot).
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name (field 2) is in parentheses and may hold anything, ')' included.
+    stat_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `/proc/PID/stat`'s 22nd field, `starttime`.
+fn stat_start_time(stat: &str) -> Option<u64> {
+    // The name (field 2) is in parentheses and may hold anything, ')' included:
+    // field 3 comes after the last one.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
 }
 
 /// Unmark `dir` (see [`own`]): it is done, and no sweep should ever take it.
@@ -1130,6 +1137,11 @@ mod tests {
                 std::fs::write(d.join(OWNER_FILE), o).unwrap();
             }
         }
+        // Field 22 of a stat line whose name holds ") (" and blanks.
+        let fields: Vec<String> = (3..=52).map(|n| (n * 10).to_string()).collect();
+        let line = format!("4242 (a) (b c) {}\n", fields.join(" "));
+        assert_eq!(stat_start_time(&line), Some(220));
+        assert_eq!(stat_start_time("4242 (a) 1 2"), None);
         // Owned as `own` marks it: alive (this process, its own start time).
         let d = base.join("marked");
         std::fs::create_dir_all(&d).unwrap();
