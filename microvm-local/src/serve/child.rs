@@ -30,6 +30,9 @@ type Waiter = (String, oneshot::Sender<Result<Value, String>>);
 
 pub struct Child {
     pub pid: u32,
+    /// Set, under its lock, just before the runner is reaped: while it is false the
+    /// pid is still the runner's (alive or a zombie), never another process's.
+    reaped: Arc<Mutex<bool>>,
     stdin: Mutex<Option<ChildStdin>>,
     waiters: Arc<Mutex<VecDeque<Waiter>>>,
 }
@@ -70,11 +73,13 @@ impl Child {
             .ok_or_else(|| std::io::Error::other("runner stdout not piped"))?;
         let me = Arc::new(Child {
             pid: child.id(),
+            reaped: Arc::new(Mutex::new(false)),
             stdin: Mutex::new(child.stdin.take()),
             waiters: Arc::new(Mutex::new(VecDeque::new())),
         });
         let (ran_tx, ran_rx) = oneshot::channel();
         let waiters = me.waiters.clone();
+        let reaped = me.reaped.clone();
         let id = id.to_string();
         let log_path = dir.join("runner.log");
         std::thread::spawn(move || {
@@ -110,7 +115,14 @@ impl Child {
                     }
                 }
             }
-            let status = child.wait();
+            // Exited but not reaped first, so that `signal` never reaches a process
+            // that took its pid since.
+            wait_unreaped(child.id());
+            let status = {
+                let mut r = reaped.lock().unwrap_or_else(|p| p.into_inner());
+                *r = true;
+                child.wait()
+            };
             waiters.lock().unwrap_or_else(|p| p.into_inner()).clear();
             let why = last_words(&log_path);
             match status {
@@ -158,9 +170,34 @@ impl Child {
     }
 
     pub fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on a pid of ours; no memory is involved.
-        unsafe {
-            libc::kill(self.pid as libc::pid_t, sig);
+        let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if !*reaped {
+            // SAFETY: kill(2) on our unreaped child (the lock keeps it unreaped);
+            // no memory is involved.
+            unsafe {
+                libc::kill(self.pid as libc::pid_t, sig);
+            }
+        }
+    }
+}
+
+/// Wait for child `pid` to exit without reaping it (`waitid` with `WNOWAIT`); returns
+/// at once if it cannot be waited for (the caller's `wait` then says why).
+fn wait_unreaped(pid: u32) {
+    loop {
+        // SAFETY: siginfo_t is plain data that waitid fills in; zeroed is a valid
+        // value, and the pointer is to a local that outlives the call.
+        let r = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
         }
     }
 }
