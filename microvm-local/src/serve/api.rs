@@ -699,11 +699,14 @@ fn create_image(server: &Arc<Server>, body: &[u8]) -> Reply {
         return image(server, &name).map(|i| (201, i.created()));
     }
     let job = build::resolve(&request, &server.args.images, &server.args.region)?;
-    let admitted = server.builds.admit(
+    let admitted = match server.builds.admit(
         build::pending(&job, &server.args.region, &server.args.account),
         token,
         &server.args.images,
-    )?;
+    )? {
+        build::Admitted::New(i) => i,
+        build::Admitted::Repeat(name) => return image(server, &name).map(|i| (201, i.created())),
+    };
     let logs = server.args.state_dir.join("builds").join(&job.name);
     tokio::spawn(build::Builds::run(
         build::Builds::started(server),

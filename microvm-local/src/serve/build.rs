@@ -64,6 +64,34 @@ struct Inner {
     tokens: HashMap<String, (String, String, Map<String, Value>)>,
 }
 
+impl Inner {
+    /// The image a repeated clientToken made (with the same request), if any.
+    fn repeated(
+        &self,
+        token: Option<&str>,
+        request: &Map<String, Value>,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(t) = token else { return Ok(None) };
+        match self.tokens.get(t) {
+            None => Ok(None),
+            Some((name, _, r)) if r == request => Ok(Some(name.clone())),
+            Some((name, arn, _)) => Err(ApiError::image_conflict(
+                arn,
+                format!("clientToken {t} was used with other parameters (image {name}): repeat the request as it was, or use a new token"),
+            )),
+        }
+    }
+}
+
+/// What [`Builds::admit`] made of a request.
+#[derive(Debug)]
+pub enum Admitted {
+    /// A new image, PENDING: its build is to be started.
+    New(Box<LocalImage>),
+    /// The image (by name) an identical request with the same token made.
+    Repeat(String),
+}
+
 /// A build under way, for the endpoint's shutdown (see [`Builds::started`]).
 pub struct Active(std::sync::Arc<super::Server>);
 
@@ -131,26 +159,25 @@ impl Builds {
         token: Option<&str>,
         request: &Map<String, Value>,
     ) -> Result<Option<String>, ApiError> {
-        let Some(t) = token else { return Ok(None) };
-        match self.inner().tokens.get(t) {
-            None => Ok(None),
-            Some((name, _, r)) if r == request => Ok(Some(name.clone())),
-            Some((name, arn, _)) => Err(ApiError::image_conflict(
-                arn,
-                format!("clientToken {t} was used with other parameters (image {name}): repeat the request as it was, or use a new token"),
-            )),
-        }
+        self.inner().repeated(token, request)
     }
 
     /// Record a new image as PENDING, unless its name is taken: by an image in
-    /// `images_root` or one being built. A failed one gives its name up.
+    /// `images_root` or one being built. A failed one gives its name up. A token
+    /// repeated meanwhile (two identical requests at once) names the image its
+    /// first request made.
     pub fn admit(
         &self,
         image: LocalImage,
         token: Option<String>,
         images_root: &Path,
-    ) -> Result<LocalImage, ApiError> {
+    ) -> Result<Admitted, ApiError> {
         let mut inner = self.inner();
+        let mut request = image.request.clone().unwrap_or_default();
+        request.remove("clientToken");
+        if let Some(name) = inner.repeated(token.as_deref(), &request)? {
+            return Ok(Admitted::Repeat(name));
+        }
         let busy = inner
             .images
             .get(&image.name)
@@ -178,14 +205,12 @@ impl Builds {
         }
         inner.tokens.retain(|_, (name, _, _)| *name != image.name);
         if let Some(t) = token {
-            let mut request = image.request.clone().unwrap_or_default();
-            request.remove("clientToken");
             inner
                 .tokens
                 .insert(t, (image.name.clone(), image.arn.clone(), request));
         }
         inner.images.insert(image.name.clone(), image.clone());
-        Ok(image)
+        Ok(Admitted::New(Box::new(image)))
     }
 
     fn update(&self, name: &str, f: impl FnOnce(&mut LocalImage)) {
@@ -1216,11 +1241,18 @@ mod tests {
         let b = Builds::default();
         let same = map(json!({"name": "a", "description": "d"}));
         let other = map(json!({"name": "a", "description": "e"}));
-        let kind = |r: Result<LocalImage, ApiError>| r.unwrap_err().kind;
+        let kind = |r: Result<Admitted, ApiError>| r.unwrap_err().kind;
 
-        let a = b
-            .admit(pending(&job("a"), "r", "1"), Some("t1".into()), &root)
-            .unwrap();
+        let new = |r: Result<Admitted, ApiError>| match r.unwrap() {
+            Admitted::New(i) => *i,
+            other => panic!("{other:?}"),
+        };
+        let a = new(b.admit(pending(&job("a"), "r", "1"), Some("t1".into()), &root));
+        // The same token and request once more, as if it raced the first: the same image.
+        assert!(matches!(
+            b.admit(pending(&job("a"), "r", "1"), Some("t1".into()), &root),
+            Ok(Admitted::Repeat(n)) if n == "a"
+        ));
         assert_eq!(
             (a.state, a.summary()["state"].clone()),
             (BuildState::Pending, json!("CREATING"))
@@ -1258,9 +1290,7 @@ mod tests {
         assert_eq!(failed.version("r", "1")["state"], "FAILED");
         assert_eq!(failed.version("r", "1")["status"], "INACTIVE");
         assert_eq!(failed.build_summary()["stateReason"], "no");
-        let again = b
-            .admit(pending(&job("a"), "r", "1"), Some("t3".into()), &root)
-            .unwrap();
+        let again = new(b.admit(pending(&job("a"), "r", "1"), Some("t3".into()), &root));
         assert_ne!(again.build_id, failed.build_id);
         assert_eq!(b.repeat(Some("t1"), &same).unwrap(), None);
         assert_eq!(b.repeat(Some("t3"), &same).unwrap(), Some("a".into()));

@@ -117,10 +117,15 @@ impl Child {
             }
             // Exited but not reaped first, so that `signal` never reaches a process
             // that took its pid since.
-            wait_unreaped(child.id());
-            let status = {
-                let mut r = reaped.lock().unwrap_or_else(|p| p.into_inner());
+            let reap = || reaped.lock().unwrap_or_else(|p| p.into_inner());
+            let status = if wait_unreaped(child.id()) {
+                let mut r = reap();
                 *r = true;
+                child.wait()
+            } else {
+                // Not known to have exited: not waited for under the lock, which
+                // `signal` callers (shutdown among them) must never block on.
+                *reap() = true;
                 child.wait()
             };
             waiters.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -181,9 +186,10 @@ impl Child {
     }
 }
 
-/// Wait for child `pid` to exit without reaping it (`waitid` with `WNOWAIT`); returns
-/// at once if it cannot be waited for (the caller's `wait` then says why).
-fn wait_unreaped(pid: u32) {
+/// Wait for child `pid` to exit without reaping it (`waitid` with `WNOWAIT`): true
+/// once it has; false at once if it cannot be waited for (the caller's `wait` then
+/// says why).
+fn wait_unreaped(pid: u32) -> bool {
     loop {
         // SAFETY: siginfo_t is plain data that waitid fills in; zeroed is a valid
         // value, and the pointer is to a local that outlives the call.
@@ -196,8 +202,11 @@ fn wait_unreaped(pid: u32) {
                 libc::WEXITED | libc::WNOWAIT,
             )
         };
-        if r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return;
+        if r == 0 {
+            return true;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return false;
         }
     }
 }
