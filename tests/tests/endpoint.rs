@@ -1402,17 +1402,7 @@ fn create_microvm_image_builds_an_application_from_a_file_artifact() {
     // A second build waits for the first (one at a time).
     let second = e.ok(&strs(&create("broken", &uri(&broken), &[])));
     assert_eq!(second["state"], "CREATING");
-    let builds = |name: &str| {
-        e.ok(&[
-            "lambda-microvms",
-            "list-microvm-image-builds",
-            "--image-identifier",
-            name,
-            "--image-version",
-            "1",
-        ])["items"]
-            .clone()
-    };
+    let builds = |name: &str| image_builds(&e, name);
     let pending = builds("broken");
     assert_eq!(
         pending[0]["buildState"],
@@ -1726,18 +1716,10 @@ fn create_microvm_image_builds_an_application_from_a_file_artifact() {
     fn wait_build(e: &Endpoint, name: &str, until: &str) -> Value {
         let t0 = Instant::now();
         loop {
-            let v = e.ok(&[
-                "lambda-microvms",
-                "list-microvm-image-builds",
-                "--image-identifier",
-                name,
-                "--image-version",
-                "1",
-            ]);
-            if v["items"][0]["buildState"] != "PENDING"
-                && (until.is_empty() || v["items"][0]["buildState"] == until)
+            let v = image_builds(e, name);
+            if v[0]["buildState"] != "PENDING" && (until.is_empty() || v[0]["buildState"] == until)
             {
-                return v["items"][0].clone();
+                return v[0].clone();
             }
             assert!(t0.elapsed() < Duration::from_secs(120), "{name}: {v}");
             std::thread::sleep(Duration::from_millis(200));
@@ -1815,6 +1797,19 @@ fn create_microvm_image_builds_an_application_from_a_file_artifact() {
         build_processes(&[".hang.partial", "microvm-local/build-"]),
         Vec::<String>::new()
     );
+}
+
+/// ListMicrovmImageBuilds of an image's version 1: its items.
+fn image_builds(e: &Endpoint, name: &str) -> Value {
+    e.ok(&[
+        "lambda-microvms",
+        "list-microvm-image-builds",
+        "--image-identifier",
+        name,
+        "--image-version",
+        "1",
+    ])["items"]
+        .clone()
 }
 
 /// A directory code artifact: `app.py` and an image.json that runs it with its

@@ -721,8 +721,8 @@ fn create_image(server: &Arc<Server>, body: &[u8]) -> Reply {
 fn image_builds(server: &Server, id: &str, version: &str, pairs: &[(String, String)]) -> Reply {
     let max = wire::max_results(pairs, 50)?;
     for (k, allowed) in [
-        ("architecture", &["ARM_64", "X86_64"][..]),
-        ("chipset", &["GRAVITON", "INTEL"][..]),
+        ("architecture", images::ARCHITECTURES),
+        ("chipset", images::CHIPSETS),
     ] {
         if let Some(v) = wire::query(pairs, k).filter(|v| !allowed.contains(v)) {
             return Err(ApiError::validation(format!(

@@ -516,11 +516,15 @@ pub fn check(r: &Map<String, Value>) -> Vec<String> {
         if let Some(m) = object(&mut errors, &at, Some(c), &["architecture"]) {
             if !m
                 .get("architecture")
-                .is_some_and(|a| a == "X86_64" || a == "ARM_64")
+                .and_then(Value::as_str)
+                .is_some_and(|a| images::ARCHITECTURES.contains(&a))
             {
                 errors.push(constraint(
                     &format!("{at}.architecture"),
-                    "satisfy enum value set: [ARM_64, X86_64]",
+                    &format!(
+                        "satisfy enum value set: [{}]",
+                        images::ARCHITECTURES.join(", ")
+                    ),
                 ));
             }
         }
@@ -878,18 +882,19 @@ fn install(builder: &Path, job: &Job, config: &Path, out: &Path, log: &Path) -> 
         };
         // Its own process group (die_with_parent_by): the script and what it runs,
         // all gone before the caller removes what they were writing.
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let group = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
-            let t0 = Instant::now();
-            while nix::sys::signal::killpg(group, None).is_ok()
-                && t0.elapsed() < Duration::from_secs(10)
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        let group = i32::try_from(child.id())
+            .ok()
+            .map(nix::unistd::Pid::from_raw);
+        if let Some(g) = group {
+            let _ = nix::sys::signal::killpg(g, nix::sys::signal::Signal::SIGKILL);
         }
         let _ = child.wait();
+        let t0 = Instant::now();
+        while group.is_some_and(|g| nix::sys::signal::killpg(g, None).is_ok())
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         return Err(why.into());
     }
 }
@@ -1185,30 +1190,20 @@ mod tests {
             e.contains("Value at 'env' failed to satisfy constraint: Member must have length less than or equal to 100"),
             "{e}"
         );
-        let e = image_config(
-            &json!({"command": ["/x"], "hooks": {"microvmHooks": {"start": "ENABLED"}}}),
-            &map(valid()),
-        )
-        .unwrap_err();
+        let refused = |artifact: Value| image_config(&artifact, &map(valid())).unwrap_err();
+        let e =
+            refused(json!({"command": ["/x"], "hooks": {"microvmHooks": {"start": "ENABLED"}}}));
         assert!(
             e.contains("Unknown member 'start' at 'hooks.microvmHooks'"),
             "{e}"
         );
-        let e = image_config(
-            &json!({"command": ["/x"], "workingDir": "app"}),
-            &map(valid()),
-        )
-        .unwrap_err();
+        let e = refused(json!({"command": ["/x"], "workingDir": "app"}));
         assert!(
             e.contains("workingDir \"app\" is not an absolute path"),
             "{e}"
         );
         // A member the agent would refuse at boot is refused before the install.
-        let e = image_config(
-            &json!({"command": ["/x"], "entrypoint": ["/y"]}),
-            &map(valid()),
-        )
-        .unwrap_err();
+        let e = refused(json!({"command": ["/x"], "entrypoint": ["/y"]}));
         assert!(
             e.contains("\"entrypoint\", which the agent does not know"),
             "{e}"

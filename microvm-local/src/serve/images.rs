@@ -243,6 +243,10 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
+/// The model's `Architecture` and `Chipset` enums.
+pub const ARCHITECTURES: [&str; 2] = ["ARM_64", "X86_64"];
+pub const CHIPSETS: [&str; 2] = ["GRAVITON", "INTEL"];
+
 /// The model's `Chipset` for an architecture.
 fn chipset(architecture: &str) -> &'static str {
     if architecture == "ARM_64" {

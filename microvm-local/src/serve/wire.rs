@@ -6,10 +6,10 @@ use hyper::body::Bytes;
 use hyper::Response;
 use serde_json::{json, Value};
 
-/// An error of the model: its shape name is the `x-amzn-ErrorType`.
 /// An operation's answer: its status and body, or the service's error.
 pub type Outcome = Result<(u16, Value), ApiError>;
 
+/// An error of the model: its shape name is the `x-amzn-ErrorType`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: u16,

@@ -908,24 +908,25 @@ pub fn disown(dir: &Path) {
 
 /// The pid that marked `dir` as its own (see [`own`]).
 pub fn owner(dir: &Path) -> Option<i32> {
+    Some(mark(dir)?.0)
+}
+
+/// `dir`'s owner mark: the pid and, unless an older runner wrote it, its start time.
+fn mark(dir: &Path) -> Option<(i32, Option<u64>)> {
     let mark = std::fs::read_to_string(dir.join(OWNER_FILE)).ok()?;
-    mark.split_whitespace()
-        .next()?
-        .parse::<i32>()
-        .ok()
-        .filter(|p| *p > 0)
+    let mut words = mark.split_whitespace();
+    let pid = words.next()?.parse::<i32>().ok().filter(|p| *p > 0)?;
+    let started = match words.next() {
+        Some(w) => Some(w.parse::<u64>().ok()?),
+        None => None,
+    };
+    Some((pid, started))
 }
 
 /// Whether the runner that owns the VM directory `dir` is alive; `None` when the
 /// directory names no owner (not a VM directory, or one still being made).
 pub fn runner_alive(dir: &Path) -> Option<bool> {
-    let pid = owner(dir)?;
-    let mark = std::fs::read_to_string(dir.join(OWNER_FILE)).ok()?;
-    let mut words = mark.split_whitespace().skip(1);
-    let started = match words.next() {
-        Some(w) => Some(w.parse::<u64>().ok()?),
-        None => None,
-    };
+    let (pid, started) = mark(dir)?;
     Some(process_exists(pid) && started.is_none_or(|t| start_time(pid).is_none_or(|now| now == t)))
 }
 
